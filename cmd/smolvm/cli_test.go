@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smolvm-go/smolvm"
+)
+
+var binary string
+
+// TestMain builds the real smolvm binary; the tests run it as a user would.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "smolvm-cli-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "smolvm")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func cli(t *testing.T, dataDir string, argv ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"--data-dir", dataDir}, argv...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{o.String(), e.String(), code}
+}
+
+func TestCLIListInfoDelete(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if r := cli(t, dir, "list"); r.code != 0 || !strings.Contains(r.stdout, "No VMs") {
+		t.Fatalf("empty list: %+v", r)
+	}
+	if r := cli(t, dir, "list", "--json"); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("empty list json: %+v", r)
+	}
+	for _, id := range []string{"alpha", "beta"} {
+		vm, err := smolvm.Create(ctx, smolvm.VMConfig{VMID: id, SSHHostPort: smolvm.SSHPortAuto}, smolvm.CreateOptions{}, smolvm.WithDataDir(dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm.Release()
+	}
+	r := cli(t, dir, "list")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") || !strings.HasPrefix(lines[1], "alpha") ||
+		!strings.Contains(lines[1], "172.16.0.2") || !strings.Contains(lines[2], "172.16.0.3") {
+		t.Fatalf("list: %+v", r)
+	}
+	r = cli(t, dir, "list", "--json")
+	var vms []smolvm.VMInfo
+	if err := json.Unmarshal([]byte(r.stdout), &vms); err != nil || len(vms) != 2 || vms[1].Network.TapDevice() != "smol1" {
+		t.Fatalf("list json %q: %v", r.stdout, err)
+	}
+	if r := cli(t, dir, "list", "--status", "running", "--json"); strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("running: %+v", r)
+	}
+	if r := cli(t, dir, "list", "--status", "zombie"); r.code != 2 || !strings.Contains(r.stderr, "status") {
+		t.Fatalf("bad status: %+v", r)
+	}
+	r = cli(t, dir, "info", "alpha")
+	if r.code != 0 || !strings.Contains(r.stdout, "172.16.0.2/24") || !strings.Contains(r.stdout, "ssh -p 22") {
+		t.Fatalf("info: %+v", r)
+	}
+	r = cli(t, dir, "info", "beta", "--json")
+	var inf map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &inf); err != nil {
+		t.Fatal(err)
+	}
+	net := inf["network"].(map[string]any)
+	if inf["vm_id"] != "beta" || net["guest_ip"] != "172.16.0.3" || net["guest_mac"] != "AA:FC:00:00:00:02" || inf["config"].(map[string]any)["mem_size_mib"] != 512.0 {
+		t.Fatalf("info json: %s", r.stdout)
+	}
+	// Unknown ids: clear message, exit 1; bad ids: the rule; bad flags and arity: exit 2.
+	if r := cli(t, dir, "info", "nope"); r.code != 1 || !strings.Contains(r.stderr, "nope") || !strings.Contains(r.stderr, "no such VM") {
+		t.Fatalf("unknown id: %+v", r)
+	}
+	if r := cli(t, dir, "info", "NOPE"); r.code != 1 || !strings.Contains(r.stderr, "vm_id") {
+		t.Fatalf("invalid id: %+v", r)
+	}
+	if r := cli(t, dir, "list", "--frobnicate"); r.code != 2 || !strings.Contains(r.stderr, "--frobnicate") {
+		t.Fatalf("bad flag: %+v", r)
+	}
+	if r := cli(t, dir, "info"); r.code != 2 {
+		t.Fatalf("missing arg: %+v", r)
+	}
+	if r := cli(t, dir, "frobnicate"); r.code != 2 {
+		t.Fatalf("unknown command: %+v", r)
+	}
+	// Delete several; one unknown id fails the command but the others go.
+	r = cli(t, dir, "delete", "alpha", "ghost")
+	if r.code != 1 || !strings.Contains(r.stdout, "deleted alpha") || !strings.Contains(r.stderr, "ghost") {
+		t.Fatalf("delete: %+v", r)
+	}
+	r = cli(t, dir, "list", "--json")
+	json.Unmarshal([]byte(r.stdout), &vms)
+	if len(vms) != 1 || vms[0].VMID != "beta" {
+		t.Fatalf("after delete: %s", r.stdout)
+	}
+	if r := cli(t, dir, "version"); r.code != 0 || !strings.HasPrefix(r.stdout, "smolvm ") {
+		t.Fatalf("version: %+v", r)
+	}
+}

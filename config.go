@@ -1,0 +1,259 @@
+package smolvm
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Limits and defaults of VMConfig.
+const (
+	DefaultVCPUs     = 2
+	MinVCPUs         = 1
+	MaxVCPUs         = 32
+	DefaultMemoryMiB = 512
+	MinMemoryMiB     = 128
+	MaxMemoryMiB     = 16384
+	// SSHPortAuto as VMConfig.SSHHostPort asks Create to pick a free host port.
+	SSHPortAuto = -1
+	// MaxDiskSizeMiB bounds disk_size_mib (1 TiB).
+	MaxDiskSizeMiB = 1 << 20
+)
+
+// DiskMode says whether a VM writes to its own copy of the image or to the image itself.
+type DiskMode string
+
+// Disk modes.
+const (
+	// DiskIsolated gives each VM its own writable copy of the root disk (the default).
+	DiskIsolated DiskMode = "isolated"
+	// DiskShared boots the image's disk itself; writes are shared by every VM using it.
+	DiskShared DiskMode = "shared"
+)
+
+// BackendKind names a VMM.
+type BackendKind string
+
+// Backends.
+const (
+	// BackendAuto picks Firecracker where it can run, QEMU otherwise (the default).
+	BackendAuto BackendKind = "auto"
+	// BackendQEMU is qemu-system-x86_64.
+	BackendQEMU BackendKind = "qemu"
+	// BackendFirecracker is Firecracker.
+	BackendFirecracker BackendKind = "firecracker"
+)
+
+// VMConfig describes a VM to create. The zero value plus an image gives a VM
+// with the defaults: a generated id, 2 vCPUs, 512 MiB, an isolated disk and
+// automatic backend choice.
+type VMConfig struct {
+	// VMID names the VM; empty means "vm-" plus 8 random hex characters.
+	VMID string `json:"vm_id"`
+	// VCPUCount is the number of virtual CPUs, 1-32; 0 means 2.
+	VCPUCount int `json:"vcpu_count"`
+	// MemSizeMiB is the guest memory in MiB, 128-16384; 0 means 512.
+	MemSizeMiB int `json:"mem_size_mib"`
+	// Image names a cached image ("default", "minimal") that supplies the
+	// kernel, initrd and root disk not given explicitly.
+	Image string `json:"image,omitempty"`
+	// KernelPath is the guest kernel (bzImage for QEMU, ELF vmlinux for Firecracker).
+	KernelPath string `json:"kernel_path,omitempty"`
+	// InitrdPath is the initramfs holding the agent as /init.
+	InitrdPath string `json:"initrd_path,omitempty"`
+	// RootfsPath is the ext4 root disk image.
+	RootfsPath string `json:"rootfs_path,omitempty"`
+	// BootArgs are extra kernel command-line words.
+	BootArgs string `json:"boot_args,omitempty"`
+	// DiskMode is isolated (default) or shared.
+	DiskMode DiskMode `json:"disk_mode"`
+	// DiskSizeMiB grows the VM's disk copy to this size; 0 keeps the image's size.
+	DiskSizeMiB int `json:"disk_size_mib,omitempty"`
+	// Backend is auto (default), qemu or firecracker.
+	Backend BackendKind `json:"backend"`
+	// EnvVars are set in the guest for every command and login.
+	EnvVars map[string]string `json:"env_vars,omitempty"`
+	// SSHHostPort forwards this host port to the guest's port 22; 0 means
+	// none and SSHPortAuto picks a free port from 2200 upward at creation.
+	SSHHostPort int `json:"ssh_host_port,omitempty"`
+}
+
+var (
+	vmIDRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$`)
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// ValidateVMID reports whether id is a valid VM id: 1-64 characters of
+// [a-z0-9_-], starting and ending with a letter or digit.
+func ValidateVMID(id string) error {
+	if !vmIDRE.MatchString(id) {
+		return configErr("vm_id", id, "must be 1-64 characters of a-z, 0-9, '_' and '-', starting and ending with a letter or digit")
+	}
+	return nil
+}
+
+// NewVMID returns a fresh id of the form "vm-" + 8 hex characters.
+func NewVMID() string {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return "vm-" + hex.EncodeToString(b[:])
+}
+
+// WithDefaults returns a copy of c with every unset field given its default
+// (including a generated VMID). The EnvVars map is copied.
+func (c VMConfig) WithDefaults() VMConfig {
+	if c.VMID == "" {
+		c.VMID = NewVMID()
+	}
+	if c.VCPUCount == 0 {
+		c.VCPUCount = DefaultVCPUs
+	}
+	if c.MemSizeMiB == 0 {
+		c.MemSizeMiB = DefaultMemoryMiB
+	}
+	if c.DiskMode == "" {
+		c.DiskMode = DiskIsolated
+	}
+	if c.Backend == "" {
+		c.Backend = BackendAuto
+	}
+	c.EnvVars = maps.Clone(c.EnvVars)
+	return c
+}
+
+// Validate checks every field of c (after defaults) and returns the first
+// rule broken as a *ConfigError naming the field.
+func (c VMConfig) Validate() error {
+	c = c.WithDefaults()
+	if err := ValidateVMID(c.VMID); err != nil {
+		return err
+	}
+	if c.VCPUCount < MinVCPUs || c.VCPUCount > MaxVCPUs {
+		return configErr("vcpu_count", fmt.Sprint(c.VCPUCount), fmt.Sprintf("must be between %d and %d", MinVCPUs, MaxVCPUs))
+	}
+	if c.MemSizeMiB < MinMemoryMiB || c.MemSizeMiB > MaxMemoryMiB {
+		return configErr("mem_size_mib", fmt.Sprint(c.MemSizeMiB), fmt.Sprintf("must be between %d and %d", MinMemoryMiB, MaxMemoryMiB))
+	}
+	switch c.DiskMode {
+	case DiskIsolated, DiskShared:
+	default:
+		return configErr("disk_mode", string(c.DiskMode), "must be isolated or shared")
+	}
+	if c.DiskSizeMiB < 0 || c.DiskSizeMiB > MaxDiskSizeMiB {
+		return configErr("disk_size_mib", fmt.Sprint(c.DiskSizeMiB), fmt.Sprintf("must be between 0 (image size) and %d", MaxDiskSizeMiB))
+	}
+	if c.DiskSizeMiB > 0 && c.DiskMode == DiskShared {
+		return configErr("disk_size_mib", fmt.Sprint(c.DiskSizeMiB), "cannot resize a shared disk; use disk_mode isolated")
+	}
+	switch c.Backend {
+	case BackendAuto, BackendQEMU, BackendFirecracker:
+	default:
+		return configErr("backend", string(c.Backend), "must be auto, qemu or firecracker")
+	}
+	keys := make([]string, 0, len(c.EnvVars))
+	for k := range c.EnvVars {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := ValidateEnvKey(k); err != nil {
+			return err
+		}
+	}
+	if c.SSHHostPort < SSHPortAuto || c.SSHHostPort > 65535 {
+		return configErr("ssh_host_port", fmt.Sprint(c.SSHHostPort), "must be between 1 and 65535 (0: no forwarding, -1: automatic)")
+	}
+	for _, f := range []struct{ name, v string }{{"kernel_path", c.KernelPath}, {"initrd_path", c.InitrdPath}, {"rootfs_path", c.RootfsPath}} {
+		if f.v != "" && !strings.HasPrefix(f.v, "/") {
+			return configErr(f.name, f.v, "must be an absolute path")
+		}
+	}
+	if strings.ContainsAny(c.BootArgs, "\n\x00") {
+		return configErr("boot_args", c.BootArgs, "must be one line")
+	}
+	return nil
+}
+
+// ValidateEnvKey reports whether k is a valid environment variable name.
+func ValidateEnvKey(k string) error {
+	if !envKeyRE.MatchString(k) {
+		return configErr("env_vars", k, "keys must match [A-Za-z_][A-Za-z0-9_]*")
+	}
+	return nil
+}
+
+// VMState is a VM's lifecycle state.
+type VMState string
+
+// VM states.
+const (
+	// StateCreated means the VM is recorded and its resources allocated, but it never ran.
+	StateCreated VMState = "created"
+	// StateRunning means its VMM process is alive and the guest booted.
+	StateRunning VMState = "running"
+	// StatePaused means its vCPUs are stopped.
+	StatePaused VMState = "paused"
+	// StateStopped means it ran and was stopped; its disk is kept.
+	StateStopped VMState = "stopped"
+	// StateError means something failed or its VMM died unexpectedly.
+	StateError VMState = "error"
+)
+
+// ParseVMState returns the state named s.
+func ParseVMState(s string) (VMState, error) {
+	switch st := VMState(s); st {
+	case StateCreated, StateRunning, StatePaused, StateStopped, StateError:
+		return st, nil
+	}
+	return "", configErr("status", s, "must be one of created, running, paused, stopped, error")
+}
+
+// VMInfo is a snapshot of a VM's recorded state. It is a copy: changing it
+// changes nothing.
+type VMInfo struct {
+	VMID      string         `json:"vm_id"`
+	Status    VMState        `json:"status"`
+	Config    VMConfig       `json:"config"`
+	Network   *NetworkConfig `json:"network"`
+	PID       int            `json:"pid,omitempty"`
+	Backend   BackendKind    `json:"backend,omitempty"`
+	Accel     string         `json:"accel,omitempty"`
+	Sockets   SocketPaths    `json:"sockets"`
+	Error     string         `json:"error,omitempty"`
+	CreatedAt time.Time      `json:"created_at"`
+	UpdatedAt time.Time      `json:"updated_at"`
+}
+
+// SocketPaths are a VM's host-side control sockets.
+type SocketPaths struct {
+	// Control is the VMM's control socket (QMP or Firecracker's API).
+	Control string `json:"control,omitempty"`
+	// Agent is the guest agent's socket.
+	Agent string `json:"agent,omitempty"`
+}
+
+// CommandResult is the outcome of a command run in the guest.
+type CommandResult struct {
+	// ExitCode is the command's exit status; 128+N when killed by signal N.
+	ExitCode int `json:"exit_code"`
+	// Stdout is everything the command wrote to standard output.
+	Stdout string `json:"stdout"`
+	// Stderr is everything the command wrote to standard error.
+	Stderr string `json:"stderr"`
+}
+
+// OK reports whether the command exited with status 0.
+func (r CommandResult) OK() bool { return r.ExitCode == 0 }
+
+// Output returns Stdout without its trailing newline.
+func (r CommandResult) Output() string {
+	s := strings.TrimSuffix(r.Stdout, "\n")
+	return strings.TrimSuffix(s, "\r")
+}

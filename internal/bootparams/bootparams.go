@@ -1,0 +1,156 @@
+// Package bootparams is the contract between the host and the guest's init: the
+// smolvm.* keys on the kernel command line that tell the guest who it is, which
+// disk is its root and how to configure its network.
+//
+// The host formats Params with Format; the guest's init parses /proc/cmdline
+// with Parse. Both sides import this package, so the key names cannot drift.
+package bootparams
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Kernel command-line keys understood by the guest init.
+const (
+	KeyID        = "smolvm.id"        // VM id; becomes the hostname
+	KeyRoot      = "smolvm.root"      // root block device, e.g. /dev/vda
+	KeyRootFS    = "smolvm.rootfs"    // root filesystem type, e.g. ext4
+	KeyIP        = "smolvm.ip"        // guest address with prefix, e.g. 172.16.0.2/24
+	KeyGateway   = "smolvm.gw"        // default gateway, e.g. 172.16.0.1
+	KeyDNS       = "smolvm.dns"       // comma-separated resolvers
+	KeyAgentPort = "smolvm.agentport" // vsock port the agent listens on (0: no vsock)
+)
+
+// ReadyMarker starts the line the guest init prints on the serial console
+// when the agent is ready to serve, followed by " uptime=<seconds>s".
+const ReadyMarker = "SMOLVM_READY"
+
+// Params is what the host tells the guest at boot. The zero value means no
+// network, root on /dev/vda as ext4.
+type Params struct {
+	// ID is the VM id, used as the guest's hostname.
+	ID string
+	// Root is the root block device; empty means /dev/vda.
+	Root string
+	// RootFS is the root filesystem type; empty means ext4.
+	RootFS string
+	// Addr is the guest's address and prefix on eth0; invalid means no network.
+	Addr netip.Prefix
+	// Gateway is the default route; invalid means none.
+	Gateway netip.Addr
+	// DNS lists the resolvers written to /etc/resolv.conf.
+	DNS []netip.Addr
+	// AgentPort is the vsock port for the agent; 0 means the agent uses
+	// virtio-serial only.
+	AgentPort uint32
+}
+
+// Format renders p as space-separated key=value words for the kernel command line.
+func (p Params) Format() string {
+	var w []string
+	add := func(k, v string) {
+		if v != "" {
+			w = append(w, k+"="+v)
+		}
+	}
+	add(KeyID, p.ID)
+	add(KeyRoot, p.Root)
+	add(KeyRootFS, p.RootFS)
+	if p.Addr.IsValid() {
+		add(KeyIP, p.Addr.String())
+	}
+	if p.Gateway.IsValid() {
+		add(KeyGateway, p.Gateway.String())
+	}
+	if len(p.DNS) > 0 {
+		s := make([]string, len(p.DNS))
+		for i, a := range p.DNS {
+			s[i] = a.String()
+		}
+		add(KeyDNS, strings.Join(s, ","))
+	}
+	if p.AgentPort != 0 {
+		add(KeyAgentPort, strconv.FormatUint(uint64(p.AgentPort), 10))
+	}
+	return strings.Join(w, " ")
+}
+
+// RootDevice returns Root or its default.
+func (p Params) RootDevice() string {
+	if p.Root == "" {
+		return "/dev/vda"
+	}
+	return p.Root
+}
+
+// RootFSType returns RootFS or its default.
+func (p Params) RootFSType() string {
+	if p.RootFS == "" {
+		return "ext4"
+	}
+	return p.RootFS
+}
+
+// Parse reads the smolvm.* keys from a kernel command line and ignores every
+// other word. A malformed value of a known key is an error naming the key.
+func Parse(cmdline string) (Params, error) {
+	var p Params
+	for _, word := range strings.Fields(cmdline) {
+		k, v, ok := strings.Cut(word, "=")
+		if !ok || !strings.HasPrefix(k, "smolvm.") {
+			continue
+		}
+		var err error
+		switch k {
+		case KeyID:
+			p.ID = v
+		case KeyRoot:
+			p.Root = v
+		case KeyRootFS:
+			p.RootFS = v
+		case KeyIP:
+			p.Addr, err = netip.ParsePrefix(v)
+		case KeyGateway:
+			p.Gateway, err = netip.ParseAddr(v)
+		case KeyDNS:
+			for _, s := range strings.Split(v, ",") {
+				var a netip.Addr
+				if a, err = netip.ParseAddr(s); err != nil {
+					break
+				}
+				p.DNS = append(p.DNS, a)
+			}
+		case KeyAgentPort:
+			var n uint64
+			n, err = strconv.ParseUint(v, 10, 32)
+			p.AgentPort = uint32(n)
+		}
+		if err != nil {
+			return Params{}, fmt.Errorf("kernel command line %s=%q: %w", k, v, err)
+		}
+	}
+	return p, nil
+}
+
+// ModuleParams returns the "name.param=value" words of cmdline that belong to
+// module name, as the "param=value ..." string finit_module expects. The
+// kernel keeps such words for built-in code only; an init that loads a module
+// itself must pass them on (QEMU's microvm describes virtio-mmio devices as
+// virtio_mmio.device=... words).
+func ModuleParams(cmdline, module string) string {
+	var out []string
+	prefix := module + "."
+	alt := strings.ReplaceAll(module, "_", "-") + "."
+	for _, word := range strings.Fields(cmdline) {
+		switch {
+		case strings.HasPrefix(word, prefix):
+			out = append(out, strings.TrimPrefix(word, prefix))
+		case alt != prefix && strings.HasPrefix(word, alt):
+			out = append(out, strings.TrimPrefix(word, alt))
+		}
+	}
+	return strings.Join(out, " ")
+}
