@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/smolvm-go/smolvm/internal/store"
+	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
 // DataDirEnv names the environment variable that overrides the data directory.
@@ -38,7 +40,11 @@ func DefaultDataDir() string {
 type Option func(*options)
 
 type options struct {
-	dataDir string
+	dataDir     string
+	config      *VMConfig
+	noNetwork   bool
+	bootTimeout time.Duration
+	progress    func(stage string, done, total int64)
 }
 
 // WithDataDir keeps state in dir instead of DefaultDataDir().
@@ -52,6 +58,9 @@ func buildOptions(opts []Option) options {
 	if o.dataDir == "" {
 		o.dataDir = DefaultDataDir()
 	}
+	if o.bootTimeout <= 0 {
+		o.bootTimeout = DefaultBootTimeout
+	}
 	if abs, err := filepath.Abs(o.dataDir); err == nil {
 		o.dataDir = abs
 	}
@@ -60,8 +69,12 @@ func buildOptions(opts []Option) options {
 
 // host is an open data directory: its state database and its paths.
 type host struct {
-	dir string
-	st  *store.Store
+	dir         string
+	st          *store.Store
+	bootTimeout time.Duration
+	// netReady, when set, makes sure a lease's TAP device and rules exist
+	// before a VM with networking boots; nil boots such VMs without a NIC.
+	netReady func(ctx context.Context, l store.Lease) error
 }
 
 func openHost(ctx context.Context, o options) (*host, error) {
@@ -69,7 +82,7 @@ func openHost(ctx context.Context, o options) (*host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state in %s: %w", o.dataDir, err)
 	}
-	return &host{dir: o.dataDir, st: st}, nil
+	return &host{dir: o.dataDir, st: st, bootTimeout: o.bootTimeout}, nil
 }
 
 func (h *host) close() error { return h.st.Close() }
@@ -79,6 +92,10 @@ type record struct {
 	Config VMConfig `json:"config"`
 	// Network is false when the VM was created without networking.
 	Network bool `json:"network"`
+	// Boot holds the resolved kernel, initrd and root disk.
+	Boot boot `json:"boot"`
+	// Accel is the requested acceleration: auto, kvm or tcg.
+	Accel string `json:"accel,omitempty"`
 }
 
 // storeErr maps the store's error kinds to the SDK's.
@@ -155,6 +172,25 @@ func networkFromLease(l store.Lease, sshPort int) (*NetworkConfig, error) {
 	})
 }
 
+// reconcile checks that the VMM of a VM recorded as running or paused is
+// alive (same PID and start time); if it is not, it records the VM as error.
+func (h *host) reconcile(ctx context.Context, row store.VM) (store.VM, error) {
+	if (row.Status != string(StateRunning) && row.Status != string(StatePaused)) || vmm.Alive(row.PID, row.PIDStart) {
+		return row, nil
+	}
+	pid, start := row.PID, row.PIDStart
+	v, err := h.st.UpdateVM(ctx, row.ID, func(v *store.VM) error {
+		if v.PID != pid || v.PIDStart != start || (v.Status != string(StateRunning) && v.Status != string(StatePaused)) {
+			return nil // someone else changed it meanwhile
+		}
+		v.Status = string(StateError)
+		v.Error = fmt.Sprintf("VMM process %d exited unexpectedly", pid)
+		v.PID, v.PIDStart = 0, 0
+		return nil
+	})
+	return v, storeErr(err)
+}
+
 // ListOptions filters List.
 type ListOptions struct {
 	// Status keeps only VMs in this state; empty keeps all.
@@ -174,6 +210,9 @@ func List(ctx context.Context, lo ListOptions, opts ...Option) ([]VMInfo, error)
 	}
 	out := []VMInfo{}
 	for _, r := range rows {
+		if r, err = h.reconcile(ctx, r); err != nil {
+			return nil, err
+		}
 		inf, err := h.info(ctx, r)
 		if err != nil {
 			return nil, err

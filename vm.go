@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"sync"
 
+	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/store"
 )
 
@@ -16,20 +20,29 @@ type VM struct {
 	id string
 
 	mu   sync.Mutex
-	info VMInfo // last known state, refreshed by every operation
+	info VMInfo        // last known state, refreshed by every operation
+	ac   *agent.Client // connection to the guest agent; nil until needed
 }
 
 // CreateOptions says what Create allocates besides the record.
 type CreateOptions struct {
 	// NoNetwork creates the VM without a NIC, address or port forwards.
 	NoNetwork bool
+	// Accel is the acceleration: "auto" (default), "kvm" or "tcg".
+	Accel string
 }
 
 // Create validates cfg, applies its defaults and records a new VM in state
-// created, with its network lease (address, TAP name, MAC) and, when
-// cfg.SSHHostPort is set (or SSHPortAuto), its SSH port forward. Either all of it
-// is recorded or none of it is. The VM is not started.
-func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option) (*VM, error) {
+// created: its kernel, initrd and root disk (from cfg's paths or its image,
+// built on first use), its own copy of the disk when isolated, its network
+// lease (address, TAP name, MAC) and, when cfg.SSHHostPort is set (or
+// SSHPortAuto), its SSH port forward. If any step fails, the steps before it
+// are undone: nothing is left behind. The VM is not started.
+func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option) (_ *VM, retErr error) {
+	o := buildOptions(opts)
+	if o.noNetwork {
+		co.NoNetwork = true
+	}
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, err)
@@ -37,31 +50,64 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	if co.NoNetwork && cfg.SSHHostPort != 0 {
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("ssh_host_port", "", "needs networking; it cannot be set on a VM without network"))
 	}
-	h, err := openHost(ctx, buildOptions(opts))
+	switch co.Accel {
+	case "", "auto", "kvm", "tcg":
+	default:
+		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("accel", co.Accel, "must be auto, kvm or tcg"))
+	}
+	h, err := openHost(ctx, o)
 	if err != nil {
 		return nil, err
 	}
-	rec, _ := json.Marshal(record{Config: cfg, Network: !co.NoNetwork})
-	alloc := store.Alloc{Lease: !co.NoNetwork, SSHPort: cfg.SSHHostPort} // -1 is the store's "auto" too
-	a, err := h.st.CreateVM(ctx, store.VM{ID: cfg.VMID, Status: string(StateCreated), Config: rec}, alloc)
+	var undo undoStack
+	defer func() {
+		if retErr != nil {
+			undo.run(ctx)
+			h.close()
+		}
+	}()
+	// Step: refuse a taken id before any expensive work.
+	if _, err := h.st.GetVM(ctx, cfg.VMID); err == nil {
+		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errors.New("a VM with this id exists"))
+	}
+	// Step: kernel, initrd, base disk.
+	b, err := h.resolveBoot(ctx, &cfg, o)
 	if err != nil {
-		h.close()
+		return nil, wrapErr("create", cfg.VMID, ErrImage, err)
+	}
+	// Step: record and allocate, in one transaction.
+	rec := record{Config: cfg, Network: !co.NoNetwork, Boot: b, Accel: co.Accel}
+	recJSON, _ := json.Marshal(rec)
+	a, err := h.st.CreateVM(ctx, store.VM{ID: cfg.VMID, Status: string(StateCreated), Config: recJSON},
+		store.Alloc{Lease: !co.NoNetwork, SSHPort: cfg.SSHHostPort}) // SSHPortAuto is the store's "auto" too
+	if err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, storeErr(err))
 	}
-	if a.SSH != nil {
-		cfg.SSHHostPort = a.SSH.HostPort
-		rec, _ = json.Marshal(record{Config: cfg, Network: !co.NoNetwork})
-		if _, err := h.st.UpdateVM(ctx, cfg.VMID, func(v *store.VM) error { v.Config = rec; return nil }); err != nil {
-			h.st.DeleteVM(context.WithoutCancel(ctx), cfg.VMID)
-			h.close()
-			return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
+	undo.push(func(ctx context.Context) { h.st.DeleteVM(ctx, cfg.VMID) })
+	// Step: the VM's directory and its disk.
+	if err := os.MkdirAll(h.vmDir(cfg.VMID), 0o700); err != nil {
+		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
+	}
+	undo.push(func(context.Context) { h.removeFiles(cfg.VMID) })
+	if cfg.DiskMode == DiskIsolated {
+		disk := h.diskPath(cfg.VMID)
+		if err := image.CloneDisk(ctx, b.Disk, disk, int64(cfg.DiskSizeMiB)); err != nil {
+			return nil, wrapErr("create", cfg.VMID, ErrImage, fmt.Errorf("copy disk: %w", err))
 		}
+		rec.Boot.Disk = disk
+	}
+	if a.SSH != nil {
+		rec.Config.SSHHostPort = a.SSH.HostPort
+	}
+	recJSON, _ = json.Marshal(rec)
+	if _, err := h.st.UpdateVM(ctx, cfg.VMID, func(v *store.VM) error { v.Config = recJSON; return nil }); err != nil {
+		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
 	}
 	vm := &VM{h: h, id: cfg.VMID}
 	if err := vm.Refresh(ctx); err != nil {
-		h.close()
 		return nil, err
 	}
+	undo.release()
 	return vm, nil
 }
 
@@ -112,6 +158,10 @@ func (vm *VM) Refresh(ctx context.Context) error {
 	if err != nil {
 		return wrapErr("open", vm.id, ErrBackend, storeErr(err))
 	}
+	row, err = vm.h.reconcile(ctx, row)
+	if err != nil {
+		return wrapErr("open", vm.id, ErrBackend, err)
+	}
 	inf, err := vm.h.info(ctx, row)
 	if err != nil {
 		return wrapErr("open", vm.id, ErrBackend, err)
@@ -120,13 +170,6 @@ func (vm *VM) Refresh(ctx context.Context) error {
 	vm.info = inf
 	vm.mu.Unlock()
 	return nil
-}
-
-// Delete removes the VM and frees everything it holds. The handle is closed.
-func (vm *VM) Delete(ctx context.Context) error {
-	err := vm.h.st.DeleteVM(ctx, vm.id)
-	vm.h.close()
-	return wrapErr("delete", vm.id, ErrBackend, storeErr(err))
 }
 
 // Release closes the handle without touching the VM.

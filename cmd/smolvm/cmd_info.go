@@ -168,31 +168,6 @@ func bracket(s string) string {
 	return " (" + s + ")"
 }
 
-func newDeleteCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
-		Use:     "delete ID...",
-		Aliases: []string{"rm"},
-		Short:   "Delete VMs and free everything they hold",
-		Args:    args(cobra.MinimumNArgs(1)),
-		RunE: func(c *cobra.Command, a []string) error {
-			var failed []error
-			for _, id := range a {
-				vm, err := smolvm.FromID(c.Context(), id, g.opts()...)
-				if err == nil {
-					err = vm.Delete(c.Context())
-				}
-				if err != nil {
-					failed = append(failed, err)
-					continue
-				}
-				fmt.Fprintln(c.OutOrStdout(), "deleted", id)
-			}
-			return joinErrors(failed)
-		},
-	}
-	return c
-}
-
 // joinErrors returns nil, the one error, or all of them on separate lines.
 func joinErrors(errs []error) error {
 	switch len(errs) {

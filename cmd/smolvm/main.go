@@ -36,13 +36,15 @@ func (e exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.c
 type globals struct {
 	dataDir string
 	jsonOut bool
+	extra   []smolvm.Option // set by a command's own flags
 }
 
 func (g *globals) opts() []smolvm.Option {
-	if g.dataDir == "" {
-		return nil
+	o := append([]smolvm.Option(nil), g.extra...)
+	if g.dataDir != "" {
+		o = append(o, smolvm.WithDataDir(g.dataDir))
 	}
-	return []smolvm.Option{smolvm.WithDataDir(g.dataDir)}
+	return o
 }
 
 func newRoot() *cobra.Command {
@@ -67,6 +69,15 @@ else $XDG_STATE_HOME/smolvm).`,
 		newListCmd(g),
 		newInfoCmd(g),
 		newDeleteCmd(g),
+		newCreateCmd(g),
+		newStartCmd(g),
+		newStopCmd(g),
+		newRunCmd(g),
+		newLogsCmd(g),
+		newExecCmd(g),
+		newFileCmd(g),
+		newEnvCmd(g),
+		newImageCmd(g),
 	)
 	return root
 }

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/smolvm-go/smolvm/internal/agent/server"
+	"github.com/smolvm-go/smolvm/internal/bootparams"
+)
+
+// serveConfig is what the init passes on to the agent server.
+type serveConfig struct {
+	Version   string
+	VsockPort uint32
+	PowerOff  func()
+	Logf      func(format string, args ...any)
+}
+
+// serveAgent runs the agent's command server until ctx is done.
+func serveAgent(ctx context.Context, c serveConfig) error {
+	return server.Run(ctx, server.Options{Version: c.Version, VsockPort: c.VsockPort, PowerOff: c.PowerOff, Logf: c.Logf})
+}
+
+// serve runs the agent server as the init's child and returns its exit status.
+func serve() int {
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "smolvm-agent: "+format+"\n", args...)
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	params, err := bootparams.Parse(string(cmdline))
+	if err != nil {
+		logf("%v", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+	err = serveAgent(ctx, serveConfig{
+		Version:   version,
+		VsockPort: params.AgentPort,
+		// The init (PID 1) powers off on SIGUSR2, like busybox's poweroff.
+		PowerOff: func() { _ = unix.Kill(1, unix.SIGUSR2) },
+		Logf:     logf,
+	})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		logf("server: %v", err)
+		return 1
+	}
+	return 0
+}

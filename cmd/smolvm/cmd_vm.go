@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smolvm-go/smolvm"
+)
+
+// vmFlags are the flags that describe a VM to create.
+type vmFlags struct {
+	name, image, diskMode, backend, accel, network, sshPort string
+	memory, vcpus, diskSize                                 int
+	env                                                     []string
+	bootTimeout                                             time.Duration
+}
+
+func (f *vmFlags) add(c *cobra.Command) {
+	fl := c.Flags()
+	fl.StringVar(&f.name, "name", "", "VM id (default vm-<8 hex>)")
+	fl.IntVar(&f.memory, "memory", smolvm.DefaultMemoryMiB, "guest memory in MiB (128-16384)")
+	fl.IntVar(&f.vcpus, "vcpus", smolvm.DefaultVCPUs, "virtual CPUs (1-32)")
+	fl.StringVar(&f.image, "image", smolvm.ImageDefault, "image: default (Debian) or minimal (busybox)")
+	fl.IntVar(&f.diskSize, "disk-size", 0, "grow the VM's disk to this many MiB (default: the image's size)")
+	fl.StringVar(&f.diskMode, "disk-mode", "isolated", "isolated (own copy of the disk) or shared (boot the image's disk)")
+	fl.StringVar(&f.backend, "backend", "auto", "auto, qemu or firecracker")
+	fl.StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg (auto: KVM where it can run a standard guest)")
+	fl.StringVar(&f.network, "network", "on", "on, or off for no NIC at all")
+	fl.StringVar(&f.sshPort, "ssh-port", "", "forward this host port to the guest's SSH (or 'auto')")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set KEY=VALUE in the guest (repeatable)")
+	fl.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
+}
+
+// config turns the flags into a VMConfig and create options, or a usage error.
+func (f *vmFlags) config() (smolvm.VMConfig, smolvm.CreateOptions, error) {
+	cfg := smolvm.VMConfig{
+		VMID: f.name, MemSizeMiB: f.memory, VCPUCount: f.vcpus, Image: f.image, DiskSizeMiB: f.diskSize,
+		DiskMode: smolvm.DiskMode(f.diskMode), Backend: smolvm.BackendKind(f.backend),
+	}
+	co := smolvm.CreateOptions{Accel: f.accel}
+	switch f.network {
+	case "on", "":
+	case "off":
+		co.NoNetwork = true
+	default:
+		return cfg, co, usageError{fmt.Errorf("--network %q: must be on or off", f.network)}
+	}
+	switch f.sshPort {
+	case "":
+	case "auto":
+		cfg.SSHHostPort = smolvm.SSHPortAuto
+	default:
+		var p int
+		if _, err := fmt.Sscan(f.sshPort, &p); err != nil || p < 1 || p > 65535 {
+			return cfg, co, usageError{fmt.Errorf("--ssh-port %q: must be a port number 1-65535 or auto", f.sshPort)}
+		}
+		cfg.SSHHostPort = p
+	}
+	env, err := parseEnv(f.env)
+	if err != nil {
+		return cfg, co, err
+	}
+	cfg.EnvVars = env
+	if err := cfg.Validate(); err != nil {
+		return cfg, co, usageError{err}
+	}
+	return cfg, co, nil
+}
+
+func parseEnv(kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, usageError{fmt.Errorf("--env %q: must be KEY=VALUE", kv)}
+		}
+		if err := smolvm.ValidateEnvKey(k); err != nil {
+			return nil, usageError{fmt.Errorf("--env: %w", err)}
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// progress prints the stages of long work to stderr.
+func progress(w io.Writer) func(stage string, done, total int64) {
+	start := time.Now()
+	return func(stage string, done, total int64) {
+		if done == 0 {
+			fmt.Fprintf(w, "[%6.1fs] %s ...\n", time.Since(start).Seconds(), stage)
+		}
+	}
+}
+
+func newCreateCmd(g *globals) *cobra.Command {
+	var f vmFlags
+	var start bool
+	c := &cobra.Command{
+		Use:   "create",
+		Short: "Create a VM (and start it with --start)",
+		Long: `Create a VM: record it, allocate its address, TAP name, MAC and ports, and copy its disk.
+The image is built on first use. With --start it is booted too.`,
+		Example: `  smolvm create --name web --ssh-port 2222 --start
+  smolvm create --image minimal --memory 256 --network off`,
+		Args: args(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, co, err := f.config()
+			if err != nil {
+				return err
+			}
+			opts := append(g.opts(), smolvm.WithProgress(progress(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
+			vm, err := smolvm.Create(c.Context(), cfg, co, opts...)
+			if err != nil {
+				return err
+			}
+			defer vm.Release()
+			if start {
+				if err := vm.Start(c.Context()); err != nil {
+					return err
+				}
+			}
+			return printVM(c, g, vm.Info())
+		},
+	}
+	f.add(c)
+	c.Flags().BoolVar(&start, "start", false, "boot the VM after creating it")
+	c.Flags().BoolVar(&g.jsonOut, "json", false, "print the VM as JSON")
+	return c
+}
+
+func printVM(c *cobra.Command, g *globals, inf smolvm.VMInfo) error {
+	if g.jsonOut {
+		return writeJSON(c.OutOrStdout(), inf)
+	}
+	return printInfo(c, inf)
+}
+
+// withVMs runs fn on each VM named in ids and reports every failure.
+func withVMs(c *cobra.Command, g *globals, ids []string, fn func(ctx context.Context, vm *smolvm.VM) error) error {
+	var failed []error
+	for _, id := range ids {
+		vm, err := smolvm.FromID(c.Context(), id, g.opts()...)
+		if err == nil {
+			err = fn(c.Context(), vm)
+		}
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	return joinErrors(failed)
+}
+
+func newStartCmd(g *globals) *cobra.Command {
+	var bootTimeout time.Duration
+	c := &cobra.Command{
+		Use:   "start ID...",
+		Short: "Boot VMs and wait until their agent answers",
+		Args:  args(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+				defer vm.Release()
+				start := time.Now()
+				if err := vm.Start(ctx); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "started %s in %.2fs\n", vm.ID(), time.Since(start).Seconds())
+				return nil
+			})
+		},
+	}
+	c.Flags().DurationVar(&bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
+	c.PreRun = func(*cobra.Command, []string) { g.extra = append(g.extra, smolvm.WithBootTimeout(bootTimeout)) }
+	return c
+}
+
+func newStopCmd(g *globals) *cobra.Command {
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "stop ID...",
+		Short: "Power VMs off cleanly (the disk is kept)",
+		Long:  "Power VMs off through the guest agent, then tell the VMM to quit, then kill it: each step waits at most --timeout.",
+		Args:  args(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+				defer vm.Release()
+				ctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
+				defer cancel()
+				if err := vm.Stop(ctx); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.OutOrStdout(), "stopped", vm.ID())
+				return nil
+			})
+		},
+	}
+	c.Flags().DurationVar(&timeout, "timeout", smolvm.DefaultStopTimeout, "how long a clean power-off may take")
+	return c
+}
+
+func newDeleteCmd(g *globals) *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:     "delete ID...",
+		Aliases: []string{"rm"},
+		Short:   "Stop VMs and free everything they hold",
+		Long:    "Stop VMs (cleanly, or at once with --force) and remove them: VMM process, sockets, disk copy, console log, address lease and port forwards.",
+		Args:    args(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+				del := vm.Delete
+				if force {
+					del = vm.ForceDelete
+				}
+				if err := del(ctx); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.OutOrStdout(), "deleted", vm.ID())
+				return nil
+			})
+		},
+	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "kill the VM instead of powering it off cleanly")
+	return c
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	var f vmFlags
+	var keep bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "run [flags] -- COMMAND [ARG...]",
+		Short: "Create a VM, run one command in it, and delete it",
+		Long: `Create and boot a VM, run COMMAND in it (through sh -lc when it is a single word list
+joined by spaces), print its output as it comes, and delete the VM (unless --keep).
+The command's exit code becomes smolvm's exit code.`,
+		Example: `  smolvm run -- python3 -c 'print(6*7)'
+  smolvm run --image minimal -- uname -a`,
+		Args: args(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			cfg, co, err := f.config()
+			if err != nil {
+				return err
+			}
+			ctx := c.Context()
+			opts := append(g.opts(), smolvm.WithProgress(progress(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
+			vm, err := smolvm.Create(ctx, cfg, co, opts...)
+			if err != nil {
+				return err
+			}
+			cleanup := func() error {
+				if keep {
+					fmt.Fprintf(c.ErrOrStderr(), "kept VM %s (delete it with: smolvm delete %s)\n", vm.ID(), vm.ID())
+					return vm.Release()
+				}
+				return vm.ForceDelete(context.WithoutCancel(ctx))
+			}
+			if err := vm.Start(ctx); err != nil {
+				return errors.Join(err, cleanup())
+			}
+			st, err := vm.Exec(ctx, smolvm.ExecOptions{Shell: shellJoin(a), Timeout: timeout, Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr(), Stdin: stdinIfPiped()})
+			if cerr := cleanup(); err == nil && cerr != nil {
+				return cerr
+			}
+			if err != nil && !st.TimedOut {
+				return err
+			}
+			if err != nil {
+				fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
+			}
+			if st.ExitCode != 0 {
+				return exitCodeError{st.ExitCode}
+			}
+			return nil
+		},
+	}
+	f.add(c)
+	c.Flags().BoolVar(&keep, "keep", false, "keep the VM after the command (default: delete it)")
+	c.Flags().Bool("rm", true, "delete the VM after the command (the default; see --keep)")
+	c.Flags().DurationVar(&timeout, "timeout", 0, "kill the command after this long (0: no limit)")
+	return c
+}
+
+// stdinIfPiped returns os.Stdin when it is not a terminal, so piped input
+// reaches the command and an interactive shell does not block on it.
+func stdinIfPiped() io.Reader {
+	fi, err := os.Stdin.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice != 0 {
+		return nil
+	}
+	return os.Stdin
+}
+
+// shellJoin makes one shell command of argv: a single argument is a script
+// as written; several are quoted word by word.
+func shellJoin(argv []string) string {
+	if len(argv) == 1 {
+		return argv[0]
+	}
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = shellQuote(a)
+	}
+	return strings.Join(q, " ")
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func newLogsCmd(g *globals) *cobra.Command {
+	var follow bool
+	c := &cobra.Command{
+		Use:   "logs ID",
+		Short: "Print a VM's serial console",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			vm, err := smolvm.FromID(c.Context(), a[0], g.opts()...)
+			if err != nil {
+				return err
+			}
+			defer vm.Release()
+			f, err := os.Open(vm.ConsoleLog())
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%s has no console log yet (it never started)", a[0])
+			}
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			for {
+				if _, err := io.Copy(c.OutOrStdout(), f); err != nil {
+					return err
+				}
+				if !follow {
+					return nil
+				}
+				if vm.Refresh(c.Context()) == nil && vm.Info().Status != smolvm.StateRunning && vm.Info().Status != smolvm.StatePaused {
+					_, err := io.Copy(c.OutOrStdout(), f)
+					return err
+				}
+				select {
+				case <-c.Context().Done():
+					return nil
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		},
+	}
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing while the VM runs")
+	return c
+}

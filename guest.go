@@ -1,0 +1,327 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
+	"github.com/smolvm-go/smolvm/internal/vmm"
+)
+
+// agentAttempt bounds one connection attempt to the agent; a boot retries
+// until its own deadline.
+const agentAttempt = 3 * time.Second
+
+// connectAgent connects to the agent of a VMM that was just launched or is
+// known to run, retrying until ctx ends or the VMM dies.
+func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
+	var last error
+	for {
+		if !vmm.Alive(inst.PID, inst.PIDStart) {
+			if last == nil {
+				last = errors.New("no answer")
+			}
+			return nil, fmt.Errorf("VMM process %d exited before the agent answered (%v): %w", inst.PID, last, vmm.ErrNotRunning)
+		}
+		actx, cancel := context.WithTimeout(ctx, agentAttempt)
+		c, err := dialAgent(actx, inst)
+		cancel()
+		if err == nil {
+			vm.mu.Lock()
+			if vm.ac != nil {
+				vm.ac.Close()
+			}
+			vm.ac = c
+			vm.mu.Unlock()
+			return c, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last attempt: %v)", ctx.Err(), last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func dialAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
+	conn, err := agent.DialUnix(ctx, inst.Agent)
+	if err != nil {
+		return nil, err
+	}
+	c, err := agent.NewClient(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Health(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// client returns a live connection to the guest agent, connecting if needed.
+func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
+	vm.mu.Lock()
+	c := vm.ac
+	vm.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.Done():
+		default:
+			return c, nil
+		}
+	}
+	row, _, err := vm.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inst := instanceOf(row)
+	if row.Status != string(StateRunning) || !vmm.Alive(inst.PID, inst.PIDStart) {
+		vm.Refresh(ctx)
+		return nil, fmt.Errorf("VM is not running (status %s): %w", vm.Info().Status, ErrCommandUnavailable)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err = vm.connectAgent(cctx, inst)
+	if err != nil {
+		return nil, kindErr{ErrCommandUnavailable, err}
+	}
+	return c, nil
+}
+
+// dropClient closes the cached agent connection.
+func (vm *VM) dropClient() {
+	vm.mu.Lock()
+	c := vm.ac
+	vm.ac = nil
+	vm.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// agentErr maps the agent's error kinds to the SDK's.
+func agentErr(op, id string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, proto.ErrNotFound):
+		return wrapErr(op, id, ErrNotFound, err)
+	case errors.Is(err, proto.ErrInvalidArgument):
+		return wrapErr(op, id, ErrInvalidConfig, err)
+	case errors.Is(err, proto.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return wrapErr(op, id, ErrTimeout, err)
+	case errors.Is(err, proto.ErrUnavailable):
+		return wrapErr(op, id, ErrCommandUnavailable, err)
+	}
+	return wrapErr(op, id, ErrCommandUnavailable, err)
+}
+
+// ExecOptions describes a command to run in the guest. Exactly one of Argv
+// and Shell is set.
+type ExecOptions struct {
+	// Argv is the program and its arguments, run without a shell.
+	Argv []string
+	// Shell is a script run with `sh -lc`, so /etc/profile.d (and the VM's
+	// env vars) are read.
+	Shell string
+	// Env adds variables for this command only.
+	Env map[string]string
+	// Dir is the working directory (absolute); empty means the user's home.
+	Dir string
+	// User is a user name or uid; empty means root.
+	User string
+	// Timeout kills the command's whole process group after this long; 0 means none.
+	Timeout time.Duration
+	// Stdin feeds the command; nil reads as empty.
+	Stdin io.Reader
+	// Stdout and Stderr receive the command's output as it runs; nil discards.
+	Stdout, Stderr io.Writer
+}
+
+// ExitStatus is how a command ended.
+type ExitStatus struct {
+	// ExitCode is the exit status, 128+N when killed by signal N.
+	ExitCode int `json:"exit_code"`
+	// Signal names the signal that killed the command, if one did.
+	Signal string `json:"signal,omitempty"`
+	// TimedOut reports whether the command was killed at its timeout.
+	TimedOut bool `json:"timed_out,omitempty"`
+}
+
+// Exec runs a command in the guest, streaming its input and output. A
+// command that runs past its Timeout is killed and reported with
+// TimedOut set and an error matching ErrTimeout.
+func (vm *VM) Exec(ctx context.Context, eo ExecOptions) (ExitStatus, error) {
+	if (len(eo.Argv) == 0) == (eo.Shell == "") {
+		return ExitStatus{}, wrapErr("exec", vm.id, ErrInvalidConfig, configErr("command", "", "give exactly one of an argv or a shell command"))
+	}
+	for k := range eo.Env {
+		if err := ValidateEnvKey(k); err != nil {
+			return ExitStatus{}, wrapErr("exec", vm.id, ErrInvalidConfig, err)
+		}
+	}
+	c, err := vm.client(ctx)
+	if err != nil {
+		return ExitStatus{}, wrapErr("exec", vm.id, ErrCommandUnavailable, err)
+	}
+	res, err := c.Exec(ctx, agent.ExecRequest{Argv: eo.Argv, Shell: eo.Shell, Env: eo.Env, Dir: eo.Dir, User: eo.User, Timeout: eo.Timeout},
+		eo.Stdin, eo.Stdout, eo.Stderr)
+	st := ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}
+	if err != nil {
+		return st, agentErr("exec", vm.id, err)
+	}
+	if st.TimedOut {
+		return st, wrapErr("exec", vm.id, ErrTimeout, fmt.Errorf("command killed after %v", eo.Timeout))
+	}
+	return st, nil
+}
+
+// RunOption tunes Run.
+type RunOption func(*ExecOptions)
+
+// RunTimeout kills the command after d.
+func RunTimeout(d time.Duration) RunOption { return func(e *ExecOptions) { e.Timeout = d } }
+
+// RunEnv sets variables for this command only.
+func RunEnv(env map[string]string) RunOption { return func(e *ExecOptions) { e.Env = env } }
+
+// RunDir sets the working directory.
+func RunDir(dir string) RunOption { return func(e *ExecOptions) { e.Dir = dir } }
+
+// RunUser runs the command as user (name or uid).
+func RunUser(user string) RunOption { return func(e *ExecOptions) { e.User = user } }
+
+// Run runs a shell command in the guest (`sh -lc`) and collects its output.
+// A non-zero exit code is not an error: check CommandResult.OK.
+func (vm *VM) Run(ctx context.Context, command string, opts ...RunOption) (CommandResult, error) {
+	var out, errb bytes.Buffer
+	eo := ExecOptions{Shell: command, Stdout: &out, Stderr: &errb}
+	for _, f := range opts {
+		f(&eo)
+	}
+	st, err := vm.Exec(ctx, eo)
+	return CommandResult{ExitCode: st.ExitCode, Stdout: out.String(), Stderr: errb.String()}, err
+}
+
+// Upload streams r into the guest file guestPath (absolute) with mode,
+// creating parent directories. The file is replaced atomically.
+func (vm *VM) Upload(ctx context.Context, guestPath string, r io.Reader, mode os.FileMode) error {
+	c, err := vm.client(ctx)
+	if err != nil {
+		return wrapErr("upload", vm.id, ErrCommandUnavailable, err)
+	}
+	return agentErr("upload", vm.id, c.Upload(ctx, guestPath, r, mode, true))
+}
+
+// Download streams the guest file guestPath (absolute) into w and returns its mode.
+func (vm *VM) Download(ctx context.Context, guestPath string, w io.Writer) (os.FileMode, error) {
+	c, err := vm.client(ctx)
+	if err != nil {
+		return 0, wrapErr("download", vm.id, ErrCommandUnavailable, err)
+	}
+	m, err := c.Download(ctx, guestPath, w)
+	return m, agentErr("download", vm.id, err)
+}
+
+// UploadFile copies the host file localPath to guestPath, keeping its mode.
+func (vm *VM) UploadFile(ctx context.Context, localPath, guestPath string) error {
+	f, err := os.Open(localPath)
+	if err != nil {
+		return wrapErr("upload", vm.id, ErrNotFound, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return wrapErr("upload", vm.id, ErrNotFound, err)
+	}
+	if fi.IsDir() {
+		return wrapErr("upload", vm.id, ErrInvalidConfig, fmt.Errorf("%s is a directory", localPath))
+	}
+	return vm.Upload(ctx, guestPath, f, fi.Mode().Perm())
+}
+
+// DownloadFile copies the guest file guestPath to the host file localPath,
+// keeping its mode. localPath is replaced atomically; on failure nothing is left.
+func (vm *VM) DownloadFile(ctx context.Context, guestPath, localPath string) (retErr error) {
+	tmp, err := os.CreateTemp(filepath.Dir(localPath), "."+filepath.Base(localPath)+".smolvm-*")
+	if err != nil {
+		return wrapErr("download", vm.id, ErrInvalidConfig, err)
+	}
+	defer func() {
+		if retErr != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	mode, err := vm.Download(ctx, guestPath, tmp)
+	if err != nil {
+		return err
+	}
+	if err := tmp.Chmod(mode.Perm()); err != nil {
+		return wrapErr("download", vm.id, ErrInvalidConfig, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return wrapErr("download", vm.id, ErrInvalidConfig, err)
+	}
+	if err := os.Rename(tmp.Name(), localPath); err != nil {
+		return wrapErr("download", vm.id, ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// SetEnvVars sets environment variables in the guest for every later
+// command and SSH login, merging with those already set.
+func (vm *VM) SetEnvVars(ctx context.Context, vars map[string]string) error {
+	return vm.setEnv(ctx, vars, false)
+}
+
+// ReplaceEnvVars makes vars the guest's only persisted environment variables.
+func (vm *VM) ReplaceEnvVars(ctx context.Context, vars map[string]string) error {
+	return vm.setEnv(ctx, vars, true)
+}
+
+func (vm *VM) setEnv(ctx context.Context, vars map[string]string, replace bool) error {
+	for k := range vars {
+		if err := ValidateEnvKey(k); err != nil {
+			return wrapErr("set env", vm.id, ErrInvalidConfig, err)
+		}
+	}
+	c, err := vm.client(ctx)
+	if err != nil {
+		return wrapErr("set env", vm.id, ErrCommandUnavailable, err)
+	}
+	return agentErr("set env", vm.id, c.SetEnv(ctx, vars, replace))
+}
+
+// UnsetEnvVars removes persisted environment variables from the guest.
+func (vm *VM) UnsetEnvVars(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if err := ValidateEnvKey(k); err != nil {
+			return wrapErr("unset env", vm.id, ErrInvalidConfig, err)
+		}
+	}
+	c, err := vm.client(ctx)
+	if err != nil {
+		return wrapErr("unset env", vm.id, ErrCommandUnavailable, err)
+	}
+	return agentErr("unset env", vm.id, c.UnsetEnv(ctx, keys))
+}
+
+// ListEnvVars returns the guest's persisted environment variables.
+func (vm *VM) ListEnvVars(ctx context.Context) (map[string]string, error) {
+	c, err := vm.client(ctx)
+	if err != nil {
+		return nil, wrapErr("list env", vm.id, ErrCommandUnavailable, err)
+	}
+	m, err := c.ListEnv(ctx)
+	return m, agentErr("list env", vm.id, err)
+}

@@ -1,0 +1,271 @@
+// Package qemu is the QEMU backend: qemu-system-x86_64 with the microvm (or
+// q35) machine, direct kernel boot, virtio devices, a serial console to a
+// file, the agent on a virtio-serial port and QMP for control.
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/smolvm-go/smolvm/internal/vmm"
+)
+
+// AgentPortName is the virtio-serial port name the guest agent opens
+// (/dev/virtio-ports/<name>).
+const AgentPortName = "org.smolvm.agent"
+
+// Backend launches VMs with qemu-system-x86_64. The zero value looks the
+// binary up in PATH.
+type Backend struct {
+	// Binary is the QEMU executable; empty means qemu-system-x86_64 from PATH.
+	Binary string
+}
+
+// Name implements vmm.Backend.
+func (b *Backend) Name() string { return "qemu" }
+
+func (b *Backend) binary() (string, error) {
+	name := b.Binary
+	if name == "" {
+		name = "qemu-system-x86_64"
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found (install the qemu-system-x86 package): %w", name, vmm.ErrUnavailable)
+	}
+	return p, nil
+}
+
+// Version returns the first line of `qemu-system-x86_64 --version`.
+func (b *Backend) Version(ctx context.Context) (string, error) {
+	bin, err := b.binary()
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(line), nil
+}
+
+// Paths of a VM's sockets inside its runtime directory.
+func controlPath(dir string) string { return filepath.Join(dir, "qmp.sock") }
+func agentPath(dir string) string   { return filepath.Join(dir, "agent.sock") }
+
+// maxSocketPath is the longest path a Unix socket address holds.
+const maxSocketPath = 107
+
+// Args returns QEMU's command line for spec with acceleration accel.
+func Args(spec vmm.Spec, accel vmm.Accel) []string {
+	machine := spec.Machine
+	if machine == "" {
+		machine = "microvm"
+	}
+	cmdline := "console=ttyS0 reboot=t panic=-1 " + spec.Cmdline
+	var a []string
+	switch machine {
+	case "microvm":
+		// isa-serial for the console, an RTC for wall time; no PIC/PIT
+		// emulation cost beyond what the kernel needs.
+		a = append(a, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on")
+	default:
+		a = append(a, "-M", machine)
+	}
+	if accel == vmm.AccelKVM {
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	} else {
+		// A bounded translation cache keeps TCG's host memory in check.
+		a = append(a, "-accel", "tcg,tb-size=64", "-cpu", "max")
+		if khz := vmm.TSCkHz(); khz > 0 {
+			cmdline += fmt.Sprintf(" tsc_early_khz=%d", khz)
+		}
+	}
+	a = append(a,
+		"-smp", fmt.Sprint(spec.VCPUs),
+		"-m", fmt.Sprint(spec.MemoryMiB),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-name", spec.ID+",process=smolvm-"+spec.ID,
+		"-kernel", spec.Kernel,
+		"-append", cmdline,
+		"-chardev", "file,id=console,path="+spec.ConsoleLog,
+		"-serial", "chardev:console",
+		"-qmp", "unix:"+controlPath(spec.Dir)+",server=on,wait=off",
+	)
+	if spec.Initrd != "" {
+		a = append(a, "-initrd", spec.Initrd)
+	}
+	dev := func(kind string) string {
+		if machine == "microvm" {
+			return kind + "-device"
+		}
+		return kind + "-pci"
+	}
+	for i, d := range spec.Disks {
+		opt := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=unsafe,discard=unmap", i, d.Path)
+		if d.ReadOnly {
+			opt += ",readonly=on"
+		}
+		a = append(a, "-drive", opt, "-device", fmt.Sprintf("%s,drive=disk%d", dev("virtio-blk"), i))
+	}
+	if spec.NIC != nil {
+		a = append(a,
+			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", spec.NIC.TAP),
+			"-device", fmt.Sprintf("%s,netdev=net0,mac=%s", dev("virtio-net"), spec.NIC.MAC))
+	}
+	serialDev := "virtio-serial-device"
+	if machine != "microvm" {
+		serialDev = "virtio-serial-pci"
+	}
+	a = append(a,
+		"-device", serialDev,
+		"-chardev", "socket,id=agent,path="+agentPath(spec.Dir)+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
+	)
+	return a
+}
+
+// Launch implements vmm.Backend. QEMU runs in its own session so that it
+// survives the caller; its standard error goes to <Dir>/qemu.err.
+func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
+	bin, err := b.binary()
+	if err != nil {
+		return vmm.Instance{}, err
+	}
+	if len(agentPath(spec.Dir)) > maxSocketPath {
+		return vmm.Instance{}, fmt.Errorf("runtime dir %s is too long for a Unix socket path (max %d bytes)", spec.Dir, maxSocketPath)
+	}
+	accel, _ := spec.Accel.Resolve()
+	if accel == vmm.AccelKVM {
+		if _, err := os.Stat("/dev/kvm"); err != nil {
+			return vmm.Instance{}, fmt.Errorf("accel kvm: %v: %w", err, vmm.ErrUnavailable)
+		}
+	}
+	for _, p := range []string{controlPath(spec.Dir), agentPath(spec.Dir)} {
+		os.Remove(p)
+	}
+	errPath := filepath.Join(spec.Dir, "qemu.err")
+	errFile, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return vmm.Instance{}, err
+	}
+	defer errFile.Close()
+	cmd := exec.Command(bin, Args(spec, accel)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, errFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return vmm.Instance{}, fmt.Errorf("start %s: %w", bin, err)
+	}
+	// Reap it if it ends while this process lives; otherwise init does.
+	go cmd.Wait()
+	inst := vmm.Instance{PID: cmd.Process.Pid, Control: controlPath(spec.Dir), Agent: agentPath(spec.Dir), AgentKind: "virtio-serial", Accel: accel}
+	inst.PIDStart, _ = vmm.StartTime(inst.PID)
+	return inst, nil
+}
+
+// WaitReady implements vmm.Backend: it waits for the QMP socket and a
+// running guest. A QEMU that exits meanwhile fails with its standard error.
+func (b *Backend) WaitReady(ctx context.Context, inst vmm.Instance) error {
+	for {
+		if !vmm.Alive(inst.PID, inst.PIDStart) {
+			return b.exitErr(inst)
+		}
+		if _, err := os.Stat(inst.Control); err == nil {
+			st, err := b.Status(ctx, inst)
+			if err == nil && st == vmm.StateRunning {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("qemu did not become ready: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (b *Backend) exitErr(inst vmm.Instance) error {
+	msg, _ := os.ReadFile(filepath.Join(filepath.Dir(inst.Control), "qemu.err"))
+	s := strings.TrimSpace(string(msg))
+	if s == "" {
+		s = "no message"
+	}
+	return fmt.Errorf("qemu exited: %s: %w", s, vmm.ErrNotRunning)
+}
+
+// Stop implements vmm.Backend: QMP quit, then wait for the process.
+func (b *Backend) Stop(ctx context.Context, inst vmm.Instance) error {
+	if !vmm.Alive(inst.PID, inst.PIDStart) {
+		return nil
+	}
+	err := withQMP(ctx, inst.Control, func(q *qmp) error { _, err := q.exec("quit", nil); return err })
+	if err != nil && vmm.Alive(inst.PID, inst.PIDStart) {
+		return err
+	}
+	return vmm.WaitExit(ctx, inst)
+}
+
+// Kill implements vmm.Backend.
+func (b *Backend) Kill(inst vmm.Instance) error { return vmm.KillProcess(inst.PID, inst.PIDStart) }
+
+// Pause implements vmm.Backend.
+func (b *Backend) Pause(ctx context.Context, inst vmm.Instance) error {
+	return b.simple(ctx, inst, "stop")
+}
+
+// Resume implements vmm.Backend.
+func (b *Backend) Resume(ctx context.Context, inst vmm.Instance) error {
+	return b.simple(ctx, inst, "cont")
+}
+
+func (b *Backend) simple(ctx context.Context, inst vmm.Instance, cmd string) error {
+	if !vmm.Alive(inst.PID, inst.PIDStart) {
+		return vmm.ErrNotRunning
+	}
+	return withQMP(ctx, inst.Control, func(q *qmp) error { _, err := q.exec(cmd, nil); return err })
+}
+
+// Status implements vmm.Backend.
+func (b *Backend) Status(ctx context.Context, inst vmm.Instance) (vmm.State, error) {
+	if !vmm.Alive(inst.PID, inst.PIDStart) {
+		return vmm.StateGone, nil
+	}
+	var st vmm.State
+	err := withQMP(ctx, inst.Control, func(q *qmp) error {
+		raw, err := q.exec("query-status", nil)
+		if err != nil {
+			return err
+		}
+		var s struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return err
+		}
+		switch s.Status {
+		case "running":
+			st = vmm.StateRunning
+		case "paused", "suspended", "prelaunch":
+			st = vmm.StatePaused
+		case "shutdown", "guest-panicked", "internal-error":
+			st = vmm.StateShutdown
+		default:
+			st = vmm.State(s.Status)
+		}
+		return nil
+	})
+	if err != nil && !vmm.Alive(inst.PID, inst.PIDStart) {
+		return vmm.StateGone, nil
+	}
+	return st, err
+}
+
+var _ vmm.Backend = (*Backend)(nil)

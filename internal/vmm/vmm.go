@@ -1,0 +1,153 @@
+// Package vmm defines the Backend interface that starts and controls a VM's
+// monitor process (QEMU or Firecracker), and the pieces every backend
+// shares: acceleration detection and process liveness.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Error kinds of backends; check them with errors.Is.
+var (
+	// ErrNotRunning means the VMM process is gone.
+	ErrNotRunning = errors.New("vmm not running")
+	// ErrUnavailable means the backend cannot run on this host (binary or device missing).
+	ErrUnavailable = errors.New("backend unavailable")
+)
+
+// Accel is how guest code executes.
+type Accel string
+
+// Accelerations.
+const (
+	// AccelAuto picks KVM where it can run a standard guest, TCG otherwise.
+	AccelAuto Accel = "auto"
+	// AccelKVM runs guest code on the CPU through /dev/kvm.
+	AccelKVM Accel = "kvm"
+	// AccelTCG emulates the CPU in software (QEMU only).
+	AccelTCG Accel = "tcg"
+)
+
+// Disk is a block device given to the guest, in order (the first is /dev/vda).
+type Disk struct {
+	// Path is the disk image file.
+	Path string
+	// ReadOnly attaches the disk read-only.
+	ReadOnly bool
+}
+
+// NIC is the guest's network interface, backed by a host TAP device.
+type NIC struct {
+	// TAP is the host TAP device's name; it must exist.
+	TAP string
+	// MAC is the guest's MAC address.
+	MAC string
+}
+
+// Spec describes a VM to launch.
+type Spec struct {
+	// ID is the VM id, used in process titles and logs.
+	ID string
+	// Dir is the VM's private runtime directory (mode 0700) for sockets.
+	Dir string
+	// Kernel is the kernel image: a bzImage for QEMU, an ELF vmlinux for Firecracker.
+	Kernel string
+	// Initrd is the initramfs.
+	Initrd string
+	// Cmdline is the kernel command line, without the console and
+	// acceleration words the backend adds itself.
+	Cmdline string
+	// VCPUs is the number of virtual CPUs.
+	VCPUs int
+	// MemoryMiB is the guest memory.
+	MemoryMiB int
+	// Disks are the block devices, root first.
+	Disks []Disk
+	// NIC is the network interface; nil means none.
+	NIC *NIC
+	// VsockCID is the guest's vsock context id, used where the backend has vsock.
+	VsockCID uint32
+	// ConsoleLog is the file that receives the guest's serial console.
+	ConsoleLog string
+	// Accel is the requested acceleration; AccelAuto decides per host.
+	Accel Accel
+	// Machine is the QEMU machine type ("microvm" or "q35"); empty means microvm.
+	Machine string
+}
+
+// Instance is a launched VM: what the caller must record to control it later,
+// possibly from another process.
+type Instance struct {
+	// PID is the VMM process id.
+	PID int
+	// PIDStart is the process's start time in clock ticks since boot, so a
+	// reused PID is not mistaken for the VMM.
+	PIDStart uint64
+	// Control is the VMM's control socket (QMP or Firecracker's API).
+	Control string
+	// Agent is the host end of the guest agent's channel.
+	Agent string
+	// AgentKind says how to reach the agent: "virtio-serial" (a Unix socket)
+	// or "vsock-uds" (Firecracker's hybrid vsock socket).
+	AgentKind string
+	// Accel is the acceleration actually used.
+	Accel Accel
+}
+
+// State is what a VMM reports about its guest.
+type State string
+
+// VMM states.
+const (
+	// StateRunning means vCPUs run.
+	StateRunning State = "running"
+	// StatePaused means vCPUs are stopped.
+	StatePaused State = "paused"
+	// StateShutdown means the guest powered off but the VMM process remains.
+	StateShutdown State = "shutdown"
+	// StateGone means the VMM process does not exist.
+	StateGone State = "gone"
+)
+
+// Backend launches and controls VMs of one VMM kind. Every method takes the
+// Instance returned by Launch, so a backend keeps no state of its own and a
+// second process can control a VM the first one launched.
+type Backend interface {
+	// Name returns the backend's name ("qemu", "firecracker").
+	Name() string
+	// Launch starts the VMM for spec. The VMM process outlives ctx and the
+	// calling process; Launch returns once the process runs.
+	Launch(ctx context.Context, spec Spec) (Instance, error)
+	// WaitReady waits until the VMM's control socket answers and the guest
+	// runs.
+	WaitReady(ctx context.Context, inst Instance) error
+	// Stop asks the VMM to end (the guest is expected to have powered off
+	// already) and waits for the process to exit.
+	Stop(ctx context.Context, inst Instance) error
+	// Kill ends the VMM process at once.
+	Kill(inst Instance) error
+	// Pause stops the guest's vCPUs.
+	Pause(ctx context.Context, inst Instance) error
+	// Resume restarts the guest's vCPUs.
+	Resume(ctx context.Context, inst Instance) error
+	// Status reports the VMM's state; StateGone when its process is gone.
+	Status(ctx context.Context, inst Instance) (State, error)
+}
+
+// WaitExit waits until the process of inst is gone or ctx ends.
+func WaitExit(ctx context.Context, inst Instance) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !Alive(inst.PID, inst.PIDStart) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,409 @@
+package smolvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/bootparams"
+	"github.com/smolvm-go/smolvm/internal/image"
+	"github.com/smolvm-go/smolvm/internal/store"
+	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmm/qemu"
+)
+
+// Default deadlines of lifecycle steps.
+const (
+	// DefaultBootTimeout bounds the wait from launch until the agent answers.
+	// Generous: under TCG a boot takes seconds, more when several run at once.
+	DefaultBootTimeout = 90 * time.Second
+	// DefaultStopTimeout bounds a clean power-off before QEMU is told to quit.
+	DefaultStopTimeout = 10 * time.Second
+)
+
+// boot is what Create resolved for booting: files and choices that do not
+// change over the VM's life.
+type boot struct {
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd"`
+	Disk   string `json:"disk"`
+}
+
+// WithConfig makes New create a VM from c instead of the defaults.
+func WithConfig(c VMConfig) Option { return func(o *options) { o.config = &c } }
+
+// WithoutNetwork makes New and Create give the VM no NIC; the agent still works.
+func WithoutNetwork() Option { return func(o *options) { o.noNetwork = true } }
+
+// WithBootTimeout bounds how long Start waits for the guest agent.
+func WithBootTimeout(d time.Duration) Option { return func(o *options) { o.bootTimeout = d } }
+
+// WithProgress receives progress of long work (image builds) as stage names
+// and counts.
+func WithProgress(f func(stage string, done, total int64)) Option {
+	return func(o *options) { o.progress = f }
+}
+
+// New creates and starts a VM: the one given by WithConfig, or by default one
+// with the default image (built on first use), 2 vCPUs, 512 MiB and
+// networking. Close stops and deletes it. If starting fails, the VM is
+// deleted and nothing is left behind.
+func New(ctx context.Context, opts ...Option) (*VM, error) {
+	o := buildOptions(opts)
+	var cfg VMConfig
+	if o.config != nil {
+		cfg = *o.config
+	}
+	vm, err := Create(ctx, cfg, CreateOptions{NoNetwork: o.noNetwork}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.Start(ctx); err != nil {
+		derr := vm.Delete(context.WithoutCancel(ctx))
+		return nil, errors.Join(err, derr)
+	}
+	return vm, nil
+}
+
+// resolveBoot finds the kernel, initrd and root disk of cfg: explicit paths
+// win, the rest come from cfg.Image (default "default"), built if missing.
+func (h *host) resolveBoot(ctx context.Context, cfg *VMConfig, o options) (boot, error) {
+	b := boot{Kernel: cfg.KernelPath, Initrd: cfg.InitrdPath, Disk: cfg.RootfsPath}
+	if b.Kernel == "" || b.Initrd == "" || b.Disk == "" {
+		if cfg.Image == "" {
+			cfg.Image = ImageDefault
+		}
+		img, err := image.Get(h.imagesDir(), cfg.Image)
+		if errors.Is(err, image.ErrNotFound) && (cfg.Image == ImageDefault || cfg.Image == ImageMinimal) {
+			img, err = h.buildImage(ctx, cfg.Image, ImageBuildOptions{Progress: o.progress})
+		}
+		if err != nil {
+			return boot{}, imageErr("image", cfg.Image, err)
+		}
+		if b.Kernel == "" {
+			b.Kernel = img.Kernel
+		}
+		if b.Initrd == "" {
+			b.Initrd = img.Initrd
+		}
+		if b.Disk == "" {
+			b.Disk = img.Rootfs
+		}
+	}
+	for _, f := range []struct{ field, path string }{{"kernel_path", b.Kernel}, {"initrd_path", b.Initrd}, {"rootfs_path", b.Disk}} {
+		if _, err := os.Stat(f.path); err != nil {
+			return boot{}, configErr(f.field, f.path, "file not readable: "+err.Error())
+		}
+	}
+	return b, nil
+}
+
+// Start boots the VM and waits until its agent answers. On failure the VMM
+// is killed, the VM is marked error, and the error carries the tail of the
+// serial console.
+func (vm *VM) Start(ctx context.Context) (retErr error) {
+	h := vm.h
+	unlock, err := h.lockVM(ctx, vm.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	row, rec, err := vm.load(ctx)
+	if err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	if vmm.Alive(row.PID, row.PIDStart) {
+		return wrapErr("start", vm.id, ErrState, errors.New("already running"))
+	}
+	backend, err := h.backend(rec.Config.Backend)
+	if err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	var undo undoStack
+	defer func() {
+		if retErr != nil {
+			undo.run(ctx)
+		}
+	}()
+
+	// Step: runtime directory and console log.
+	dir := h.vmDir(vm.id)
+	if err := agent.PrepareSocketDir(dir); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	logPath := h.logPath(vm.id)
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	os.Remove(logPath)
+
+	// Step: launch the VMM.
+	spec, err := h.spec(ctx, vm.id, rec)
+	if err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	inst, err := backend.Launch(ctx, spec)
+	if err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	undo.push(func(ctx context.Context) {
+		backend.Kill(inst)
+		vmm.WaitExit(ctx, inst)
+		os.Remove(inst.Agent)
+		os.Remove(inst.Control)
+	})
+	if _, err := h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
+		v.Status, v.PID, v.PIDStart, v.Control, v.Agent, v.Backend, v.Accel, v.Error =
+			string(StateRunning), inst.PID, inst.PIDStart, inst.Control, inst.Agent, backend.Name(), string(inst.Accel), ""
+		return nil
+	}); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	undo.push(func(ctx context.Context) {
+		msg := "start failed"
+		if retErr != nil {
+			msg = retErr.Error()
+		}
+		h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
+			v.Status, v.PID, v.PIDStart, v.Error = string(StateError), 0, 0, msg
+			return nil
+		})
+	})
+
+	// Step: wait for the VMM, then for the agent.
+	bootCtx, cancel := context.WithTimeout(ctx, vm.h.bootTimeout)
+	defer cancel()
+	if err := backend.WaitReady(bootCtx, inst); err != nil {
+		return vm.bootErr(err, logPath)
+	}
+	c, err := vm.connectAgent(bootCtx, inst)
+	if err != nil {
+		return vm.bootErr(err, logPath)
+	}
+	if len(rec.Config.EnvVars) > 0 {
+		if err := c.SetEnv(ctx, rec.Config.EnvVars, false); err != nil {
+			return wrapErr("start", vm.id, ErrCommandUnavailable, fmt.Errorf("set env vars: %w", err))
+		}
+	}
+	undo.release()
+	return vm.Refresh(ctx)
+}
+
+// bootErr wraps a failed boot with the tail of the console log.
+func (vm *VM) bootErr(err error, logPath string) error {
+	kind := ErrBackend
+	if errors.Is(err, context.DeadlineExceeded) {
+		kind = ErrTimeout
+		err = fmt.Errorf("guest agent did not answer within %v: %w", vm.h.bootTimeout, err)
+	}
+	tail := consoleTail(logPath, 25)
+	if tail != "" {
+		err = fmt.Errorf("%w\n--- last lines of the console (%s) ---\n%s", err, logPath, tail)
+	}
+	return wrapErr("start", vm.id, kind, err)
+}
+
+// consoleTail returns the last n lines of a console log.
+func consoleTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	s := strings.ReplaceAll(string(b), "\r", "")
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// spec builds the VMM launch spec of a VM from its record and lease.
+func (h *host) spec(ctx context.Context, id string, rec record) (vmm.Spec, error) {
+	cfg := rec.Config
+	bp := bootparams.Params{ID: id}
+	spec := vmm.Spec{
+		ID: id, Dir: h.vmDir(id), Kernel: rec.Boot.Kernel, Initrd: rec.Boot.Initrd,
+		VCPUs: cfg.VCPUCount, MemoryMiB: cfg.MemSizeMiB,
+		Disks:      []vmm.Disk{{Path: rec.Boot.Disk}},
+		ConsoleLog: h.logPath(id),
+		Accel:      vmm.Accel(rec.Accel),
+	}
+	if rec.Network {
+		l, err := h.st.LeaseOf(ctx, id)
+		if err != nil {
+			return vmm.Spec{}, err
+		}
+		if h.netReady != nil {
+			if err := h.netReady(ctx, l); err != nil {
+				return vmm.Spec{}, err
+			}
+			spec.NIC = &vmm.NIC{TAP: l.TAP, MAC: l.MAC}
+			bp.Addr = netip.PrefixFrom(l.IP, store.LeasePrefixLen)
+			bp.Gateway = l.Gateway
+			bp.DNS = []netip.Addr{l.Gateway}
+		}
+		spec.VsockCID = l.CID()
+	}
+	spec.Cmdline = strings.TrimSpace(bp.Format() + " " + cfg.BootArgs)
+	return spec, nil
+}
+
+// backend returns the VMM backend for kind.
+func (h *host) backend(kind BackendKind) (vmm.Backend, error) {
+	switch kind {
+	case BackendQEMU, BackendAuto, "":
+		return &qemu.Backend{}, nil
+	case BackendFirecracker:
+		return nil, fmt.Errorf("the Firecracker backend is not available yet: use --backend qemu: %w", vmm.ErrUnavailable)
+	}
+	return nil, configErr("backend", string(kind), "must be auto, qemu or firecracker")
+}
+
+// load reads the VM's row and record.
+func (vm *VM) load(ctx context.Context) (store.VM, record, error) {
+	row, err := vm.h.st.GetVM(ctx, vm.id)
+	if err != nil {
+		return store.VM{}, record{}, storeErr(err)
+	}
+	var rec record
+	if err := json.Unmarshal(row.Config, &rec); err != nil {
+		return store.VM{}, record{}, fmt.Errorf("corrupt record: %w", err)
+	}
+	return row, rec, nil
+}
+
+// instance rebuilds the backend's handle on a VM's VMM from its row.
+func instanceOf(row store.VM) vmm.Instance {
+	return vmm.Instance{PID: row.PID, PIDStart: row.PIDStart, Control: row.Control, Agent: row.Agent, AgentKind: "virtio-serial", Accel: vmm.Accel(row.Accel)}
+}
+
+// Stop powers the guest off cleanly through its agent, then tells the VMM to
+// quit, then kills it, each step with a deadline. The disk is kept, so Start
+// boots the same disk again.
+func (vm *VM) Stop(ctx context.Context) error {
+	unlock, err := vm.h.lockVM(ctx, vm.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return vm.stopLocked(ctx, false)
+}
+
+func (vm *VM) stopLocked(ctx context.Context, force bool) error {
+	row, rec, err := vm.load(ctx)
+	if err != nil {
+		return wrapErr("stop", vm.id, ErrBackend, err)
+	}
+	inst := instanceOf(row)
+	if vmm.Alive(inst.PID, inst.PIDStart) {
+		backend, err := vm.h.backend(rec.Config.Backend)
+		if err != nil {
+			return wrapErr("stop", vm.id, ErrBackend, err)
+		}
+		if !force {
+			vm.powerOff(ctx, inst)
+		}
+		if vmm.Alive(inst.PID, inst.PIDStart) {
+			qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			backend.Stop(qctx, inst)
+			cancel()
+		}
+		if err := backend.Kill(inst); err != nil {
+			return wrapErr("stop", vm.id, ErrBackend, err)
+		}
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := vmm.WaitExit(kctx, inst); err != nil {
+			return wrapErr("stop", vm.id, ErrBackend, fmt.Errorf("VMM process %d did not exit: %w", inst.PID, err))
+		}
+	}
+	vm.dropClient()
+	os.Remove(row.Agent)
+	os.Remove(row.Control)
+	if _, err := vm.h.st.UpdateVM(context.WithoutCancel(ctx), vm.id, func(v *store.VM) error {
+		if v.Status != string(StateCreated) || v.PID != 0 {
+			v.Status = string(StateStopped)
+		}
+		v.PID, v.PIDStart, v.Control, v.Agent = 0, 0, "", ""
+		return nil
+	}); err != nil {
+		return wrapErr("stop", vm.id, ErrBackend, storeErr(err))
+	}
+	return vm.Refresh(ctx)
+}
+
+// powerOff asks the agent to power the guest off and waits for the VMM to
+// exit, within the context's deadline or DefaultStopTimeout.
+func (vm *VM) powerOff(ctx context.Context, inst vmm.Instance) {
+	ctx, cancel := context.WithTimeout(ctx, DefaultStopTimeout)
+	defer cancel()
+	c, err := vm.client(ctx)
+	if err != nil {
+		return
+	}
+	if err := c.PowerOff(ctx); err != nil {
+		return
+	}
+	vm.dropClient()
+	vmm.WaitExit(ctx, inst)
+}
+
+// Delete stops the VM if it runs and removes it with everything it holds:
+// VMM process, sockets, disk copy, console log, leases and port forwards.
+// The handle is closed.
+func (vm *VM) Delete(ctx context.Context) error {
+	return vm.delete(ctx, false)
+}
+
+// ForceDelete is Delete without the clean power-off: the VMM is killed.
+func (vm *VM) ForceDelete(ctx context.Context) error {
+	return vm.delete(ctx, true)
+}
+
+func (vm *VM) delete(ctx context.Context, force bool) error {
+	defer vm.h.close()
+	unlock, err := vm.h.lockVM(ctx, vm.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := vm.stopLocked(ctx, force); err != nil && !errors.Is(err, ErrNotFound) {
+		return wrapErr("delete", vm.id, ErrBackend, err)
+	}
+	if err := vm.h.removeFiles(vm.id); err != nil {
+		return wrapErr("delete", vm.id, ErrBackend, err)
+	}
+	if err := vm.h.st.DeleteVM(context.WithoutCancel(ctx), vm.id); err != nil {
+		return wrapErr("delete", vm.id, ErrBackend, storeErr(err))
+	}
+	os.Remove(vm.h.lockPath(vm.id))
+	return nil
+}
+
+// removeFiles removes a VM's directory and console log.
+func (h *host) removeFiles(id string) error {
+	if err := os.RemoveAll(h.vmDir(id)); err != nil {
+		return err
+	}
+	if err := os.Remove(h.logPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Close stops and deletes the VM, like leaving Python's `with SmolVM() as vm:`.
+func (vm *VM) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return vm.Delete(ctx)
+}
+
+// ConsoleLog returns the path of the VM's serial console log.
+func (vm *VM) ConsoleLog() string { return vm.h.logPath(vm.id) }
