@@ -25,10 +25,27 @@ func TestDefaultDataDir(t *testing.T) {
 	}
 }
 
+// bootFiles returns cfg with explicit kernel, initrd and root disk files, so
+// Create records a VM without needing a built image (these tests boot nothing).
+func bootFiles(t *testing.T, cfg VMConfig) VMConfig {
+	t.Helper()
+	d := t.TempDir()
+	for _, p := range []*string{&cfg.KernelPath, &cfg.InitrdPath, &cfg.RootfsPath} {
+		f, err := os.CreateTemp(d, "boot")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("not booted by this test")
+		f.Close()
+		*p = f.Name()
+	}
+	return cfg
+}
+
 func TestCreateInfoListDelete(t *testing.T) {
 	ctx := context.Background()
 	dir := WithDataDir(t.TempDir())
-	vm, err := Create(ctx, VMConfig{VMID: "web", EnvVars: map[string]string{"A": "1"}, SSHHostPort: SSHPortAuto}, CreateOptions{}, dir)
+	vm, err := Create(ctx, bootFiles(t, VMConfig{VMID: "web", EnvVars: map[string]string{"A": "1"}, SSHHostPort: SSHPortAuto}), CreateOptions{}, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +77,7 @@ func TestCreateInfoListDelete(t *testing.T) {
 	}
 
 	// A second VM gets the next lease; a VM without network gets none.
-	vm2, err := Create(ctx, VMConfig{VMID: "db"}, CreateOptions{}, dir)
+	vm2, err := Create(ctx, bootFiles(t, VMConfig{VMID: "db"}), CreateOptions{}, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +85,7 @@ func TestCreateInfoListDelete(t *testing.T) {
 		t.Fatalf("second VM: %v", vm2.Info().Network)
 	}
 	vm2.Release()
-	vm3, err := Create(ctx, VMConfig{VMID: "offline"}, CreateOptions{NoNetwork: true}, dir)
+	vm3, err := Create(ctx, bootFiles(t, VMConfig{VMID: "offline"}), CreateOptions{NoNetwork: true}, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,15 +95,15 @@ func TestCreateInfoListDelete(t *testing.T) {
 	vm3.Release()
 
 	// Duplicate ids, bad configs: typed errors, nothing recorded.
-	if _, err := Create(ctx, VMConfig{VMID: "web"}, CreateOptions{}, dir); !errors.Is(err, ErrAlreadyExists) {
+	if _, err := Create(ctx, bootFiles(t, VMConfig{VMID: "web"}), CreateOptions{}, dir); !errors.Is(err, ErrAlreadyExists) {
 		t.Fatalf("duplicate: %v", err)
 	}
-	_, err = Create(ctx, VMConfig{VMID: "bad", MemSizeMiB: 1}, CreateOptions{}, dir)
+	_, err = Create(ctx, bootFiles(t, VMConfig{VMID: "bad", MemSizeMiB: 1}), CreateOptions{}, dir)
 	var ce *ConfigError
 	if !errors.As(err, &ce) || ce.Field != "mem_size_mib" {
 		t.Fatalf("bad memory: %v", err)
 	}
-	if _, err := Create(ctx, VMConfig{VMID: "bad2", SSHHostPort: 2300}, CreateOptions{NoNetwork: true}, dir); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := Create(ctx, bootFiles(t, VMConfig{VMID: "bad2", SSHHostPort: 2300}), CreateOptions{NoNetwork: true}, dir); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("ssh without network: %v", err)
 	}
 
@@ -117,7 +134,7 @@ func TestCreateInfoListDelete(t *testing.T) {
 		t.Fatalf("invalid id: %v", err)
 	}
 	// The freed lease is reused.
-	vm4, err := Create(ctx, VMConfig{VMID: "again"}, CreateOptions{}, dir)
+	vm4, err := Create(ctx, bootFiles(t, VMConfig{VMID: "again"}), CreateOptions{}, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

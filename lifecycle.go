@@ -145,6 +145,9 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	os.Remove(logPath)
 
 	// Step: launch the VMM.
+	if err := step("start/launch"); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
 	spec, err := h.spec(ctx, vm.id, rec)
 	if err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
@@ -159,6 +162,9 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 		os.Remove(inst.Agent)
 		os.Remove(inst.Control)
 	})
+	if err := step("start/record"); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
 	if _, err := h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
 		v.Status, v.PID, v.PIDStart, v.Control, v.Agent, v.Backend, v.Accel, v.Error =
 			string(StateRunning), inst.PID, inst.PIDStart, inst.Control, inst.Agent, backend.Name(), string(inst.Accel), ""
@@ -180,12 +186,21 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	// Step: wait for the VMM, then for the agent.
 	bootCtx, cancel := context.WithTimeout(ctx, vm.h.bootTimeout)
 	defer cancel()
+	if err := step("start/wait-vmm"); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
 	if err := backend.WaitReady(bootCtx, inst); err != nil {
 		return vm.bootErr(err, logPath)
+	}
+	if err := step("start/wait-agent"); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
 	}
 	c, err := vm.connectAgent(bootCtx, inst)
 	if err != nil {
 		return vm.bootErr(err, logPath)
+	}
+	if err := step("start/env"); err != nil {
+		return wrapErr("start", vm.id, ErrBackend, err)
 	}
 	if len(rec.Config.EnvVars) > 0 {
 		if err := c.SetEnv(ctx, rec.Config.EnvVars, false); err != nil {

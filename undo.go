@@ -2,6 +2,7 @@ package smolvm
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -22,4 +23,18 @@ func (u *undoStack) run(ctx context.Context) {
 		(*u)[i](ctx)
 	}
 	*u = nil
+}
+
+// failStep, when set (by tests), is called at the start of every named
+// lifecycle step; an error it returns fails that step, so tests can prove
+// that each failure point undoes everything before it.
+var failStep func(step string) error
+
+func step(name string) error {
+	if failStep != nil {
+		if err := failStep(name); err != nil {
+			return fmt.Errorf("step %s: %w", name, err)
+		}
+	}
+	return nil
 }

@@ -71,6 +71,9 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errors.New("a VM with this id exists"))
 	}
 	// Step: kernel, initrd, base disk.
+	if err := step("create/boot-files"); err != nil {
+		return nil, wrapErr("create", cfg.VMID, ErrImage, err)
+	}
 	b, err := h.resolveBoot(ctx, &cfg, o)
 	if err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrImage, err)
@@ -78,6 +81,9 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	// Step: record and allocate, in one transaction.
 	rec := record{Config: cfg, Network: !co.NoNetwork, Boot: b, Accel: co.Accel}
 	recJSON, _ := json.Marshal(rec)
+	if err := step("create/record"); err != nil {
+		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
+	}
 	a, err := h.st.CreateVM(ctx, store.VM{ID: cfg.VMID, Status: string(StateCreated), Config: recJSON},
 		store.Alloc{Lease: !co.NoNetwork, SSHPort: cfg.SSHHostPort}) // SSHPortAuto is the store's "auto" too
 	if err != nil {
@@ -85,12 +91,18 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	}
 	undo.push(func(ctx context.Context) { h.st.DeleteVM(ctx, cfg.VMID) })
 	// Step: the VM's directory and its disk.
+	if err := step("create/dir"); err != nil {
+		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
+	}
 	if err := os.MkdirAll(h.vmDir(cfg.VMID), 0o700); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
 	}
 	undo.push(func(context.Context) { h.removeFiles(cfg.VMID) })
 	if cfg.DiskMode == DiskIsolated {
 		disk := h.diskPath(cfg.VMID)
+		if err := step("create/disk"); err != nil {
+			return nil, wrapErr("create", cfg.VMID, ErrImage, err)
+		}
 		if err := image.CloneDisk(ctx, b.Disk, disk, int64(cfg.DiskSizeMiB)); err != nil {
 			return nil, wrapErr("create", cfg.VMID, ErrImage, fmt.Errorf("copy disk: %w", err))
 		}
@@ -100,6 +112,9 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 		rec.Config.SSHHostPort = a.SSH.HostPort
 	}
 	recJSON, _ = json.Marshal(rec)
+	if err := step("create/finish"); err != nil {
+		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
+	}
 	if _, err := h.st.UpdateVM(ctx, cfg.VMID, func(v *store.VM) error { v.Config = recJSON; return nil }); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
 	}

@@ -12,26 +12,12 @@ import (
 	"testing"
 
 	"github.com/smolvm-go/smolvm"
+	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
 
-var binary string
-
-// TestMain builds the real smolvm binary; the tests run it as a user would.
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "smolvm-cli-test")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, "smolvm")
-	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
-	if err != nil {
-		os.Stderr.Write(out)
-		panic(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+// TestMain runs the tests inside a private network namespace (vmtest), with
+// the real smolvm binary built from this module.
+func TestMain(m *testing.M) { vmtest.Main(m) }
 
 type result struct {
 	stdout, stderr string
@@ -40,7 +26,15 @@ type result struct {
 
 func cli(t *testing.T, dataDir string, argv ...string) result {
 	t.Helper()
+	return cliIn(t, dataDir, "", argv...)
+}
+
+// cliIn runs the built smolvm binary with stdin.
+func cliIn(t *testing.T, dataDir, stdin string, argv ...string) result {
+	t.Helper()
+	binary := filepath.Join(vmtest.Binaries(t), "smolvm")
 	cmd := exec.Command(binary, append([]string{"--data-dir", dataDir}, argv...)...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -64,7 +58,13 @@ func TestCLIListInfoDelete(t *testing.T) {
 		t.Fatalf("empty list json: %+v", r)
 	}
 	for _, id := range []string{"alpha", "beta"} {
-		vm, err := smolvm.Create(ctx, smolvm.VMConfig{VMID: id, SSHHostPort: smolvm.SSHPortAuto}, smolvm.CreateOptions{}, smolvm.WithDataDir(dir))
+		cfg := smolvm.VMConfig{VMID: id, SSHHostPort: smolvm.SSHPortAuto}
+		// Explicit boot files: this test records VMs and boots none.
+		for _, p := range []*string{&cfg.KernelPath, &cfg.InitrdPath, &cfg.RootfsPath} {
+			*p = filepath.Join(dir, "boot-file")
+			os.WriteFile(*p, []byte("not booted"), 0o644)
+		}
+		vm, err := smolvm.Create(ctx, cfg, smolvm.CreateOptions{}, smolvm.WithDataDir(dir))
 		if err != nil {
 			t.Fatal(err)
 		}

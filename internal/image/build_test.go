@@ -24,7 +24,7 @@ const helperEnv = "SMOLVM_IMAGE_TEST_HELPER"
 func buildHelper() {
 	signal.Ignore(syscall.SIGTERM)
 	_, err := Build(context.Background(), BuildOptions{
-		Name: NameMinimal, CacheDir: os.Getenv("CACHE"), AgentPath: os.Getenv("AGENT"),
+		Name: NameMinimal, CacheDir: os.Getenv("CACHE"), AgentPath: os.Getenv("AGENT"), KernelPath: os.Getenv("KERNEL"),
 		Progress: func(stage string, done, total int64) {
 			if stage == "initramfs" {
 				os.WriteFile(os.Getenv("MARKER"), nil, 0o644)
@@ -51,6 +51,16 @@ func privateCache(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// fastOptions returns build options for cache tests: the minimal image with
+// the test cache's extracted vmlinux as a user kernel, which skips the
+// kernel download and decompression (slow under -race) but keeps every
+// cache code path.
+func fastOptions(t *testing.T, cache string) BuildOptions {
+	t.Helper()
+	base := buildMinimal(t)
+	return BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: buildAgent(t), KernelPath: base.Vmlinux}
 }
 
 func TestBuildMinimal(t *testing.T) {
@@ -143,17 +153,18 @@ func TestExtractVmlinuxRejects(t *testing.T) {
 }
 
 func TestCacheHitAndMiss(t *testing.T) {
-	buildMinimal(t) // makes sure the packages are downloaded
 	cache := privateCache(t)
-	agent := buildAgent(t)
+	opts := fastOptions(t, cache)
+	agent := opts.AgentPath
 	ctx := context.Background()
-	first, err := Build(ctx, BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent})
+	first, err := Build(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var stages []string
-	second, err := Build(ctx, BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent,
-		Progress: func(s string, _, _ int64) { stages = append(stages, s) }})
+	o := opts
+	o.Progress = func(s string, _, _ int64) { stages = append(stages, s) }
+	second, err := Build(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +182,9 @@ func TestCacheHitAndMiss(t *testing.T) {
 	if err := os.WriteFile(agent2, append(b, "changed"...), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	third, err := Build(ctx, BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent2})
+	o = opts
+	o.AgentPath = agent2
+	third, err := Build(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +196,8 @@ func TestCacheHitAndMiss(t *testing.T) {
 		t.Fatal("agent checksum unchanged")
 	}
 	// Force rebuilds even on a hit.
-	forced, err := Build(ctx, BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent2, Force: true})
+	o.Force = true
+	forced, err := Build(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,9 +221,7 @@ func TestCacheHitAndMiss(t *testing.T) {
 }
 
 func TestConcurrentBuildsWait(t *testing.T) {
-	buildMinimal(t)
-	cache := privateCache(t)
-	agent := buildAgent(t)
+	opts := fastOptions(t, privateCache(t))
 	var wg sync.WaitGroup
 	imgs := make([]*Image, 2)
 	errs := make([]error, 2)
@@ -217,7 +229,7 @@ func TestConcurrentBuildsWait(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			imgs[i], errs[i] = Build(context.Background(), BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent})
+			imgs[i], errs[i] = Build(context.Background(), opts)
 		}()
 	}
 	wg.Wait()
@@ -232,17 +244,16 @@ func TestConcurrentBuildsWait(t *testing.T) {
 }
 
 func TestCancelledBuildLeavesNothing(t *testing.T) {
-	buildMinimal(t)
 	cache := privateCache(t)
-	agent := buildAgent(t)
+	opts := fastOptions(t, cache)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, err := Build(ctx, BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent,
-		Progress: func(s string, _, _ int64) {
-			if s == "rootfs: busybox" {
-				cancel()
-			}
-		}})
+	opts.Progress = func(s string, _, _ int64) {
+		if s == "rootfs: busybox" {
+			cancel()
+		}
+	}
+	_, err := Build(ctx, opts)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled build: err = %v, want context.Canceled", err)
 	}
@@ -253,12 +264,11 @@ func TestCancelledBuildLeavesNothing(t *testing.T) {
 }
 
 func TestKilledBuildIsCleanedUp(t *testing.T) {
-	buildMinimal(t)
 	cache := privateCache(t)
-	agent := buildAgent(t)
+	opts := fastOptions(t, cache)
 	marker := filepath.Join(t.TempDir(), "marker")
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=1", "CACHE="+cache, "AGENT="+agent, "MARKER="+marker)
+	cmd.Env = append(os.Environ(), helperEnv+"=1", "CACHE="+cache, "AGENT="+opts.AgentPath, "KERNEL="+opts.KernelPath, "MARKER="+marker)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -285,7 +295,7 @@ func TestKilledBuildIsCleanedUp(t *testing.T) {
 		t.Fatal("expected the killed build's temp dir to remain (to test its cleanup)")
 	}
 	assertNoImage(t, cache)
-	if _, err := Build(context.Background(), BuildOptions{Name: NameMinimal, CacheDir: cache, AgentPath: agent}); err != nil {
+	if _, err := Build(context.Background(), opts); err != nil {
 		t.Fatal(err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(cache, ".tmp-*")); len(left) != 0 {

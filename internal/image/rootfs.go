@@ -210,7 +210,7 @@ func makeExt4(ctx context.Context, dir, img, seed string) error {
 	}
 	sum := sha256.Sum256([]byte(seed))
 	u := fmt.Sprintf("%x-%x-%x-%x-%x", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])
-	_, err = runTool(ctx, "", "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "smolvm-root",
+	_, err = runTool(ctx, "", "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", "-L", "smolvm-root",
 		"-U", u, "-E", "hash_seed="+u+",root_owner=0:0", "-N", fmt.Sprint(inodes+inodes/2+1024), "-d", dir, img)
 	if err != nil {
 		return fmt.Errorf("make rootfs: %w", err)

@@ -276,14 +276,26 @@ func (in *Init) procAttr() *syscall.ProcAttr {
 func (in *Init) startSSHD() error {
 	keys, _ := filepath.Glob("/etc/ssh/ssh_host_*_key")
 	if len(keys) == 0 {
-		if ws, err := in.run("/usr/bin/ssh-keygen", "-A"); err != nil || ws.ExitStatus() != 0 {
-			return fmt.Errorf("ssh-keygen -A: %v %v", err, ws.ExitStatus())
+		// Only Ed25519 and ECDSA: an RSA key takes many seconds on an
+		// emulated (TCG) CPU, and every current client speaks Ed25519.
+		for _, typ := range []string{"ed25519", "ecdsa"} {
+			key := "/etc/ssh/ssh_host_" + typ + "_key"
+			ws, err := in.run("/usr/bin/ssh-keygen", "-q", "-t", typ, "-N", "", "-C", "root@"+in.params.ID, "-f", key)
+			if err != nil || ws.ExitStatus() != 0 {
+				return fmt.Errorf("ssh-keygen -t %s: %v (%s)", typ, err, waitString(ws))
+			}
 		}
 	}
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		return err
 	}
-	_, ch, err := in.reaper.Start([]string{"/usr/sbin/sshd", "-D"}, in.procAttr())
+	// Name the keys that exist, so sshd does not complain about the rest.
+	argv := []string{"/usr/sbin/sshd", "-D"}
+	keys, _ = filepath.Glob("/etc/ssh/ssh_host_*_key")
+	for _, k := range keys {
+		argv = append(argv, "-h", k)
+	}
+	_, ch, err := in.reaper.Start(argv, in.procAttr())
 	if err != nil {
 		return fmt.Errorf("start sshd: %w", err)
 	}

@@ -29,10 +29,14 @@ type Mounter struct {
 
 // EarlyMount is one pseudo filesystem mounted before anything else.
 type EarlyMount struct {
+	// Source, Target and FSType are mount(2)'s source, target and type.
 	Source, Target, FSType string
-	Flags                  uintptr
-	Data                   string
-	Mode                   os.FileMode // of Target if it has to be created
+	// Flags are mount(2)'s MS_* flags.
+	Flags uintptr
+	// Data holds the filesystem's options.
+	Data string
+	// Mode is Target's mode if it has to be created.
+	Mode os.FileMode
 }
 
 // Early are the filesystems the init mounts first.

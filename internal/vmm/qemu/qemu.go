@@ -93,7 +93,7 @@ func Args(spec vmm.Spec, accel vmm.Accel) []string {
 		"-smp", fmt.Sprint(spec.VCPUs),
 		"-m", fmt.Sprint(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-name", spec.ID+",process=smolvm-"+spec.ID,
+		"-name", "smolvm-"+spec.ID,
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
 		"-chardev", "file,id=console,path="+spec.ConsoleLog,

@@ -1,0 +1,352 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smolvm-go/smolvm/internal/store"
+	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmtest"
+)
+
+// VM tests boot the minimal image under QEMU inside a private network
+// namespace that vmtest.Main creates for this test binary and removes.
+func TestMain(m *testing.M) { vmtest.Main(m) }
+
+// vmEnv prepares a data dir for VM tests and returns its option.
+func vmEnv(t *testing.T) (Option, string) {
+	t.Helper()
+	vmtest.Require(t)
+	vmtest.Setup(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { assertNothingLeft(t, dir) })
+	return WithDataDir(dir), dir
+}
+
+func minimalVM(id string) VMConfig {
+	return VMConfig{VMID: id, Image: ImageMinimal, MemSizeMiB: 256, VCPUCount: 1}
+}
+
+// assertNothingLeft checks a data dir holds no VM, lease, port, VM
+// directory, console log or live QEMU of its own.
+func assertNothingLeft(t *testing.T, dir string) {
+	t.Helper()
+	if pids := vmtest.ProcessesOf(filepath.Join(dir, "vms")); len(pids) > 0 {
+		t.Errorf("QEMU processes left: %v", pids)
+		for _, p := range pids {
+			vmm.KillProcess(p, 0)
+		}
+	}
+	ctx := context.Background()
+	st, err := store.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	vms, _ := st.ListVMs(ctx)
+	leases, _ := st.Leases(ctx)
+	ports, _ := st.Ports(ctx, "")
+	if len(vms)+len(leases)+len(ports) > 0 {
+		t.Errorf("state left: %d VMs, %d leases, %d ports", len(vms), len(leases), len(ports))
+	}
+	for _, sub := range []string{"vms", "logs"} {
+		ents, _ := os.ReadDir(filepath.Join(dir, sub))
+		if len(ents) > 0 {
+			t.Errorf("%s left: %v", sub, ents)
+		}
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	opt, dir := vmEnv(t)
+	ctx := context.Background()
+	start := time.Now()
+	vm, err := Create(ctx, minimalVM("life"), CreateOptions{}, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := vm.Run(ctx, "echo hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("create -> first output: %v", time.Since(start))
+	if !res.OK() || res.Output() != "hello" {
+		t.Fatalf("echo: %+v", res)
+	}
+	inf := vm.Info()
+	if inf.Status != StateRunning || inf.PID == 0 || inf.Accel == "" || inf.Backend != BackendQEMU {
+		t.Fatalf("info while running: %+v", inf)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vms", "life", "disk.ext4")); err != nil {
+		t.Fatalf("isolated disk: %v", err)
+	}
+	// Exit codes and stderr.
+	res, err = vm.Run(ctx, "echo out; echo err >&2; exit 7")
+	if err != nil || res.ExitCode != 7 || res.Stdout != "out\n" || res.Stderr != "err\n" || res.OK() {
+		t.Fatalf("exit 7: %+v %v", res, err)
+	}
+	res, err = vm.Run(ctx, "kill -9 $$")
+	if err != nil || res.ExitCode != 137 {
+		t.Fatalf("kill -9: %+v %v", res, err)
+	}
+	res, err = vm.Run(ctx, "sleep 30", RunTimeout(500*time.Millisecond))
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("timeout: %+v %v", res, err)
+	}
+	// The VM's hostname is its id.
+	if res, _ := vm.Run(ctx, "hostname"); res.Output() != "life" {
+		t.Fatalf("hostname %q", res.Output())
+	}
+	// Files both ways, random binary content, checked by SHA-256.
+	data := make([]byte, 3<<20+17)
+	rand.Read(data)
+	if err := vm.Upload(ctx, "/root/data/blob.bin", bytes.NewReader(data), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var back bytes.Buffer
+	mode, err := vm.Download(ctx, "/root/data/blob.bin", &back)
+	if err != nil || sha256.Sum256(back.Bytes()) != sha256.Sum256(data) || mode.Perm() != 0o640 {
+		t.Fatalf("download: mode %v err %v, %d bytes", mode, err, back.Len())
+	}
+	local := filepath.Join(t.TempDir(), "out.bin")
+	if err := vm.DownloadFile(ctx, "/root/data/blob.bin", local); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(local); !bytes.Equal(got, data) {
+		t.Fatal("DownloadFile content differs")
+	}
+	if _, err := vm.Download(ctx, "/nope", &back); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing file: %v", err)
+	}
+	if err := vm.Upload(ctx, "relative/path", strings.NewReader("x"), 0o644); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("relative path: %v", err)
+	}
+	// Env vars: every shell-special character survives, and commands see them.
+	val := `it's "quoted" $HOME \ back` + "\nline2 `tick` ;&|<>(){}*?#~ é"
+	if err := vm.SetEnvVars(ctx, map[string]string{"SPECIAL": val, "B": "2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.UnsetEnvVars(ctx, "B"); err != nil {
+		t.Fatal(err)
+	}
+	env, err := vm.ListEnvVars(ctx)
+	if err != nil || len(env) != 1 || env["SPECIAL"] != val {
+		t.Fatalf("env list: %q %v", env, err)
+	}
+	res, _ = vm.Run(ctx, `printf %s "$SPECIAL"`)
+	if res.Stdout != val {
+		t.Fatalf("command sees %q, want %q", res.Stdout, val)
+	}
+	if err := vm.SetEnvVars(ctx, map[string]string{"1BAD": "x"}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("bad key: %v", err)
+	}
+
+	// Stop, then start again: the isolated disk keeps the file.
+	if _, err := vm.Run(ctx, "echo persisted > /root/keep.txt"); err != nil {
+		t.Fatal(err)
+	}
+	pid := vm.Info().PID
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if inf := vm.Info(); inf.Status != StateStopped || inf.PID != 0 {
+		t.Fatalf("after stop: %+v", inf)
+	}
+	if vmm.Alive(pid, 0) {
+		t.Fatalf("QEMU %d still alive after stop", pid)
+	}
+	for _, s := range []string{"agent.sock", "qmp.sock"} {
+		if _, err := os.Stat(filepath.Join(dir, "vms", "life", s)); err == nil {
+			t.Errorf("%s left after stop", s)
+		}
+	}
+	if _, err := vm.Run(ctx, "true"); !errors.Is(err, ErrCommandUnavailable) {
+		t.Fatalf("run on a stopped VM: %v", err)
+	}
+	if err := vm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err = vm.Run(ctx, "cat /root/keep.txt; printf %s \"$SPECIAL\" | wc -c")
+	if err != nil || !strings.HasPrefix(res.Stdout, "persisted\n") {
+		t.Fatalf("after restart: %+v %v", res, err)
+	}
+	if err := vm.Start(ctx); !errors.Is(err, ErrState) {
+		t.Fatalf("start while running: %v", err)
+	}
+	start = time.Now()
+	if err := vm.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("delete (running VM) -> done: %v", time.Since(start))
+	if _, err := FromID(ctx, "life", opt); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("FromID after delete: %v", err)
+	}
+}
+
+func TestTwoVMsAndSecondProcess(t *testing.T) {
+	opt, dir := vmEnv(t)
+	bin := filepath.Join(vmtest.Binaries(t), "smolvm")
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	vms := make([]*VM, 2)
+	errs := make([]error, 2)
+	for i, id := range []string{"twin-a", "twin-b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			vms[i], errs[i] = New(ctx, WithConfig(minimalVM(id)), opt)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("vm %d: %v", i, err)
+		}
+		defer vms[i].Close()
+	}
+	if vms[0].GetIP() == vms[1].GetIP() || vms[0].GetIP() == "" {
+		t.Fatalf("IPs %q %q", vms[0].GetIP(), vms[1].GetIP())
+	}
+	for _, vm := range vms {
+		res, err := vm.Run(ctx, "hostname")
+		if err != nil || res.Output() != vm.ID() {
+			t.Fatalf("%s: %+v %v", vm.ID(), res, err)
+		}
+	}
+	// Another process reaches the same VM by id (FromID inside the CLI),
+	// once this one lets go of the agent channel.
+	vms[1].dropClient()
+	out, err := exec.Command(bin, "--data-dir", dir, "exec", "twin-b", "--", "echo from $(hostname)").CombinedOutput()
+	if err != nil || string(out) != "from twin-b\n" {
+		t.Fatalf("second process: %q %v", out, err)
+	}
+	// And this process can use it again afterwards.
+	if res, err := vms[1].Run(ctx, "echo back"); err != nil || res.Output() != "back" {
+		t.Fatalf("after the second process: %+v %v", res, err)
+	}
+	// An env var set by another process is seen here. (A virtio-serial
+	// channel serves one host process at a time: let go of it first.)
+	vms[0].dropClient()
+	if out, err := exec.Command(bin, "--data-dir", dir, "env", "set", "twin-a", "FROM_CLI=yes").CombinedOutput(); err != nil {
+		t.Fatalf("env set: %s %v", out, err)
+	}
+	if res, _ := vms[0].Run(ctx, "echo $FROM_CLI"); res.Output() != "yes" {
+		t.Fatalf("FROM_CLI = %q", res.Output())
+	}
+}
+
+func TestVMMKilledExternally(t *testing.T) {
+	opt, _ := vmEnv(t)
+	ctx := context.Background()
+	vm, err := New(ctx, WithConfig(minimalVM("victim")), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := vm.Info().PID
+	if err := vmm.KillProcess(pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return !vmm.Alive(pid, 0) })
+	vm2, err := FromID(ctx, "victim", opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inf := vm2.Info(); inf.Status != StateError || !strings.Contains(inf.Error, "exited unexpectedly") {
+		t.Fatalf("after kill: %+v", inf)
+	}
+	vm2.Release()
+	list, _ := List(ctx, ListOptions{Status: StateRunning}, opt)
+	if len(list) != 0 {
+		t.Fatalf("still listed as running: %+v", list)
+	}
+	if _, err := vm.Run(ctx, "true"); !errors.Is(err, ErrCommandUnavailable) {
+		t.Fatalf("run on a dead VM: %v", err)
+	}
+	if err := vm.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBootTimeoutShowsConsole(t *testing.T) {
+	opt, _ := vmEnv(t)
+	ctx := context.Background()
+	vm, err := Create(ctx, minimalVM("slow"), CreateOptions{}, opt, WithBootTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Delete(ctx)
+	err = vm.Start(ctx)
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "did not answer within") {
+		t.Fatalf("err = %v", err)
+	}
+	vm.Refresh(ctx)
+	if inf := vm.Info(); inf.Status != StateError || inf.PID != 0 {
+		t.Fatalf("after a failed boot: %+v", inf)
+	}
+}
+
+// TestCreateFailsAtEachStep makes each step of create and start fail in
+// turn and checks that nothing is left behind.
+func TestCreateFailsAtEachStep(t *testing.T) {
+	opt, dir := vmEnv(t)
+	ctx := context.Background()
+	defer func() { failStep = nil }()
+	boom := errors.New("injected failure")
+	for _, s := range []string{"create/boot-files", "create/record", "create/dir", "create/disk", "create/finish"} {
+		failStep = func(name string) error {
+			if name == s {
+				return boom
+			}
+			return nil
+		}
+		_, err := Create(ctx, VMConfig{VMID: "fail", Image: ImageMinimal, SSHHostPort: SSHPortAuto}, CreateOptions{}, opt)
+		if !errors.Is(err, boom) || !strings.Contains(err.Error(), s) {
+			t.Fatalf("%s: err = %v", s, err)
+		}
+		assertNothingLeft(t, dir)
+	}
+	for _, s := range []string{"start/launch", "start/record", "start/wait-vmm", "start/wait-agent", "start/env"} {
+		failStep = func(name string) error {
+			if name == s {
+				return boom
+			}
+			return nil
+		}
+		_, err := New(ctx, WithConfig(VMConfig{VMID: "fail", Image: ImageMinimal, MemSizeMiB: 256, EnvVars: map[string]string{"A": "1"}}), opt)
+		if !errors.Is(err, boom) || !strings.Contains(err.Error(), s) {
+			t.Fatalf("%s: err = %v", s, err)
+		}
+		assertNothingLeft(t, dir)
+	}
+	failStep = nil
+	// A missing image is an image error naming it; nothing recorded.
+	_, err := Create(ctx, VMConfig{VMID: "noimg", Image: "nonexistent"}, CreateOptions{}, opt)
+	if !errors.Is(err, ErrImage) || !strings.Contains(err.Error(), "nonexistent") {
+		t.Fatalf("missing image: %v", err)
+	}
+	assertNothingLeft(t, dir)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
