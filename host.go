@@ -72,9 +72,6 @@ type host struct {
 	dir         string
 	st          *store.Store
 	bootTimeout time.Duration
-	// netReady, when set, makes sure a lease's TAP device and rules exist
-	// before a VM with networking boots; nil boots such VMs without a NIC.
-	netReady func(ctx context.Context, l store.Lease) error
 }
 
 func openHost(ctx context.Context, o options) (*host, error) {

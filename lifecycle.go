@@ -144,6 +144,21 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	}
 	os.Remove(logPath)
 
+	// Step: the TAP device, NAT, isolation and port forwards.
+	if rec.Network {
+		if err := step("start/network"); err != nil {
+			return wrapErr("start", vm.id, ErrNetwork, err)
+		}
+		l, err := h.st.LeaseOf(ctx, vm.id)
+		if err != nil {
+			return wrapErr("start", vm.id, ErrNetwork, storeErr(err))
+		}
+		undo.push(func(ctx context.Context) { h.teardownNetwork(ctx, vm.id) })
+		if err := h.setupNetwork(ctx, l); err != nil {
+			return wrapErr("start", vm.id, ErrNetwork, err)
+		}
+	}
+
 	// Step: launch the VMM.
 	if err := step("start/launch"); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
@@ -202,6 +217,11 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if err := step("start/env"); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
+	if rec.Network {
+		if err := h.installSSHKey(ctx, c); err != nil {
+			return wrapErr("start", vm.id, ErrCommandUnavailable, err)
+		}
+	}
 	if len(rec.Config.EnvVars) > 0 {
 		if err := c.SetEnv(ctx, rec.Config.EnvVars, false); err != nil {
 			return wrapErr("start", vm.id, ErrCommandUnavailable, fmt.Errorf("set env vars: %w", err))
@@ -255,15 +275,10 @@ func (h *host) spec(ctx context.Context, id string, rec record) (vmm.Spec, error
 		if err != nil {
 			return vmm.Spec{}, err
 		}
-		if h.netReady != nil {
-			if err := h.netReady(ctx, l); err != nil {
-				return vmm.Spec{}, err
-			}
-			spec.NIC = &vmm.NIC{TAP: l.TAP, MAC: l.MAC}
-			bp.Addr = netip.PrefixFrom(l.IP, store.LeasePrefixLen)
-			bp.Gateway = l.Gateway
-			bp.DNS = []netip.Addr{l.Gateway}
-		}
+		spec.NIC = &vmm.NIC{TAP: l.TAP, MAC: l.MAC}
+		bp.Addr = netip.PrefixFrom(l.IP, store.LeasePrefixLen)
+		bp.Gateway = l.Gateway
+		bp.DNS = []netip.Addr{l.Gateway}
 		spec.VsockCID = l.CID()
 	}
 	spec.Cmdline = strings.TrimSpace(bp.Format() + " " + cfg.BootArgs)
@@ -342,6 +357,11 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 	vm.dropClient()
 	os.Remove(row.Agent)
 	os.Remove(row.Control)
+	if rec.Network && row.Status != string(StateCreated) {
+		if err := vm.h.teardownNetwork(context.WithoutCancel(ctx), vm.id); err != nil {
+			return wrapErr("stop", vm.id, ErrNetwork, err)
+		}
+	}
 	if _, err := vm.h.st.UpdateVM(context.WithoutCancel(ctx), vm.id, func(v *store.VM) error {
 		if v.Status != string(StateCreated) || v.PID != 0 {
 			v.Status = string(StateStopped)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/image"
+	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
 )
 
@@ -54,6 +55,11 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	case "", "auto", "kvm", "tcg":
 	default:
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("accel", co.Accel, "must be auto, kvm or tcg"))
+	}
+	if !co.NoNetwork {
+		if err := network.Check(); err != nil {
+			return nil, wrapErr("create", cfg.VMID, ErrNetwork, fmt.Errorf("%w (or create the VM with --network off)", err))
+		}
 	}
 	h, err := openHost(ctx, o)
 	if err != nil {

@@ -78,6 +78,8 @@ else $XDG_STATE_HOME/smolvm).`,
 		newFileCmd(g),
 		newEnvCmd(g),
 		newImageCmd(g),
+		newSSHCmd(g),
+		newPortCmd(g),
 	)
 	return root
 }

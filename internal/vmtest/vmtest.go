@@ -34,7 +34,10 @@ const (
 // inside it with `ip netns exec`, deletes the namespace and exits with the
 // child's status. Inside (or when not root) it runs the tests directly; VM
 // tests then call Require, which skips them unless in a namespace.
-func Main(m *testing.M) {
+func Main(m *testing.M) { MainWith(m, image.NameMinimal) }
+
+// MainWith is Main for a package that needs the named images built.
+func MainWith(m *testing.M, images ...string) {
 	if os.Getenv(envInNetns) != "" || os.Geteuid() != 0 {
 		os.Exit(m.Run())
 	}
@@ -44,7 +47,7 @@ func Main(m *testing.M) {
 	}
 	// Build what the tests need while the network is still reachable: the
 	// namespace has none.
-	if err := prepare(); err != nil {
+	if err := prepare(images); err != nil {
 		fmt.Fprintln(os.Stderr, "vmtest:", err)
 		os.Exit(1)
 	}
@@ -75,17 +78,21 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// prepare builds the binaries and the minimal image in the shared cache.
-func prepare() error {
+// prepare builds the binaries and the images in the shared cache.
+func prepare(images []string) error {
 	dir, err := build()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	_, err = image.Build(ctx, image.BuildOptions{Name: image.NameMinimal, CacheDir: CacheDir(), AgentPath: filepath.Join(dir, "smolvm-agent")})
-	if err != nil {
-		return fmt.Errorf("build the minimal image: %w", err)
+	for _, name := range images {
+		start := time.Now()
+		_, err = image.Build(ctx, image.BuildOptions{Name: name, CacheDir: CacheDir(), AgentPath: filepath.Join(dir, "smolvm-agent")})
+		if err != nil {
+			return fmt.Errorf("build the %s image: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "vmtest: image %s ready in %.1fs\n", name, time.Since(start).Seconds())
 	}
 	return nil
 }

@@ -1,0 +1,100 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/smolvm-go/smolvm/internal/agent"
+)
+
+// sshKeyPath is the private key SmolVM logs in to its guests with: one
+// ed25519 key pair per data directory, made on first use.
+func (h *host) sshKeyPath() string { return filepath.Join(h.dir, "ssh", "id_ed25519") }
+
+// sshKey returns the public key in authorized_keys form, making the pair if needed.
+func (h *host) sshKey() ([]byte, error) {
+	priv := h.sshKeyPath()
+	if pub, err := os.ReadFile(priv + ".pub"); err == nil {
+		return pub, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(priv), 0o700); err != nil {
+		return nil, err
+	}
+	pk, sk, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	block, err := ssh.MarshalPrivateKey(sk, "smolvm")
+	if err != nil {
+		return nil, err
+	}
+	spk, err := ssh.NewPublicKey(pk)
+	if err != nil {
+		return nil, err
+	}
+	pub := bytes.TrimSpace(ssh.MarshalAuthorizedKey(spk))
+	pub = append(pub, []byte(" smolvm\n")...)
+	// Write both atomically; a concurrent maker's pair wins consistently
+	// because the public key is renamed into place last.
+	for _, f := range []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{{priv, pem.EncodeToMemory(block), 0o600}, {priv + ".pub", pub, 0o644}} {
+		tmp, err := os.CreateTemp(filepath.Dir(priv), ".key-*")
+		if err != nil {
+			return nil, err
+		}
+		tmp.Write(f.data)
+		tmp.Chmod(f.mode)
+		if err := tmp.Close(); err != nil {
+			os.Remove(tmp.Name())
+			return nil, err
+		}
+		if err := os.Rename(tmp.Name(), f.path); err != nil {
+			os.Remove(tmp.Name())
+			return nil, err
+		}
+	}
+	return pub, nil
+}
+
+// installSSHKey puts the data directory's public key into the guest's
+// /root/.ssh/authorized_keys.
+func (h *host) installSSHKey(ctx context.Context, c *agent.Client) error {
+	pub, err := h.sshKey()
+	if err != nil {
+		return fmt.Errorf("ssh key: %w", err)
+	}
+	if err := c.Upload(ctx, "/root/.ssh/authorized_keys", bytes.NewReader(pub), 0o600, true); err != nil {
+		return fmt.Errorf("install ssh key: %w", err)
+	}
+	_, err = c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/chmod", "700", "/root/.ssh"}}, nil, nil, nil)
+	return err
+}
+
+// SSHCommand returns the ssh(1) argument list that logs in to the VM as root
+// through its SSH port forward with the data directory's key, followed by
+// command (if any).
+func (vm *VM) SSHCommand(command ...string) ([]string, error) {
+	n := vm.Info().Network
+	if n == nil || n.SSHHostPort() == 0 {
+		return nil, wrapErr("ssh", vm.id, ErrNetwork, errors.New("the VM has no SSH port forward; create it with --ssh-port auto"))
+	}
+	if _, err := vm.h.sshKey(); err != nil {
+		return nil, wrapErr("ssh", vm.id, ErrBackend, err)
+	}
+	argv := []string{"ssh", "-i", vm.h.sshKeyPath(), "-p", fmt.Sprint(n.SSHHostPort()),
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+		"-o", "IdentitiesOnly=yes", "root@127.0.0.1"}
+	return append(argv, command...), nil
+}
