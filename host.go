@@ -93,6 +93,9 @@ type record struct {
 	Boot boot `json:"boot"`
 	// Accel is the requested acceleration: auto, kvm or tcg.
 	Accel string `json:"accel,omitempty"`
+	// Complete is set when Create finished: a record without it is the
+	// remains of an interrupted create, which Start refuses and Cleanup removes.
+	Complete bool `json:"complete"`
 }
 
 // storeErr maps the store's error kinds to the SDK's.

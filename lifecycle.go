@@ -122,6 +122,9 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if vmm.Alive(row.PID, row.PIDStart) {
 		return wrapErr("start", vm.id, ErrState, errors.New("already running"))
 	}
+	if !rec.Complete {
+		return wrapErr("start", vm.id, ErrState, errors.New("its creation was interrupted; delete it (or run smolvm cleanup)"))
+	}
 	backend, err := h.backend(rec.Config.Backend)
 	if err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
@@ -404,6 +407,11 @@ func (vm *VM) ForceDelete(ctx context.Context) error {
 
 func (vm *VM) delete(ctx context.Context, force bool) error {
 	defer vm.h.close()
+	return vm.deleteKeepOpen(ctx, force)
+}
+
+// deleteKeepOpen deletes the VM and leaves its host open.
+func (vm *VM) deleteKeepOpen(ctx context.Context, force bool) error {
 	unlock, err := vm.h.lockVM(ctx, vm.id)
 	if err != nil {
 		return err

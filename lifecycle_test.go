@@ -29,7 +29,14 @@ func vmEnv(t *testing.T) (Option, string) {
 	vmtest.Require(t)
 	vmtest.Setup(t)
 	dir := t.TempDir()
-	t.Cleanup(func() { assertNothingLeft(t, dir) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			// Do not let a failed test leak VMs into the next one.
+			Cleanup(context.Background(), CleanupOptions{All: true}, WithDataDir(dir))
+			return
+		}
+		assertNothingLeft(t, dir)
+	})
 	return WithDataDir(dir), dir
 }
 

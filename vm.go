@@ -72,6 +72,13 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 			h.close()
 		}
 	}()
+	// Hold the VM's lock for the whole creation, so Cleanup can tell an
+	// interrupted create (lock free) from one in progress.
+	unlock, err := h.lockVM(ctx, cfg.VMID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	// Step: refuse a taken id before any expensive work.
 	if _, err := h.st.GetVM(ctx, cfg.VMID); err == nil {
 		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errors.New("a VM with this id exists"))
@@ -86,6 +93,11 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	}
 	// Step: record and allocate, in one transaction.
 	rec := record{Config: cfg, Network: !co.NoNetwork, Boot: b, Accel: co.Accel}
+	if cfg.DiskMode == DiskIsolated {
+		// Recorded as the disk before it exists: an interrupted create
+		// must never boot the image's own disk.
+		rec.Boot.Disk = h.diskPath(cfg.VMID)
+	}
 	recJSON, _ := json.Marshal(rec)
 	if err := step("create/record"); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
@@ -117,6 +129,7 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	if a.SSH != nil {
 		rec.Config.SSHHostPort = a.SSH.HostPort
 	}
+	rec.Complete = true
 	recJSON, _ = json.Marshal(rec)
 	if err := step("create/finish"); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)

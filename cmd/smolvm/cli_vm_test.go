@@ -16,6 +16,11 @@ func TestCLIVMLifecycle(t *testing.T) {
 	vmtest.Require(t)
 	vmtest.Setup(t)
 	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			cli(t, dir, "cleanup", "--all") // do not leak VMs into later tests
+		}
+	})
 	small := []string{"--image", "minimal", "--memory", "256", "--vcpus", "1"}
 
 	// Bad input: exit 2, the field named, nothing created.

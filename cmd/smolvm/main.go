@@ -80,6 +80,8 @@ else $XDG_STATE_HOME/smolvm).`,
 		newImageCmd(g),
 		newSSHCmd(g),
 		newPortCmd(g),
+		newDoctorCmd(g),
+		newCleanupCmd(g),
 	)
 	return root
 }
