@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin
 export CGO_ENABLED := 0
 
-.PHONY: all build test vet fmt deps clean
+.PHONY: all build setup test vet fmt deps clean
 
 all: build
 
@@ -16,6 +16,10 @@ deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		qemu-system-x86 e2fsprogs mmdebstrap busybox-static nftables iproute2 \
 		openssh-client cpio ca-certificates >/dev/null
+
+# setup: host packages, binaries, and the default image (Debian bookworm).
+setup: deps build
+	./$(BIN)/smolvm image build default
 
 vet:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
