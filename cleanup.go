@@ -62,12 +62,13 @@ func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupRep
 		}
 		var rec record
 		_ = json.Unmarshal(row.Config, &rec)
-		incomplete := !rec.Complete
+		// Interrupted creates and deletes are finished here.
+		incomplete := !rec.Complete || row.Error == markDeleting
 		if !co.All && !incomplete {
 			continue
 		}
 		if incomplete && !co.All {
-			// Skip a creation still in progress: its creator holds the lock.
+			// Skip one still in progress: its process holds the lock.
 			if unlock, ok := h.tryLockVM(row.ID); ok {
 				unlock()
 			} else {

@@ -3,6 +3,7 @@ package smolvm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
 )
 
 func TestDoctor(t *testing.T) {
@@ -147,4 +149,26 @@ func TestCleanupOrphans(t *testing.T) {
 		t.Errorf("tables left after cleanup --all:\n%s", nftRuleset(t))
 	}
 	keeper.Release()
+}
+
+func TestBackendChoice(t *testing.T) {
+	dir := t.TempDir()
+	ok, reason := (&firecracker.Backend{}).Usable()
+	_, err := Create(context.Background(), bootFiles(t, VMConfig{VMID: "fc", Backend: BackendFirecracker}), CreateOptions{NoNetwork: true}, WithDataDir(dir))
+	if ok {
+		if err != nil {
+			t.Fatalf("firecracker usable here (%s) but create failed: %v", reason, err)
+		}
+		return
+	}
+	if !errors.Is(err, ErrBackend) || !strings.Contains(err.Error(), "Firecracker") || !strings.Contains(err.Error(), "--backend qemu") {
+		t.Fatalf("firecracker on a host that cannot run it: %v", err)
+	}
+	if vms, _ := List(context.Background(), ListOptions{}, WithDataDir(dir)); len(vms) != 0 {
+		t.Fatalf("a refused create left %v", vms)
+	}
+	b, err := (&host{}).chooseBackend(BackendAuto, "")
+	if err != nil || b.Name() != "qemu" {
+		t.Fatalf("auto on a host without Firecracker: %v %v", b, err)
+	}
 }

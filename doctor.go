@@ -14,6 +14,7 @@ import (
 	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
 	"github.com/smolvm-go/smolvm/internal/vmm/qemu"
 )
 
@@ -119,20 +120,16 @@ func Doctor(ctx context.Context, do DoctorOptions, opts ...Option) []Check {
 }
 
 func firecrackerCheck(ctx context.Context, ar vmm.AccelReport) Check {
-	bin := os.Getenv("SMOLVM_FIRECRACKER")
-	if bin == "" {
-		bin = "firecracker"
+	fc := &firecracker.Backend{}
+	v, verr := fc.Version(ctx)
+	ok, reason := fc.Usable()
+	switch {
+	case ok:
+		return Check{"firecracker", CheckOK, fmt.Sprintf("%s; %s", v, reason), ""}
+	case verr != nil:
+		return Check{"firecracker", CheckFail, "not found: " + reason, "optional: install Firecracker >= 1.8 (in PATH or $SMOLVM_FIRECRACKER) for faster boots on hosts with hardware KVM"}
 	}
-	p, err := exec.LookPath(bin)
-	if err != nil {
-		return Check{"firecracker", CheckFail, "not found (PATH or $SMOLVM_FIRECRACKER)", "optional: install Firecracker >= 1.8 for faster boots on hosts with hardware KVM"}
-	}
-	out, _ := exec.CommandContext(ctx, p, "--version").Output()
-	v, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	if ar.Accel != vmm.AccelKVM {
-		return Check{"firecracker", CheckWarn, fmt.Sprintf("%s (%s) cannot run here: it needs hardware KVM; %s", p, v, ar.Reason), "use --backend qemu"}
-	}
-	return Check{"firecracker", CheckOK, fmt.Sprintf("%s (%s)", p, v), ""}
+	return Check{"firecracker", CheckWarn, fmt.Sprintf("%s is installed but cannot run here: %s", v, reason), "use --backend qemu (auto does)"}
 }
 
 func dataDirCheck(dir string) Check {

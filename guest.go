@@ -13,6 +13,7 @@ import (
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
 )
 
 // agentAttempt bounds one connection attempt to the agent; a boot retries
@@ -52,7 +53,13 @@ func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Clien
 }
 
 func dialAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
-	conn, err := agent.DialUnix(ctx, inst.Agent)
+	dial := agent.DialUnix
+	if inst.AgentKind == firecracker.AgentKind {
+		dial = func(ctx context.Context, path string) (io.ReadWriteCloser, error) {
+			return agent.DialFirecrackerVsock(ctx, path, proto.DefaultVsockPort)
+		}
+	}
+	conn, err := dial(ctx, inst.Agent)
 	if err != nil {
 		return nil, err
 	}

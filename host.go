@@ -183,8 +183,15 @@ func (h *host) reconcile(ctx context.Context, row store.VM) (store.VM, error) {
 		if v.PID != pid || v.PIDStart != start || (v.Status != string(StateRunning) && v.Status != string(StatePaused)) {
 			return nil // someone else changed it meanwhile
 		}
-		v.Status = string(StateError)
-		v.Error = fmt.Sprintf("VMM process %d exited unexpectedly", pid)
+		switch v.Error {
+		case markStopping: // a stop was under way: this is its end
+			v.Status, v.Error = string(StateStopped), ""
+		case markDeleting: // Cleanup finishes the delete
+			v.Status = string(StateStopped)
+		default:
+			v.Status = string(StateError)
+			v.Error = fmt.Sprintf("VMM process %d exited unexpectedly", pid)
+		}
 		v.PID, v.PIDStart = 0, 0
 		return nil
 	})

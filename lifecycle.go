@@ -12,11 +12,20 @@ import (
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/bootparams"
 	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
 	"github.com/smolvm-go/smolvm/internal/vmm/qemu"
+)
+
+// Markers in a VM row's error field that record an operation in progress,
+// so that its interruption can be recognised and finished later.
+const (
+	markStopping = "stop in progress"
+	markDeleting = "delete in progress"
 )
 
 // Default deadlines of lifecycle steps.
@@ -31,9 +40,10 @@ const (
 // boot is what Create resolved for booting: files and choices that do not
 // change over the VM's life.
 type boot struct {
-	Kernel string `json:"kernel"`
-	Initrd string `json:"initrd"`
-	Disk   string `json:"disk"`
+	Kernel  string `json:"kernel"`
+	Vmlinux string `json:"vmlinux,omitempty"`
+	Initrd  string `json:"initrd"`
+	Disk    string `json:"disk"`
 }
 
 // WithConfig makes New create a VM from c instead of the defaults.
@@ -88,7 +98,7 @@ func (h *host) resolveBoot(ctx context.Context, cfg *VMConfig, o options) (boot,
 			return boot{}, imageErr("image", cfg.Image, err)
 		}
 		if b.Kernel == "" {
-			b.Kernel = img.Kernel
+			b.Kernel, b.Vmlinux = img.Kernel, img.Vmlinux
 		}
 		if b.Initrd == "" {
 			b.Initrd = img.Initrd
@@ -125,7 +135,7 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if !rec.Complete {
 		return wrapErr("start", vm.id, ErrState, errors.New("its creation was interrupted; delete it (or run smolvm cleanup)"))
 	}
-	backend, err := h.backend(rec.Config.Backend)
+	backend, err := h.chooseBackend(rec.Config.Backend, rec.Accel)
 	if err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
@@ -166,7 +176,7 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if err := step("start/launch"); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
-	spec, err := h.spec(ctx, vm.id, rec)
+	spec, err := h.spec(ctx, vm.id, rec, backend.Name())
 	if err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
@@ -263,7 +273,7 @@ func consoleTail(path string, n int) string {
 }
 
 // spec builds the VMM launch spec of a VM from its record and lease.
-func (h *host) spec(ctx context.Context, id string, rec record) (vmm.Spec, error) {
+func (h *host) spec(ctx context.Context, id string, rec record, backend string) (vmm.Spec, error) {
 	cfg := rec.Config
 	bp := bootparams.Params{ID: id}
 	spec := vmm.Spec{
@@ -284,19 +294,54 @@ func (h *host) spec(ctx context.Context, id string, rec record) (vmm.Spec, error
 		bp.DNS = []netip.Addr{l.Gateway}
 		spec.VsockCID = l.CID()
 	}
+	if backend == "firecracker" {
+		// Firecracker boots an ELF vmlinux and reaches the agent over vsock.
+		if rec.Boot.Vmlinux == "" {
+			return vmm.Spec{}, configErr("kernel_path", rec.Boot.Kernel, "Firecracker needs an ELF vmlinux; build the image again or pass one")
+		}
+		spec.Kernel = rec.Boot.Vmlinux
+		bp.AgentPort = proto.DefaultVsockPort
+		if spec.VsockCID == 0 {
+			spec.VsockCID = 3
+		}
+	}
 	spec.Cmdline = strings.TrimSpace(bp.Format() + " " + cfg.BootArgs)
 	return spec, nil
 }
 
-// backend returns the VMM backend for kind.
-func (h *host) backend(kind BackendKind) (vmm.Backend, error) {
+// chooseBackend returns the backend that launches a VM configured with
+// kind: auto picks Firecracker where it can run (binary found, hardware
+// KVM) and QEMU otherwise; an explicit choice that cannot run here fails
+// with the reason.
+func (h *host) chooseBackend(kind BackendKind, accel string) (vmm.Backend, error) {
+	fc := &firecracker.Backend{}
 	switch kind {
-	case BackendQEMU, BackendAuto, "":
+	case BackendQEMU:
+		return &qemu.Backend{}, nil
+	case BackendAuto, "":
+		if ok, _ := fc.Usable(); ok && accel != string(vmm.AccelTCG) {
+			return fc, nil
+		}
 		return &qemu.Backend{}, nil
 	case BackendFirecracker:
-		return nil, fmt.Errorf("the Firecracker backend is not available yet: use --backend qemu: %w", vmm.ErrUnavailable)
+		if ok, reason := fc.Usable(); !ok {
+			return nil, fmt.Errorf("the Firecracker backend cannot run here: %s (use --backend qemu): %w", reason, vmm.ErrUnavailable)
+		}
+		if accel == string(vmm.AccelTCG) {
+			return nil, configErr("accel", accel, "Firecracker runs only with KVM")
+		}
+		return fc, nil
 	}
 	return nil, configErr("backend", string(kind), "must be auto, qemu or firecracker")
+}
+
+// backendOf returns the backend that launched a VM, by the name recorded
+// in its row.
+func backendOf(row store.VM) vmm.Backend {
+	if row.Backend == "firecracker" {
+		return &firecracker.Backend{}
+	}
+	return &qemu.Backend{}
 }
 
 // load reads the VM's row and record.
@@ -314,7 +359,11 @@ func (vm *VM) load(ctx context.Context) (store.VM, record, error) {
 
 // instance rebuilds the backend's handle on a VM's VMM from its row.
 func instanceOf(row store.VM) vmm.Instance {
-	return vmm.Instance{PID: row.PID, PIDStart: row.PIDStart, Control: row.Control, Agent: row.Agent, AgentKind: "virtio-serial", Accel: vmm.Accel(row.Accel)}
+	kind := "virtio-serial"
+	if row.Backend == "firecracker" {
+		kind = firecracker.AgentKind
+	}
+	return vmm.Instance{PID: row.PID, PIDStart: row.PIDStart, Control: row.Control, Agent: row.Agent, AgentKind: kind, Accel: vmm.Accel(row.Accel)}
 }
 
 // Stop powers the guest off cleanly through its agent, then tells the VMM to
@@ -336,9 +385,13 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 	}
 	inst := instanceOf(row)
 	if vmm.Alive(inst.PID, inst.PIDStart) {
-		backend, err := vm.h.backend(rec.Config.Backend)
-		if err != nil {
-			return wrapErr("stop", vm.id, ErrBackend, err)
+		backend := backendOf(row)
+		// Say so first: if this process dies mid-way, the VMM's exit is
+		// then recorded as a stop, not as a crash.
+		if row.Error != markDeleting {
+			if _, err := vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error { v.Error = markStopping; return nil }); err != nil {
+				return wrapErr("stop", vm.id, ErrBackend, storeErr(err))
+			}
 		}
 		if !force {
 			vm.powerOff(ctx, inst)
@@ -370,6 +423,9 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 			v.Status = string(StateStopped)
 		}
 		v.PID, v.PIDStart, v.Control, v.Agent = 0, 0, "", ""
+		if v.Error == markStopping {
+			v.Error = ""
+		}
 		return nil
 	}); err != nil {
 		return wrapErr("stop", vm.id, ErrBackend, storeErr(err))
@@ -417,6 +473,11 @@ func (vm *VM) deleteKeepOpen(ctx context.Context, force bool) error {
 		return err
 	}
 	defer unlock()
+	// Say so first: a delete interrupted after this point is finished by
+	// Cleanup, never left as a VM without its disk.
+	if _, err := vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error { v.Error = markDeleting; return nil }); err != nil {
+		return wrapErr("delete", vm.id, ErrBackend, storeErr(err))
+	}
 	if err := vm.stopLocked(ctx, force); err != nil && !errors.Is(err, ErrNotFound) {
 		return wrapErr("delete", vm.id, ErrBackend, err)
 	}

@@ -56,6 +56,11 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	default:
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("accel", co.Accel, "must be auto, kvm or tcg"))
 	}
+	if cfg.Backend == BackendFirecracker {
+		if _, err := (&host{}).chooseBackend(cfg.Backend, co.Accel); err != nil {
+			return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
+		}
+	}
 	if !co.NoNetwork {
 		if err := network.Check(); err != nil {
 			return nil, wrapErr("create", cfg.VMID, ErrNetwork, fmt.Errorf("%w (or create the VM with --network off)", err))

@@ -63,6 +63,13 @@ else $XDG_STATE_HOME/smolvm).`,
 		RunE:          func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "", "state directory (default $SMOLVM_DATA_DIR or the per-user default)")
+	var fcPath string
+	root.PersistentFlags().StringVar(&fcPath, "firecracker", "", "Firecracker binary (default $SMOLVM_FIRECRACKER, else firecracker in PATH)")
+	root.PersistentPreRun = func(*cobra.Command, []string) {
+		if fcPath != "" {
+			os.Setenv("SMOLVM_FIRECRACKER", fcPath)
+		}
+	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newVersionCmd(g),

@@ -130,7 +130,7 @@ func TestExecContextCancelKillsProcessGroup(t *testing.T) {
 	}()
 	pgid := pgidFrom(t, out)
 	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
+	if err := recv(t, 10*time.Second, "the canceled Exec to return", errc); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
 	waitFor(t, 10*time.Second, "process group to die", func() bool { return !groupAlive(t, pgid) })

@@ -75,7 +75,7 @@ func serveConn(t testing.TB, conn io.ReadWriteCloser, opts server.Options) {
 		defer close(done)
 		_ = server.Serve(ctx, conn, opts)
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); stopped(t, 10*time.Second, "server.Serve to return", done) })
 }
 
 // newClient performs the handshake on conn and closes the client at cleanup.
@@ -120,15 +120,43 @@ func startUnixServer(t testing.TB, e *testEnv) string {
 		defer close(done)
 		_ = server.New(e.options(t)).ServeListener(ctx, netListener{ln})
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); stopped(t, 10*time.Second, "ServeListener to return", done) })
 	return path
 }
 
 // ctxT returns a context that ends with the test or after d.
 func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithTimeout(t.Context(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// recv waits up to d for a value from ch, failing the test with what it was
+// waiting for if none comes: no wait in these tests may hang.
+func recv[T any](t testing.TB, d time.Duration, what string, ch <-chan T) T {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+		panic("unreachable")
+	}
+}
+
+// stopped waits up to d for done to close, for cleanups: it reports a
+// goroutine that does not stop instead of hanging the test binary.
+func stopped(t testing.TB, d time.Duration, what string, done <-chan struct{}) {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Errorf("timed out after %v waiting for %s", d, what)
+	}
 }
 
 // lockedBuffer is a concurrency-safe bytes buffer.

@@ -67,13 +67,13 @@ func TestClosedChannelIsUnavailable(t *testing.T) {
 	errc := make(chan error, 1)
 	out := newFirstLineWriter()
 	go func() {
-		_, err := c.Exec(context.Background(), agent.ExecRequest{Shell: "echo up; sleep 100"}, nil, out, nil)
+		_, err := c.Exec(ctxT(t, 60*time.Second), agent.ExecRequest{Shell: "echo up; sleep 100"}, nil, out, nil)
 		errc <- err
 	}()
-	<-out.line
+	recv(t, 10*time.Second, "the command's first line", out.line)
 	stop()
-	<-done
-	if err := <-errc; !errors.Is(err, proto.ErrUnavailable) {
+	recv(t, 10*time.Second, "server.Serve to return", done)
+	if err := recv(t, 10*time.Second, "the in-flight Exec to fail", errc); !errors.Is(err, proto.ErrUnavailable) {
 		t.Errorf("in-flight Exec err = %v, want ErrUnavailable", err)
 	}
 	select {

@@ -53,7 +53,7 @@ func fakeFirecracker(t *testing.T, e *testEnv, port uint32) string {
 			}()
 		}
 	}()
-	t.Cleanup(func() { cancel(); ln.Close(); <-done })
+	t.Cleanup(func() { cancel(); ln.Close(); stopped(t, 10*time.Second, "the hybrid vsock listener to stop", done) })
 	return path
 }
 
@@ -112,7 +112,7 @@ func TestVsockLoopback(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = server.New(e.options(t)).ServeListener(ctx, l) }()
-	defer func() { cancel(); <-done }()
+	defer func() { cancel(); stopped(t, 10*time.Second, "ServeListener to return", done) }()
 	conn, err := agent.DialVsock(ctxT(t, time.Second), unix.VMADDR_CID_LOCAL, port)
 	if err != nil {
 		t.Skipf("vsock loopback unavailable here: %v", err)

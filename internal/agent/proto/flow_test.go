@@ -25,8 +25,13 @@ func TestWindow(t *testing.T) {
 	case <-time.After(20 * time.Millisecond):
 	}
 	w.Add(3)
-	if n := <-got; n != 3 {
-		t.Fatalf("Acquire after Add = %d, want 3", n)
+	select {
+	case n := <-got:
+		if n != 3 {
+			t.Fatalf("Acquire after Add = %d, want 3", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Acquire did not return after Add")
 	}
 	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	defer cancel()

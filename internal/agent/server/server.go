@@ -98,14 +98,24 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts Options) error {
 // conn on return. Host sessions come and go on conn: each HELLO abandons the
 // previous session (its commands are killed) and starts a new one. Frames
 // before the first HELLO are ignored.
+//
+// The read loop never writes and never waits for a writer: a writer of an
+// abandoned session may be blocked on conn until the new host drains it (on
+// virtio-serial, output written while no host is connected waits for the
+// next one), and the new host may be writing more before it reads. The
+// HELLO_ACK is therefore written by its own goroutine, and the new session's
+// frames wait for it, not the read loop.
 func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var acks sync.WaitGroup
+	defer acks.Wait() // after conn.Close, which ends a blocked HELLO_ACK write
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
 	w := &wire{w: conn}
+	ackErr := make(chan error, 1) // the first failed HELLO_ACK write
 	dec := proto.NewDecoder(conn)
 	var cur *session
 	var skippedBefore int64 // decoder's skipped count at the previous HELLO
@@ -117,6 +127,11 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 	for {
 		f, err := dec.Next()
 		if err != nil {
+			select {
+			case err := <-ackErr:
+				return fmt.Errorf("agent server: write HELLO_ACK: %w", err)
+			default:
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -133,12 +148,19 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 				continue
 			}
 			if cur != nil {
-				cur.close()
+				cur.close() // never waits for the session's writers
 			}
 			cur = newSession(ctx, s, w)
-			if err := w.hello(h.Nonce); err != nil {
-				return fmt.Errorf("agent server: write HELLO_ACK: %w", err)
-			}
+			sess := cur
+			acks.Go(func() {
+				if err := w.hello(sess, h.Nonce); err != nil {
+					select {
+					case ackErr <- err:
+					default:
+					}
+					cancel() // closes conn, ending the read loop
+				}
+			})
 			// The resync padding is expected garbage; report anything beyond it.
 			if stale := dec.Skipped() - skippedBefore - proto.ResyncSize; stale > 0 {
 				s.opts.Logf("agent: new session after %d stale bytes", stale)
@@ -158,7 +180,8 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 }
 
 // wire serialises frame writes on a connection and drops frames of closed
-// sessions, so that nothing of an abandoned session follows a HELLO_ACK.
+// sessions, so that nothing of an abandoned session follows a HELLO_ACK. mu is
+// held across blocking writes, so the read loop must never take it.
 type wire struct {
 	mu  sync.Mutex
 	w   io.Writer
@@ -166,8 +189,13 @@ type wire struct {
 	err error  // guarded by mu; first write error, sticky
 }
 
-// send writes f unless sess is closed.
+// send writes f once sess's HELLO_ACK is written, unless sess is closed.
 func (w *wire) send(sess *session, f proto.Frame) error {
+	select {
+	case <-sess.acked:
+	case <-sess.ctx.Done():
+		return proto.ErrUnavailable
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if sess.closed.Load() {
@@ -188,10 +216,15 @@ func (w *wire) send(sess *session, f proto.Frame) error {
 	return nil
 }
 
-// hello writes the resync padding and a HELLO_ACK echoing nonce.
-func (w *wire) hello(nonce proto.Nonce) error {
+// hello writes the resync padding and a HELLO_ACK echoing nonce for sess,
+// then lets sess's frames follow. It writes nothing if sess was abandoned
+// meanwhile: a later HELLO_ACK is on its way.
+func (w *wire) hello(sess *session, nonce proto.Nonce) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if sess.closed.Load() {
+		return nil
+	}
 	if w.err != nil {
 		return w.err
 	}
@@ -199,5 +232,6 @@ func (w *wire) hello(nonce proto.Nonce) error {
 		w.err = fmt.Errorf("%w: %v", proto.ErrUnavailable, err)
 		return w.err
 	}
+	close(sess.acked)
 	return nil
 }

@@ -151,3 +151,61 @@ func TestRunWithoutTransport(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// A HELLO must be served while a writer of the abandoned session is blocked
+// on the stream, even if the new host writes more before it reads: the read
+// loop must not wait for that writer. net.Pipe has no buffer, so a writer
+// blocks as soon as the host stops reading.
+func TestHelloWhileAbandonedWriterBlocked(t *testing.T) {
+	h := newRawHost(t)
+	h.hello()
+	args, _ := proto.MarshalRequest(proto.MethodExec, proto.ExecArgs{Argv: []string{"sh", "-c", "while :; do echo stale; done"}})
+	h.send(proto.Frame{Type: proto.TypeRequest, Stream: 1, Payload: args})
+	if f := h.next(); f.Type != proto.TypeData || f.Stream != 1 {
+		t.Fatalf("got %v for stream %d, want DATA for stream 1", f.Type, f.Stream)
+	}
+	// The host stops reading: the command's output pump blocks in a write.
+
+	// A new host sends HELLO, a request, and 4 MiB more before it reads.
+	nonce, _ := proto.NewNonce()
+	var b []byte
+	b = proto.AppendResync(b)
+	b, _ = proto.AppendFrame(b, proto.Frame{Type: proto.TypeHello, Payload: proto.Hello{Nonce: nonce, Version: proto.Version}.Marshal()})
+	b, _ = proto.AppendFrame(b, proto.Frame{Type: proto.TypeRequest, Stream: 7, Payload: []byte(`{"method":"health"}`)})
+	filler := make([]byte, proto.MaxPayload)
+	for range 4 << 20 / proto.MaxPayload {
+		b, _ = proto.AppendFrame(b, proto.Frame{Type: proto.TypeData, Channel: proto.ChanIn, Stream: 99, Payload: filler})
+	}
+	h.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := h.conn.Write(b); err != nil {
+		t.Fatalf("the server stopped reading while a writer of the abandoned session was blocked: %v", err)
+	}
+	h.conn.SetWriteDeadline(time.Time{})
+
+	// Stale frames of the old session may come first, then our HELLO_ACK,
+	// then the response: nothing of the new session precedes its HELLO_ACK.
+	for {
+		f := h.next()
+		if f.Type == proto.TypeResponse && f.Stream == 7 {
+			t.Fatal("RESPONSE of the new session before its HELLO_ACK")
+		}
+		if f.Type != proto.TypeHelloAck {
+			continue
+		}
+		if got, _ := proto.ParseHello(f.Payload); got.Nonce == nonce {
+			break
+		}
+	}
+	for {
+		f := h.next()
+		if f.Type == proto.TypeData && f.Stream == 1 {
+			t.Fatal("DATA of the abandoned session after the new HELLO_ACK")
+		}
+		if f.Type == proto.TypeResponse && f.Stream == 7 {
+			if err := proto.UnmarshalResponse(f.Payload, nil); err != nil {
+				t.Fatalf("health: %v", err)
+			}
+			return
+		}
+	}
+}

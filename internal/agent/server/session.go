@@ -18,7 +18,8 @@ type session struct {
 	w      *wire
 	ctx    context.Context // canceled when the session closes
 	cancel context.CancelFunc
-	closed atomic.Bool // set once; read by wire.send under wire.mu
+	closed atomic.Bool   // set once; read by wire.send under wire.mu
+	acked  chan struct{} // closed once the session's HELLO_ACK is written
 
 	mu      sync.Mutex
 	streams map[uint32]*stream // guarded by mu
@@ -26,7 +27,7 @@ type session struct {
 
 func newSession(ctx context.Context, srv *Server, w *wire) *session {
 	ctx, cancel := context.WithCancel(ctx)
-	return &session{srv: srv, w: w, ctx: ctx, cancel: cancel, streams: make(map[uint32]*stream)}
+	return &session{srv: srv, w: w, ctx: ctx, cancel: cancel, acked: make(chan struct{}), streams: make(map[uint32]*stream)}
 }
 
 // close abandons the session: no frame of it is written any more, and its
