@@ -126,6 +126,9 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	}
 	defer unlock()
 	row, rec, err := vm.load(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return errNoVM("start", vm.id)
+	}
 	if err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
@@ -380,6 +383,9 @@ func (vm *VM) Stop(ctx context.Context) error {
 
 func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 	row, rec, err := vm.load(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return errNoVM("stop", vm.id)
+	}
 	if err != nil {
 		return wrapErr("stop", vm.id, ErrBackend, err)
 	}
@@ -476,6 +482,9 @@ func (vm *VM) deleteKeepOpen(ctx context.Context, force bool) error {
 	// Say so first: a delete interrupted after this point is finished by
 	// Cleanup, never left as a VM without its disk.
 	if _, err := vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error { v.Error = markDeleting; return nil }); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errNoVM("delete", vm.id)
+		}
 		return wrapErr("delete", vm.id, ErrBackend, storeErr(err))
 	}
 	if err := vm.stopLocked(ctx, force); err != nil && !errors.Is(err, ErrNotFound) {

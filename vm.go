@@ -39,7 +39,18 @@ type CreateOptions struct {
 // lease (address, TAP name, MAC) and, when cfg.SSHHostPort is set (or
 // SSHPortAuto), its SSH port forward. If any step fails, the steps before it
 // are undone: nothing is left behind. The VM is not started.
-func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option) (_ *VM, retErr error) {
+func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option) (*VM, error) {
+	for attempt := 0; ; attempt++ {
+		vm, err := create(ctx, cfg, co, opts...)
+		// A generated id that happens to be taken is drawn again.
+		if cfg.VMID == "" && errors.Is(err, ErrAlreadyExists) && attempt < 5 {
+			continue
+		}
+		return vm, err
+	}
+}
+
+func create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option) (_ *VM, retErr error) {
 	o := buildOptions(opts)
 	if o.noNetwork {
 		co.NoNetwork = true
@@ -192,7 +203,7 @@ func (vm *VM) GetIP() string {
 func (vm *VM) Refresh(ctx context.Context) error {
 	row, err := vm.h.st.GetVM(ctx, vm.id)
 	if errors.Is(err, store.ErrNotFound) {
-		return wrapErr("open", vm.id, ErrNotFound, errors.New("no such VM (see 'smolvm list --all')"))
+		return errNoVM("open", vm.id)
 	}
 	if err != nil {
 		return wrapErr("open", vm.id, ErrBackend, storeErr(err))
@@ -213,3 +224,8 @@ func (vm *VM) Refresh(ctx context.Context) error {
 
 // Release closes the handle without touching the VM.
 func (vm *VM) Release() error { return vm.h.close() }
+
+// errNoVM is the error for a VM id that is not recorded.
+func errNoVM(op, id string) error {
+	return wrapErr(op, id, ErrNotFound, errors.New("no such VM (see 'smolvm list --all')"))
+}

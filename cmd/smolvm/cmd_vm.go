@@ -123,12 +123,17 @@ The image is built on first use. With --start it is booted too.`,
 			if err != nil {
 				return err
 			}
-			defer vm.Release()
 			if start {
 				if err := vm.Start(c.Context()); err != nil {
-					return err
+					if c.Context().Err() != nil {
+						// Interrupted: undo the whole command, the create too.
+						return errors.Join(err, vm.ForceDelete(context.WithoutCancel(c.Context())))
+					}
+					vm.Release()
+					return fmt.Errorf("%w\nThe VM is kept for inspection: smolvm logs %s; remove it with: smolvm delete %s", err, vm.ID(), vm.ID())
 				}
 			}
+			defer vm.Release()
 			return printVM(c, g, vm.Info())
 		},
 	}

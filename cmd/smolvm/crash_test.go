@@ -184,3 +184,49 @@ func TestCrashSafety(t *testing.T) {
 		t.Errorf("VMs left: %s", r.stdout)
 	}
 }
+
+// TestInterruptUndoes sends SIGINT and SIGTERM to CLI commands in the middle
+// of their work: what the command had started is undone.
+func TestInterruptUndoes(t *testing.T) {
+	vmtest.Require(t)
+	vmtest.Setup(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { cli(t, dir, "cleanup", "--all") })
+	bin := filepath.Join(vmtest.Binaries(t), "smolvm")
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		for _, argv := range [][]string{
+			{"create", "--name", "intr", "--start", "--image", "minimal", "--memory", "192"},
+			{"run", "--image", "minimal", "--memory", "192", "--", "sleep 600"},
+		} {
+			cmd := exec.Command(bin, append([]string{"--data-dir", dir}, argv...)...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// Mid-boot for create, mid-command for run.
+			wait := 1500 * time.Millisecond
+			if argv[0] == "run" {
+				wait = 8 * time.Second
+			}
+			time.Sleep(wait)
+			cmd.Process.Signal(sig)
+			err := cmd.Wait()
+			if err == nil {
+				t.Fatalf("%v interrupted by %v exited 0", argv, sig)
+			}
+			if r := cli(t, dir, "list", "--all", "--json"); strings.TrimSpace(r.stdout) != "[]" {
+				t.Fatalf("%v interrupted by %v left VMs: %s\nits stderr: %s", argv, sig, r.stdout, stderr.String())
+			}
+			if pids := vmtest.ProcessesOf(filepath.Join(dir, "vms")); len(pids) > 0 {
+				t.Fatalf("%v interrupted by %v left processes %v", argv, sig, pids)
+			}
+			links, _ := netlink.LinkList()
+			for _, l := range links {
+				if strings.HasPrefix(l.Attrs().Name, "smol") {
+					t.Fatalf("%v interrupted by %v left TAP %s", argv, sig, l.Attrs().Name)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,43 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/smolvm-go/smolvm/internal/vmm"
+)
+
+func TestArgs(t *testing.T) {
+	spec := vmm.Spec{
+		ID: "web", Dir: "/d/vms/web", Kernel: "/img/vmlinuz", Initrd: "/img/initrd.img", Cmdline: "smolvm.id=web",
+		VCPUs: 2, MemoryMiB: 512, Disks: []vmm.Disk{{Path: "/d/vms/web/disk.ext4"}, {Path: "/ro.img", ReadOnly: true}},
+		NIC: &vmm.NIC{TAP: "smol0", MAC: "AA:FC:00:00:00:01"}, ConsoleLog: "/d/logs/web.log",
+	}
+	tcg := strings.Join(Args(spec, vmm.AccelTCG), " ")
+	for _, want := range []string{
+		"-M microvm", "-accel tcg,tb-size=64", "-smp 2", "-m 512", "-nodefaults", "-no-user-config", "-no-reboot",
+		"-kernel /img/vmlinuz", "-initrd /img/initrd.img", "console=ttyS0", "smolvm.id=web",
+		"-chardev file,id=console,path=/d/logs/web.log", "-qmp unix:/d/vms/web/qmp.sock,server=on,wait=off",
+		"file=/d/vms/web/disk.ext4,format=raw", "virtio-blk-device,drive=disk0", "file=/ro.img,format=raw,if=none,cache=unsafe,discard=unmap,readonly=on",
+		"-netdev tap,id=net0,ifname=smol0,script=no,downscript=no", "virtio-net-device,netdev=net0,mac=AA:FC:00:00:00:01",
+		"socket,id=agent,path=/d/vms/web/agent.sock,server=on,wait=off", "virtserialport,chardev=agent,name=org.smolvm.agent",
+	} {
+		if !strings.Contains(tcg, want) {
+			t.Errorf("TCG args lack %q:\n%s", want, tcg)
+		}
+	}
+	if khz := vmm.TSCkHz(); khz > 0 && !strings.Contains(tcg, "tsc_early_khz=") {
+		t.Errorf("TCG on a constant-TSC host without tsc_early_khz:\n%s", tcg)
+	}
+	kvm := Args(spec, vmm.AccelKVM)
+	if !slices.Contains(kvm, "kvm") || !slices.Contains(kvm, "host") || strings.Contains(strings.Join(kvm, " "), "tsc_early_khz") {
+		t.Errorf("KVM args: %v", kvm)
+	}
+	spec.NIC = nil
+	spec.Machine = "q35"
+	q35 := strings.Join(Args(spec, vmm.AccelTCG), " ")
+	if strings.Contains(q35, "-netdev") || !strings.Contains(q35, "virtio-blk-pci") || !strings.Contains(q35, "virtio-serial-pci") || !strings.Contains(q35, "-M q35") {
+		t.Errorf("q35 without NIC:\n%s", q35)
+	}
+}
