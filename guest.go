@@ -104,11 +104,64 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 	return c, nil
 }
 
+// agentIdle is how long a VM handle keeps an unused agent connection. A
+// virtio-serial channel serves one host process at a time, so a handle
+// lets go soon after its last operation and other processes get their turn.
+const agentIdle = 500 * time.Millisecond
+
+// acquire returns a live agent connection for one operation; release must
+// be called when the operation ends.
+func (vm *VM) acquire(ctx context.Context) (*agent.Client, func(), error) {
+	vm.mu.Lock()
+	vm.inflight++
+	if vm.idle != nil {
+		vm.idle.Stop()
+	}
+	vm.mu.Unlock()
+	release := func() {
+		vm.mu.Lock()
+		defer vm.mu.Unlock()
+		vm.inflight--
+		vm.scheduleIdleLocked()
+	}
+	c, err := vm.client(ctx)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return c, release, nil
+}
+
+// scheduleIdleLocked arms the timer that closes an unused agent
+// connection. vm.mu must be held.
+func (vm *VM) scheduleIdleLocked() {
+	if vm.inflight > 0 || vm.ac == nil {
+		return
+	}
+	if vm.idle != nil {
+		vm.idle.Stop()
+	}
+	c := vm.ac
+	vm.idle = time.AfterFunc(agentIdle, func() {
+		vm.mu.Lock()
+		if vm.inflight > 0 || vm.ac != c {
+			vm.mu.Unlock()
+			return
+		}
+		vm.ac = nil
+		vm.mu.Unlock()
+		c.Close()
+	})
+}
+
 // dropClient closes the cached agent connection.
 func (vm *VM) dropClient() {
 	vm.mu.Lock()
 	c := vm.ac
 	vm.ac = nil
+	if vm.idle != nil {
+		vm.idle.Stop()
+	}
 	vm.mu.Unlock()
 	if c != nil {
 		c.Close()
@@ -176,10 +229,11 @@ func (vm *VM) Exec(ctx context.Context, eo ExecOptions) (ExitStatus, error) {
 			return ExitStatus{}, wrapErr("exec", vm.id, ErrInvalidConfig, err)
 		}
 	}
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return ExitStatus{}, wrapErr("exec", vm.id, ErrCommandUnavailable, err)
 	}
+	defer release()
 	res, err := c.Exec(ctx, agent.ExecRequest{Argv: eo.Argv, Shell: eo.Shell, Env: eo.Env, Dir: eo.Dir, User: eo.User, Timeout: eo.Timeout},
 		eo.Stdin, eo.Stdout, eo.Stderr)
 	st := ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}
@@ -222,19 +276,21 @@ func (vm *VM) Run(ctx context.Context, command string, opts ...RunOption) (Comma
 // Upload streams r into the guest file guestPath (absolute) with mode,
 // creating parent directories. The file is replaced atomically.
 func (vm *VM) Upload(ctx context.Context, guestPath string, r io.Reader, mode os.FileMode) error {
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return wrapErr("upload", vm.id, ErrCommandUnavailable, err)
 	}
+	defer release()
 	return agentErr("upload", vm.id, c.Upload(ctx, guestPath, r, mode, true))
 }
 
 // Download streams the guest file guestPath (absolute) into w and returns its mode.
 func (vm *VM) Download(ctx context.Context, guestPath string, w io.Writer) (os.FileMode, error) {
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return 0, wrapErr("download", vm.id, ErrCommandUnavailable, err)
 	}
+	defer release()
 	m, err := c.Download(ctx, guestPath, w)
 	return m, agentErr("download", vm.id, err)
 }
@@ -302,10 +358,11 @@ func (vm *VM) setEnv(ctx context.Context, vars map[string]string, replace bool) 
 			return wrapErr("set env", vm.id, ErrInvalidConfig, err)
 		}
 	}
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return wrapErr("set env", vm.id, ErrCommandUnavailable, err)
 	}
+	defer release()
 	return agentErr("set env", vm.id, c.SetEnv(ctx, vars, replace))
 }
 
@@ -316,19 +373,21 @@ func (vm *VM) UnsetEnvVars(ctx context.Context, keys ...string) error {
 			return wrapErr("unset env", vm.id, ErrInvalidConfig, err)
 		}
 	}
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return wrapErr("unset env", vm.id, ErrCommandUnavailable, err)
 	}
+	defer release()
 	return agentErr("unset env", vm.id, c.UnsetEnv(ctx, keys))
 }
 
 // ListEnvVars returns the guest's persisted environment variables.
 func (vm *VM) ListEnvVars(ctx context.Context) (map[string]string, error) {
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return nil, wrapErr("list env", vm.id, ErrCommandUnavailable, err)
 	}
+	defer release()
 	m, err := c.ListEnv(ctx)
 	return m, agentErr("list env", vm.id, err)
 }

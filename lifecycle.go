@@ -244,6 +244,9 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 		}
 	}
 	undo.release()
+	vm.mu.Lock()
+	vm.scheduleIdleLocked()
+	vm.mu.Unlock()
 	return vm.Refresh(ctx)
 }
 
@@ -444,11 +447,13 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 func (vm *VM) powerOff(ctx context.Context, inst vmm.Instance) {
 	ctx, cancel := context.WithTimeout(ctx, DefaultStopTimeout)
 	defer cancel()
-	c, err := vm.client(ctx)
+	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return
 	}
-	if err := c.PowerOff(ctx); err != nil {
+	err = c.PowerOff(ctx)
+	release()
+	if err != nil {
 		return
 	}
 	vm.dropClient()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/image"
@@ -23,6 +24,10 @@ type VM struct {
 	mu   sync.Mutex
 	info VMInfo        // last known state, refreshed by every operation
 	ac   *agent.Client // connection to the guest agent; nil until needed
+	// inflight counts operations using ac; idle closes ac once none has
+	// run for agentIdle. Both guarded by mu.
+	inflight int
+	idle     *time.Timer
 }
 
 // CreateOptions says what Create allocates besides the record.
@@ -223,7 +228,10 @@ func (vm *VM) Refresh(ctx context.Context) error {
 }
 
 // Release closes the handle without touching the VM.
-func (vm *VM) Release() error { return vm.h.close() }
+func (vm *VM) Release() error {
+	vm.dropClient()
+	return vm.h.close()
+}
 
 // errNoVM is the error for a VM id that is not recorded.
 func errNoVM(op, id string) error {
