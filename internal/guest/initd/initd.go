@@ -8,12 +8,15 @@
 package initd
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -360,7 +363,7 @@ func (in *Init) PowerOff(reason string) {
 		deadline := time.Now().Add(2 * time.Second)
 		for time.Now().Before(deadline) && !in.opts.DryRun {
 			in.reaper.ReapAll()
-			if in.opts.Kill(-1, 0) != nil { // ESRCH: nobody left
+			if !userProcessesLeft("/proc") {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -430,4 +433,42 @@ func bytesTrimSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// pfKthread is the kernel-thread bit of a task's flags (/proc/PID/stat field 9).
+const pfKthread = 0x00200000
+
+// userProcessesLeft reports whether any live process other than init and
+// kernel threads remains. kill(-1, 0) cannot tell: it succeeds as long as
+// kernel threads exist, which is always.
+func userProcessesLeft(proc string) bool {
+	ents, err := os.ReadDir(proc)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 1 || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(proc, e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		// f[0] is the state (field 3), f[6] the flags (field 9).
+		if len(f) < 7 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		flags, err := strconv.ParseUint(f[6], 10, 64)
+		if err == nil && flags&pfKthread != 0 {
+			continue
+		}
+		return true
+	}
+	return false
 }

@@ -189,3 +189,22 @@ func TestLinkVirtioPorts(t *testing.T) {
 		t.Errorf("links: %v", entries)
 	}
 }
+
+func TestUserProcessesLeft(t *testing.T) {
+	proc := t.TempDir()
+	write := func(pid, stat string) {
+		os.MkdirAll(filepath.Join(proc, pid), 0o755)
+		os.WriteFile(filepath.Join(proc, pid, "stat"), []byte(stat), 0o644)
+	}
+	write("1", "1 (init) S 0 1 1 0 -1 4194560 0 0")
+	write("2", "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0") // PF_KTHREAD set
+	write("17", "17 (sh (weird) name) Z 1 17 17 0 -1 4194560 0 0")
+	os.MkdirAll(filepath.Join(proc, "self"), 0o755)
+	if userProcessesLeft(proc) {
+		t.Fatal("init, a kernel thread and a zombie count as user processes")
+	}
+	write("42", "42 (sleep) S 1 42 42 0 -1 4194560 0 0")
+	if !userProcessesLeft(proc) {
+		t.Fatal("a sleeping user process is not seen")
+	}
+}
