@@ -11,9 +11,14 @@ import (
 	"github.com/smolvm-go/smolvm"
 )
 
-// openVM opens the VM named id; the caller releases it.
-func openVM(c *cobra.Command, g *globals, id string) (*smolvm.VM, error) {
-	return smolvm.FromID(c.Context(), id, g.opts()...)
+// onVM runs fn on the VM named id and releases it after.
+func onVM(c *cobra.Command, g *globals, id string, fn func(vm *smolvm.VM) error) error {
+	vm, err := smolvm.FromID(c.Context(), id, g.opts()...)
+	if err != nil {
+		return err
+	}
+	defer vm.Release()
+	return fn(vm)
 }
 
 func newExecCmd(g *globals) *cobra.Command {
@@ -36,27 +41,24 @@ stdout and stderr streamed separately. The command's exit code becomes smolvm's 
 			if err != nil {
 				return err
 			}
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			eo := smolvm.ExecOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user, Timeout: timeout,
-				Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr()}
-			if interactive {
-				eo.Stdin = os.Stdin
-			}
-			st, err := vm.Exec(c.Context(), eo)
-			if err != nil && !st.TimedOut {
-				return err
-			}
-			if err != nil {
-				fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
-			}
-			if st.ExitCode != 0 {
-				return exitCodeError{st.ExitCode}
-			}
-			return nil
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				eo := smolvm.ExecOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user, Timeout: timeout,
+					Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr()}
+				if interactive {
+					eo.Stdin = os.Stdin
+				}
+				st, err := vm.Exec(c.Context(), eo)
+				if err != nil && !st.TimedOut {
+					return err
+				}
+				if err != nil {
+					fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
+				}
+				if st.ExitCode != 0 {
+					return exitCodeError{st.ExitCode}
+				}
+				return nil
+			})
 		},
 	}
 	c.Flags().DurationVar(&timeout, "timeout", 0, "kill the command's process group after this long (0: no limit)")
@@ -78,12 +80,9 @@ func newFileCmd(g *globals) *cobra.Command {
 		Example: "  smolvm file upload web ./script.py /root/script.py",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			return vm.UploadFile(c.Context(), a[1], a[2])
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				return vm.UploadFile(c.Context(), a[1], a[2])
+			})
 		},
 	}, &cobra.Command{
 		Use:     "download ID GUEST LOCAL",
@@ -91,12 +90,9 @@ func newFileCmd(g *globals) *cobra.Command {
 		Example: "  smolvm file download web /root/out.txt ./out.txt",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			return vm.DownloadFile(c.Context(), a[1], a[2])
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				return vm.DownloadFile(c.Context(), a[1], a[2])
+			})
 		},
 	})
 	return c
@@ -119,15 +115,12 @@ func newEnvCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			if replace {
-				return vm.ReplaceEnvVars(c.Context(), vars)
-			}
-			return vm.SetEnvVars(c.Context(), vars)
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				if replace {
+					return vm.ReplaceEnvVars(c.Context(), vars)
+				}
+				return vm.SetEnvVars(c.Context(), vars)
+			})
 		},
 	}
 	set.Flags().BoolVar(&replace, "replace", false, "drop every variable not given")
@@ -136,12 +129,9 @@ func newEnvCmd(g *globals) *cobra.Command {
 		Short: "Remove variables",
 		Args:  args(cobra.MinimumNArgs(2)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			return vm.UnsetEnvVars(c.Context(), a[1:]...)
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				return vm.UnsetEnvVars(c.Context(), a[1:]...)
+			})
 		},
 	}
 	var show bool
@@ -150,36 +140,33 @@ func newEnvCmd(g *globals) *cobra.Command {
 		Short: "List variables (names only, unless --show-values)",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			vars, err := vm.ListEnvVars(c.Context())
-			if err != nil {
-				return err
-			}
-			if !show {
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				vars, err := vm.ListEnvVars(c.Context())
+				if err != nil {
+					return err
+				}
+				if !show {
+					for k := range vars {
+						vars[k] = "********"
+					}
+				}
+				if g.jsonOut {
+					return writeJSON(c.OutOrStdout(), vars)
+				}
+				keys := make([]string, 0, len(vars))
 				for k := range vars {
-					vars[k] = "********"
+					keys = append(keys, k)
 				}
-			}
-			if g.jsonOut {
-				return writeJSON(c.OutOrStdout(), vars)
-			}
-			keys := make([]string, 0, len(vars))
-			for k := range vars {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				if show {
-					fmt.Fprintf(c.OutOrStdout(), "%s=%q\n", k, vars[k])
-				} else {
-					fmt.Fprintln(c.OutOrStdout(), k)
+				sort.Strings(keys)
+				for _, k := range keys {
+					if show {
+						fmt.Fprintf(c.OutOrStdout(), "%s=%q\n", k, vars[k])
+					} else {
+						fmt.Fprintln(c.OutOrStdout(), k)
+					}
 				}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	list.Flags().BoolVar(&show, "show-values", false, "print values too")

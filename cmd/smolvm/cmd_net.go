@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/smolvm-go/smolvm"
 )
 
 func newSSHCmd(g *globals) *cobra.Command {
@@ -22,29 +24,26 @@ func newSSHCmd(g *globals) *cobra.Command {
   smolvm ssh web -- uname -a`,
 		Args: args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			argv, err := vm.SSHCommand(a[1:]...)
-			if err != nil {
-				return err
-			}
-			if printOnly {
-				q := make([]string, len(argv))
-				for i, s := range argv {
-					q[i] = shellQuote(s)
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				argv, err := vm.SSHCommand(a[1:]...)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintln(c.OutOrStdout(), strings.Join(q, " "))
-				return nil
-			}
-			bin, err := exec.LookPath("ssh")
-			if err != nil {
-				return fmt.Errorf("ssh not found (install the openssh-client package): %w", err)
-			}
-			vm.Release()
-			return syscall.Exec(bin, argv, os.Environ())
+				if printOnly {
+					q := make([]string, len(argv))
+					for i, s := range argv {
+						q[i] = shellQuote(s)
+					}
+					fmt.Fprintln(c.OutOrStdout(), strings.Join(q, " "))
+					return nil
+				}
+				bin, err := exec.LookPath("ssh")
+				if err != nil {
+					return fmt.Errorf("ssh not found (install the openssh-client package): %w", err)
+				}
+				vm.Release()
+				return syscall.Exec(bin, argv, os.Environ())
+			})
 		},
 	}
 	c.Flags().BoolVar(&printOnly, "print", false, "print the ssh command instead of running it")
@@ -76,20 +75,17 @@ addresses). Forwarded ports are the only way into a VM.`,
 			if err1 != nil || err2 != nil {
 				return usageError{fmt.Errorf("port %q: want GUEST or HOST:GUEST port numbers", a[1])}
 			}
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			hp, err := vm.ExposeLocal(c.Context(), guest, host)
-			if err != nil {
-				return err
-			}
-			if g.jsonOut {
-				return writeJSON(c.OutOrStdout(), map[string]int{"host_port": hp, "guest_port": guest})
-			}
-			fmt.Fprintf(c.OutOrStdout(), "127.0.0.1:%d -> %s:%d\n", hp, vm.ID(), guest)
-			return nil
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				hp, err := vm.ExposeLocal(c.Context(), guest, host)
+				if err != nil {
+					return err
+				}
+				if g.jsonOut {
+					return writeJSON(c.OutOrStdout(), map[string]int{"host_port": hp, "guest_port": guest})
+				}
+				fmt.Fprintf(c.OutOrStdout(), "127.0.0.1:%d -> %s:%d\n", hp, vm.ID(), guest)
+				return nil
+			})
 		},
 	}
 	expose.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
@@ -98,23 +94,20 @@ addresses). Forwarded ports are the only way into a VM.`,
 		Short: "List a VM's port forwards",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			ps, err := vm.Ports(c.Context())
-			if err != nil {
-				return err
-			}
-			if g.jsonOut {
-				return writeJSON(c.OutOrStdout(), ps)
-			}
-			rows := [][]string{}
-			for _, p := range ps {
-				rows = append(rows, []string{fmt.Sprint(p.HostPort), fmt.Sprint(p.GuestPort), p.Kind})
-			}
-			return table(c.OutOrStdout(), []string{"HOST", "GUEST", "KIND"}, rows)
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				ps, err := vm.Ports(c.Context())
+				if err != nil {
+					return err
+				}
+				if g.jsonOut {
+					return writeJSON(c.OutOrStdout(), ps)
+				}
+				rows := [][]string{}
+				for _, p := range ps {
+					rows = append(rows, []string{fmt.Sprint(p.HostPort), fmt.Sprint(p.GuestPort), p.Kind})
+				}
+				return table(c.OutOrStdout(), []string{"HOST", "GUEST", "KIND"}, rows)
+			})
 		},
 	}
 	list.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
@@ -127,12 +120,9 @@ addresses). Forwarded ports are the only way into a VM.`,
 			if err != nil {
 				return usageError{fmt.Errorf("host port %q: not a number", a[1])}
 			}
-			vm, err := openVM(c, g, a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			return vm.UnexposeLocal(c.Context(), hp)
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				return vm.UnexposeLocal(c.Context(), hp)
+			})
 		},
 	}
 	c.AddCommand(expose, list, closeCmd)
