@@ -30,7 +30,7 @@ import (
 
 // builderVersion changes whenever the build recipe changes in a way that
 // must invalidate cached images.
-const builderVersion = 1
+const builderVersion = 2
 
 // File names inside an image directory.
 const (

@@ -124,6 +124,45 @@ func installAgent(dir string, agent []byte) error {
 const sshdConfig = "# Written by smolvm: root logs in with keys only.\n" +
 	"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n"
 
+// debianProfile replaces Debian's /etc/profile with one that behaves the
+// same but forks nothing in a non-interactive login shell: Debian's runs
+// `id -u` twice, and every command run through the agent is a login shell
+// (sh -lc), where each fork costs tens of milliseconds under TCG.
+const debianProfile = `# /etc/profile: system-wide .profile for Bourne-compatible shells (written by smolvm).
+PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+export PATH
+if [ "${PS1-}" ]; then
+  if [ "${BASH-}" ] && [ "$BASH" != "/bin/sh" ]; then
+    if [ -f /etc/bash.bashrc ]; then
+      . /etc/bash.bashrc
+    fi
+  elif [ "$(id -u)" -eq 0 ]; then
+    PS1='# '
+  else
+    PS1='$ '
+  fi
+fi
+if [ -d /etc/profile.d ]; then
+  for i in /etc/profile.d/*.sh; do
+    if [ -r "$i" ]; then
+      . "$i"
+    fi
+  done
+  unset i
+fi
+`
+
+// rootProfile is Debian's /root/.profile without its `mesg n`, which only
+// matters on a terminal and costs a fork in every login shell.
+const rootProfile = `# ~/.profile: executed by Bourne-compatible login shells (written by smolvm).
+if [ "${BASH-}" ] && [ -f ~/.bashrc ]; then
+  . ~/.bashrc
+fi
+if [ -t 0 ]; then
+  mesg n 2> /dev/null || true
+fi
+`
+
 // defaultRootfs fills dir with Debian minbase plus DefaultPackages, built by
 // mmdebstrap from the host's own apt sources.
 func defaultRootfs(ctx context.Context, dir string, sources []string, agent []byte) error {
@@ -159,6 +198,8 @@ func defaultRootfs(ctx context.Context, dir string, sources []string, agent []by
 	files := etcFiles()
 	files["etc/ssh/sshd_config.d/smolvm.conf"] = sshdConfig
 	files["etc/profile.d/smolvm_path.sh"] = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+	files["etc/profile"] = debianProfile
+	files["root/.profile"] = rootProfile
 	if err := writeFiles(dir, files, 0o644); err != nil {
 		return err
 	}
