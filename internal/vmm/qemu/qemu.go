@@ -121,6 +121,9 @@ func Args(spec vmm.Spec, accel vmm.Accel) []string {
 			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", spec.NIC.TAP),
 			"-device", fmt.Sprintf("%s,netdev=net0,mac=%s", dev("virtio-net"), spec.NIC.MAC))
 	}
+	// Free page reporting hands the memory the guest frees back to the
+	// host: a booted guest otherwise keeps every page it ever touched.
+	a = append(a, "-device", dev("virtio-balloon")+",free-page-reporting=on")
 	serialDev := "virtio-serial-device"
 	if machine != "microvm" {
 		serialDev = "virtio-serial-pci"
