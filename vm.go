@@ -102,8 +102,9 @@ func create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	defer unlock()
 	// Step: refuse a taken id before any expensive work.
 	if _, err := h.st.GetVM(ctx, cfg.VMID); err == nil {
-		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errors.New("a VM with this id exists"))
+		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errors.New("a VM with this id already exists"))
 	}
+	undo.push(func(context.Context) { os.Remove(h.lockPath(cfg.VMID)) })
 	// Step: kernel, initrd, base disk.
 	if err := step("create/boot-files"); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrImage, err)

@@ -45,6 +45,21 @@ func (f *vmFlags) config() (smolvm.VMConfig, smolvm.CreateOptions, error) {
 		DiskMode: smolvm.DiskMode(f.diskMode), Backend: smolvm.BackendKind(f.backend),
 	}
 	co := smolvm.CreateOptions{Accel: f.accel}
+	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
+	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
+		return cfg, co, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}
+	}
+	if f.memory < smolvm.MinMemoryMiB || f.memory > smolvm.MaxMemoryMiB {
+		return cfg, co, usageError{fmt.Errorf("--memory %d: mem_size_mib must be between %d and %d", f.memory, smolvm.MinMemoryMiB, smolvm.MaxMemoryMiB)}
+	}
+	switch f.accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return cfg, co, usageError{fmt.Errorf("--accel %q: must be auto, kvm or tcg", f.accel)}
+	}
+	if f.bootTimeout <= 0 {
+		return cfg, co, usageError{fmt.Errorf("--boot-timeout %v: must be positive", f.bootTimeout)}
+	}
 	switch f.network {
 	case "on", "":
 	case "off":

@@ -18,14 +18,15 @@ func TestConcurrentProcesses(t *testing.T) {
 	vmtest.Setup(t)
 	dir := t.TempDir()
 	t.Cleanup(func() { cli(t, dir, "cleanup", "--all") })
-	const n = 12
+	// 8 processes create and boot 8 VMs at once.
+	const n = 8
 	results := make([]result, n)
 	var wg sync.WaitGroup
 	for i := range results {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = cli(t, dir, "create", "--image", "minimal", "--ssh-port", "auto", "--json")
+			results[i] = cli(t, dir, "create", "--start", "--image", "minimal", "--memory", "192", "--vcpus", "1", "--ssh-port", "auto", "--json")
 		}()
 	}
 	wg.Wait()
@@ -44,12 +45,30 @@ func TestConcurrentProcesses(t *testing.T) {
 	if len(ids) != n || len(ips) != n || len(taps) != n || len(macs) != n || len(ports) != n {
 		t.Fatalf("collisions: %d ids, %d IPs, %d TAPs, %d MACs, %d ports of %d VMs", len(ids), len(ips), len(taps), len(macs), len(ports), n)
 	}
+	// All of them answer through the agent, asked at once.
+	execs := map[string]*result{}
+	for id := range ids {
+		execs[id] = &result{}
+	}
+	for id, r := range execs {
+		wg.Add(1)
+		go func() { defer wg.Done(); *r = cli(t, dir, "exec", id, "--", "hostname") }()
+	}
+	wg.Wait()
+	for id, r := range execs {
+		if r.code != 0 || r.stdout != id+"\n" {
+			t.Fatalf("exec on %s: %+v", id, r)
+		}
+	}
 	// The same VM from several processes at once: one boots it, the others
 	// are told it already runs; readers meanwhile never fail.
 	var one string
 	for id := range ids {
 		one = id
 		break
+	}
+	if r := cli(t, dir, "stop", one); r.code != 0 {
+		t.Fatalf("stop: %+v", r)
 	}
 	starts := make([]result, 4)
 	infos := make([]result, 8)
