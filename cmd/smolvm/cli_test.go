@@ -130,3 +130,39 @@ func TestCLIListInfoDelete(t *testing.T) {
 		t.Fatalf("version: %+v", r)
 	}
 }
+
+// TestDoctorJSON checks doctor's stable JSON on this machine: where /dev/kvm
+// is the paravirtual nested KVM (kvm_pvm), it must report TCG.
+func TestDoctorJSON(t *testing.T) {
+	dir := t.TempDir()
+	r := cli(t, dir, "doctor", "--json")
+	var checks []map[string]string
+	if err := json.Unmarshal([]byte(r.stdout), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
+	}
+	byName := map[string]map[string]string{}
+	for _, c := range checks {
+		for _, k := range []string{"name", "status", "detail"} {
+			if c[k] == "" {
+				t.Fatalf("check without %s: %v", k, c)
+			}
+		}
+		byName[c["name"]] = c
+	}
+	hasFail := false
+	for _, c := range checks {
+		hasFail = hasFail || c["status"] == "fail"
+	}
+	if (r.code != 0) != hasFail {
+		t.Fatalf("exit %d with failures=%v", r.code, hasFail)
+	}
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		if !strings.Contains(byName["acceleration"]["detail"], "tcg") || byName["kvm"]["status"] != "warn" {
+			t.Fatalf("on a kvm_pvm host doctor must report TCG: %v %v", byName["acceleration"], byName["kvm"])
+		}
+	}
+	// --strict turns the warnings (TCG here, images not built in this data dir) into a failure.
+	if r := cli(t, dir, "doctor", "--strict"); r.code == 0 {
+		t.Fatalf("doctor --strict with warnings exited 0:\n%s", r.stdout)
+	}
+}
