@@ -3,7 +3,12 @@ package smolvm
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm/internal/image"
 )
@@ -108,4 +113,29 @@ func RemoveImage(ctx context.Context, name string, opts ...Option) error {
 		return imageErr("remove image", name, err)
 	}
 	return nil
+}
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// ProgressWriter returns a progress function (for WithProgress or
+// ImageBuildOptions) that prints each stage of long work to w with the time
+// since it started.
+func ProgressWriter(w io.Writer) func(stage string, done, total int64) {
+	start := time.Now()
+	return func(stage string, done, total int64) {
+		if done == 0 {
+			fmt.Fprintf(w, "[%6.1fs] %s ...\n", time.Since(start).Seconds(), stage)
+		}
+	}
+}
+
+// stderrProgress is what the SDK shows on a terminal when it builds an
+// image on first use.
+func stderrProgress(name string) func(stage string, done, total int64) {
+	fmt.Fprintf(os.Stderr, "smolvm: building the %s image on first use (once; later VMs reuse it)\n", name)
+	return ProgressWriter(os.Stderr)
 }

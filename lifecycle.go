@@ -92,7 +92,11 @@ func (h *host) resolveBoot(ctx context.Context, cfg *VMConfig, o options) (boot,
 		}
 		img, err := image.Get(h.imagesDir(), cfg.Image)
 		if errors.Is(err, image.ErrNotFound) && (cfg.Image == ImageDefault || cfg.Image == ImageMinimal) {
-			img, err = h.buildImage(ctx, cfg.Image, ImageBuildOptions{Progress: o.progress})
+			progress := o.progress
+			if progress == nil && isTerminal(os.Stderr) {
+				progress = stderrProgress(cfg.Image)
+			}
+			img, err = h.buildImage(ctx, cfg.Image, ImageBuildOptions{Progress: progress})
 		}
 		if err != nil {
 			return boot{}, imageErr("image", cfg.Image, err)

@@ -107,15 +107,8 @@ func parseEnv(kvs []string) (map[string]string, error) {
 	return m, nil
 }
 
-// progress prints the stages of long work to stderr.
-func progress(w io.Writer) func(stage string, done, total int64) {
-	start := time.Now()
-	return func(stage string, done, total int64) {
-		if done == 0 {
-			fmt.Fprintf(w, "[%6.1fs] %s ...\n", time.Since(start).Seconds(), stage)
-		}
-	}
-}
+// progress prints the stages of long work to w.
+func progress(w io.Writer) func(stage string, done, total int64) { return smolvm.ProgressWriter(w) }
 
 func newCreateCmd(g *globals) *cobra.Command {
 	var f vmFlags
