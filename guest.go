@@ -53,6 +53,21 @@ func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Clien
 }
 
 func dialAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
+	// vsock, where the VM has it, serves many host processes at once;
+	// virtio-serial is always there to fall back on.
+	if inst.VsockCID != 0 && inst.AgentKind != firecracker.AgentKind {
+		vctx, cancel := context.WithTimeout(ctx, time.Second)
+		conn, err := agent.DialVsock(vctx, inst.VsockCID, proto.DefaultVsockPort)
+		if err == nil {
+			c, err := agent.NewClient(vctx, conn)
+			cancel()
+			if err == nil {
+				return c, nil
+			}
+		} else {
+			cancel()
+		}
+	}
 	dial := agent.DialUnix
 	if inst.AgentKind == firecracker.AgentKind {
 		dial = func(ctx context.Context, path string) (io.ReadWriteCloser, error) {

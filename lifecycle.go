@@ -201,8 +201,8 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
 	if _, err := h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
-		v.Status, v.PID, v.PIDStart, v.Control, v.Agent, v.Backend, v.Accel, v.Error =
-			string(StateRunning), inst.PID, inst.PIDStart, inst.Control, inst.Agent, backend.Name(), string(inst.Accel), ""
+		v.Status, v.PID, v.PIDStart, v.Control, v.Agent, v.Backend, v.Accel, v.Error, v.VsockCID =
+			string(StateRunning), inst.PID, inst.PIDStart, inst.Control, inst.Agent, backend.Name(), string(inst.Accel), "", inst.VsockCID
 		return nil
 	}); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
@@ -303,6 +303,9 @@ func (h *host) spec(ctx context.Context, id string, rec record, backend string) 
 		bp.Gateway = l.Gateway
 		bp.DNS = []netip.Addr{l.Gateway}
 		spec.VsockCID = l.CID()
+		// The guest agent also listens on vsock; the backend attaches a
+		// vsock device only where the host supports it.
+		bp.AgentPort = proto.DefaultVsockPort
 	}
 	if backend == "firecracker" {
 		// Firecracker boots an ELF vmlinux and reaches the agent over vsock.
@@ -373,7 +376,7 @@ func instanceOf(row store.VM) vmm.Instance {
 	if row.Backend == "firecracker" {
 		kind = firecracker.AgentKind
 	}
-	return vmm.Instance{PID: row.PID, PIDStart: row.PIDStart, Control: row.Control, Agent: row.Agent, AgentKind: kind, Accel: vmm.Accel(row.Accel)}
+	return vmm.Instance{PID: row.PID, PIDStart: row.PIDStart, Control: row.Control, Agent: row.Agent, AgentKind: kind, Accel: vmm.Accel(row.Accel), VsockCID: row.VsockCID}
 }
 
 // Stop powers the guest off cleanly through its agent, then tells the VMM to
@@ -435,7 +438,7 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 		if v.Status != string(StateCreated) || v.PID != 0 {
 			v.Status = string(StateStopped)
 		}
-		v.PID, v.PIDStart, v.Control, v.Agent = 0, 0, "", ""
+		v.PID, v.PIDStart, v.Control, v.Agent, v.VsockCID = 0, 0, "", "", 0
 		if v.Error == markStopping {
 			v.Error = ""
 		}

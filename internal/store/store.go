@@ -104,6 +104,8 @@ var migrations = []string{
 		path       TEXT NOT NULL,
 		created_at INTEGER NOT NULL
 	);`,
+	// 2: the guest's vsock context id, when its agent is reachable over vsock.
+	`ALTER TABLE vms ADD COLUMN vsock_cid INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -20,18 +20,19 @@ type VM struct {
 	PIDStart uint64 // the VMM process's start time (clock ticks since boot), to detect PID reuse
 	Control  string // VMM control socket
 	Agent    string // agent socket
+	VsockCID uint32 // guest vsock context id when the agent is reachable over vsock
 	Error    string
 	Created  time.Time
 	Updated  time.Time
 }
 
-const vmColumns = "id, status, config, backend, accel, pid, pid_start, control, agent, error, created_at, updated_at"
+const vmColumns = "id, status, config, backend, accel, pid, pid_start, control, agent, error, created_at, updated_at, vsock_cid"
 
 func scanVM(row interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, updated int64
 	var cfg string
-	err := row.Scan(&v.ID, &v.Status, &cfg, &v.Backend, &v.Accel, &v.PID, &v.PIDStart, &v.Control, &v.Agent, &v.Error, &created, &updated)
+	err := row.Scan(&v.ID, &v.Status, &cfg, &v.Backend, &v.Accel, &v.PID, &v.PIDStart, &v.Control, &v.Agent, &v.Error, &created, &updated, &v.VsockCID)
 	v.Config = []byte(cfg)
 	v.Created = time.Unix(0, created).UTC()
 	v.Updated = time.Unix(0, updated).UTC()
@@ -60,8 +61,8 @@ func (s *Store) CreateVM(ctx context.Context, v VM, a Alloc) (Allocation, error)
 	now := time.Now().UTC()
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		out = Allocation{}
-		_, err := tx.ExecContext(ctx, "INSERT INTO vms ("+vmColumns+") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-			v.ID, v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, now.UnixNano(), now.UnixNano())
+		_, err := tx.ExecContext(ctx, "INSERT INTO vms ("+vmColumns+") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+			v.ID, v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, now.UnixNano(), now.UnixNano(), v.VsockCID)
 		if isUnique(err) {
 			return fmt.Errorf("vm %s: %w", v.ID, ErrExists)
 		}
@@ -136,8 +137,8 @@ func (s *Store) UpdateVM(ctx context.Context, id string, fn func(*VM) error) (VM
 		v.ID = id
 		v.Updated = time.Now().UTC()
 		_, err = tx.ExecContext(ctx, `UPDATE vms SET status=?, config=?, backend=?, accel=?, pid=?, pid_start=?,
-			control=?, agent=?, error=?, updated_at=? WHERE id=?`,
-			v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, v.Updated.UnixNano(), id)
+			control=?, agent=?, error=?, updated_at=?, vsock_cid=? WHERE id=?`,
+			v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, v.Updated.UnixNano(), v.VsockCID, id)
 		out = v
 		return err
 	})

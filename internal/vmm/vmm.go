@@ -94,6 +94,9 @@ type Instance struct {
 	AgentKind string
 	// Accel is the acceleration actually used.
 	Accel Accel
+	// VsockCID is the guest's vsock context id when the agent can also be
+	// reached over AF_VSOCK (QEMU with vhost-vsock); 0 otherwise.
+	VsockCID uint32
 }
 
 // State is what a VMM reports about its guest.

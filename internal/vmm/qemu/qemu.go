@@ -61,6 +61,9 @@ func (b *Backend) Version(ctx context.Context) (string, error) {
 func controlPath(dir string) string { return filepath.Join(dir, "qmp.sock") }
 func agentPath(dir string) string   { return filepath.Join(dir, "agent.sock") }
 
+// vhostVsockDevice is the host device QEMU's vhost-vsock needs.
+var vhostVsockDevice = "/dev/vhost-vsock"
+
 // maxSocketPath is the longest path a Unix socket address holds.
 const maxSocketPath = 107
 
@@ -121,6 +124,9 @@ func Args(spec vmm.Spec, accel vmm.Accel) []string {
 			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", spec.NIC.TAP),
 			"-device", fmt.Sprintf("%s,netdev=net0,mac=%s", dev("virtio-net"), spec.NIC.MAC))
 	}
+	if spec.VsockCID != 0 {
+		a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock"), spec.VsockCID))
+	}
 	// Free page reporting hands the memory the guest frees back to the
 	// host: a booted guest otherwise keeps every page it ever touched.
 	a = append(a, "-device", dev("virtio-balloon")+",free-page-reporting=on")
@@ -155,6 +161,10 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	for _, p := range []string{controlPath(spec.Dir), agentPath(spec.Dir)} {
 		os.Remove(p)
 	}
+	// vsock only where the host has vhost-vsock; virtio-serial always.
+	if _, err := os.Stat(vhostVsockDevice); err != nil {
+		spec.VsockCID = 0
+	}
 	errPath := filepath.Join(spec.Dir, "qemu.err")
 	errFile, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -169,7 +179,7 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	}
 	// Reap it if it ends while this process lives; otherwise init does.
 	go cmd.Wait()
-	inst := vmm.Instance{PID: cmd.Process.Pid, Control: controlPath(spec.Dir), Agent: agentPath(spec.Dir), AgentKind: "virtio-serial", Accel: accel}
+	inst := vmm.Instance{PID: cmd.Process.Pid, Control: controlPath(spec.Dir), Agent: agentPath(spec.Dir), AgentKind: "virtio-serial", Accel: accel, VsockCID: spec.VsockCID}
 	inst.PIDStart, _ = vmm.StartTime(inst.PID)
 	return inst, nil
 }

@@ -30,6 +30,14 @@ func TestArgs(t *testing.T) {
 	if khz := vmm.TSCkHz(); khz > 0 && !strings.Contains(tcg, "tsc_early_khz=") {
 		t.Errorf("TCG on a constant-TSC host without tsc_early_khz:\n%s", tcg)
 	}
+	if strings.Contains(tcg, "vhost-vsock") {
+		t.Errorf("vsock device without a CID:\n%s", tcg)
+	}
+	spec.VsockCID = 7
+	if v := strings.Join(Args(spec, vmm.AccelTCG), " "); !strings.Contains(v, "-device vhost-vsock-device,guest-cid=7") {
+		t.Errorf("no vhost-vsock device for CID 7:\n%s", v)
+	}
+	spec.VsockCID = 0
 	kvm := Args(spec, vmm.AccelKVM)
 	if !slices.Contains(kvm, "kvm") || !slices.Contains(kvm, "host") || strings.Contains(strings.Join(kvm, " "), "tsc_early_khz") {
 		t.Errorf("KVM args: %v", kvm)
