@@ -146,7 +146,7 @@ func main() {
 	case cfg.fromJSON != "":
 		err = replay(cfg)
 	case ns != "":
-		err = runInside(ctx, cfg, ns)
+		_, err = runInside(ctx, cfg, ns)
 	default:
 		err = runOutside(ctx, cfg)
 	}

@@ -50,13 +50,18 @@ type Meta struct {
 	BenchRSSMiB float64 `json:"bench_rss_mib"`
 }
 
-// runInside runs the benchmark in the namespace ns and reports.
-func runInside(ctx context.Context, cfg config, ns string) error {
-	if !inNetns(ns) {
-		return fmt.Errorf("%s=%s but this process is not in that network namespace: refusing to boot VMs", envNetns, ns)
+// runInside runs the benchmark in the network namespace ns, reports, and
+// returns the results (also when some sections failed; the error then
+// counts them). ns must be the name of a namespace made with `ip netns add`
+// that this process runs in: the benchmark's own (SMOLVM_BENCH_NETNS), or
+// the one the test runs in (vmtest.Netns). It refuses to boot anything
+// otherwise.
+func runInside(ctx context.Context, cfg config, ns string) (*Results, error) {
+	if ns == "" || !inNetns(ns) {
+		return nil, fmt.Errorf("not in the private network namespace %q: refusing to boot VMs", ns)
 	}
 	if cfg.dataDir == "" {
-		return errors.New("no --data-dir (the outer benchmark sets it)")
+		return nil, errors.New("no --data-dir (the outer benchmark sets it)")
 	}
 	b := newBench(cfg)
 	defer b.cleanup()
@@ -111,12 +116,12 @@ func runInside(ctx context.Context, cfg config, ns string) error {
 		fail("plot", drawPlot(cfg.plotPath, res))
 	}
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return res, ctx.Err()
 	}
 	if len(res.Errors) > 0 {
-		return fmt.Errorf("%d errors (see above)", len(res.Errors))
+		return res, fmt.Errorf("%d errors (see above)", len(res.Errors))
 	}
-	return nil
+	return res, nil
 }
 
 // replay prints, and plots if asked, results saved with --json.
