@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -78,6 +79,8 @@ type VMConfig struct {
 	Backend BackendKind `json:"backend"`
 	// EnvVars are set in the guest for every command and login.
 	EnvVars map[string]string `json:"env_vars,omitempty"`
+	// DNSServers are the guest's resolvers (IPv4); empty means its gateway.
+	DNSServers []string `json:"dns_servers,omitempty"`
 	// SSHHostPort forwards this host port to the guest's port 22; 0 means
 	// none and SSHPortAuto picks a free port from 2200 upward at creation.
 	SSHHostPort int `json:"ssh_host_port,omitempty"`
@@ -125,6 +128,7 @@ func (c VMConfig) WithDefaults() VMConfig {
 		c.Backend = BackendAuto
 	}
 	c.EnvVars = maps.Clone(c.EnvVars)
+	c.DNSServers = slices.Clone(c.DNSServers)
 	return c
 }
 
@@ -173,6 +177,14 @@ func (c VMConfig) Validate() error {
 	for _, f := range []struct{ name, v string }{{"kernel_path", c.KernelPath}, {"initrd_path", c.InitrdPath}, {"rootfs_path", c.RootfsPath}} {
 		if f.v != "" && !strings.HasPrefix(f.v, "/") {
 			return configErr(f.name, f.v, "must be an absolute path")
+		}
+	}
+	if len(c.DNSServers) > 3 {
+		return configErr("dns_servers", strings.Join(c.DNSServers, ","), "at most 3 resolvers")
+	}
+	for _, d := range c.DNSServers {
+		if _, err := parseIPv4("dns_servers", d); err != nil {
+			return err
 		}
 	}
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {

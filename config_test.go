@@ -62,6 +62,10 @@ func TestVMConfigValidation(t *testing.T) {
 		{"kernel relative", VMConfig{KernelPath: "vmlinux"}, "kernel_path"},
 		{"rootfs relative", VMConfig{RootfsPath: "./r.ext4"}, "rootfs_path"},
 		{"boot args newline", VMConfig{BootArgs: "a\nb"}, "boot_args"},
+		{"dns ok", VMConfig{DNSServers: []string{"192.0.2.53"}}, ""},
+		{"dns not ip", VMConfig{DNSServers: []string{"dns.example"}}, "dns_servers"},
+		{"dns ipv6", VMConfig{DNSServers: []string{"::1"}}, "dns_servers"},
+		{"dns too many", VMConfig{DNSServers: []string{"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"}}, "dns_servers"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.c.Validate()

@@ -302,6 +302,12 @@ func (h *host) spec(ctx context.Context, id string, rec record, backend string) 
 		bp.Addr = netip.PrefixFrom(l.IP, store.LeasePrefixLen)
 		bp.Gateway = l.Gateway
 		bp.DNS = []netip.Addr{l.Gateway}
+		if len(cfg.DNSServers) > 0 {
+			bp.DNS = nil
+			for _, d := range cfg.DNSServers {
+				bp.DNS = append(bp.DNS, netip.MustParseAddr(d)) // validated by Create
+			}
+		}
 		spec.VsockCID = l.CID()
 		// The guest agent also listens on vsock; the backend attaches a
 		// vsock device only where the host supports it.

@@ -46,7 +46,9 @@ func TestNetworkEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := New(ctx, WithConfig(minimalVM("net-b")), opt)
+	cfgB := minimalVM("net-b")
+	cfgB.DNSServers = []string{"192.0.2.53"} // a documentation address: written, never queried
+	b, err := New(ctx, WithConfig(cfgB), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +64,9 @@ func TestNetworkEndToEnd(t *testing.T) {
 	}
 	if res, _ := a.Run(ctx, "cat /etc/resolv.conf"); !strings.Contains(res.Stdout, "nameserver "+na.GatewayIP()) {
 		t.Fatalf("resolv.conf: %q", res.Stdout)
+	}
+	if res, _ := b.Run(ctx, "cat /etc/resolv.conf"); !strings.Contains(res.Stdout, "nameserver 192.0.2.53") || strings.Contains(res.Stdout, nb.GatewayIP()) {
+		t.Fatalf("resolv.conf with dns_servers: %q", res.Stdout)
 	}
 	// The guest pings its gateway.
 	if res, err := a.Run(ctx, "ping -c 1 -W 5 "+na.GatewayIP()); err != nil || !res.OK() {

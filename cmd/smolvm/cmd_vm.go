@@ -18,7 +18,7 @@ import (
 type vmFlags struct {
 	name, image, diskMode, backend, accel, network, sshPort string
 	memory, vcpus, diskSize                                 int
-	env                                                     []string
+	env, dns                                                []string
 	bootTimeout                                             time.Duration
 }
 
@@ -35,6 +35,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.network, "network", "on", "on, or off for no NIC at all")
 	fl.StringVar(&f.sshPort, "ssh-port", "", "forward this host port to the guest's SSH (or 'auto')")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set KEY=VALUE in the guest (repeatable)")
+	fl.StringArrayVar(&f.dns, "dns", nil, "the guest's DNS resolver, an IPv4 address (repeatable; default: its gateway)")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
 }
 
@@ -83,6 +84,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, smolvm.CreateOptions, error) {
 		return cfg, co, err
 	}
 	cfg.EnvVars = env
+	cfg.DNSServers = f.dns
 	if err := cfg.Validate(); err != nil {
 		return cfg, co, usageError{err}
 	}
