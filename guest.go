@@ -106,7 +106,7 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 		return nil, err
 	}
 	inst := instanceOf(row)
-	if row.Status != string(StateRunning) || !vmm.Alive(inst.PID, inst.PIDStart) {
+	if (row.Status != string(StateRunning) && row.Status != string(StatePaused)) || !vmm.Alive(inst.PID, inst.PIDStart) {
 		vm.Refresh(ctx)
 		return nil, fmt.Errorf("VM is not running (status %s): %w", vm.Info().Status, ErrCommandUnavailable)
 	}

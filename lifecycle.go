@@ -415,7 +415,7 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 				return wrapErr("stop", vm.id, ErrBackend, storeErr(err))
 			}
 		}
-		if !force {
+		if !force && row.Status != string(StatePaused) { // a paused guest cannot power itself off
 			vm.powerOff(ctx, inst)
 		}
 		if vmm.Alive(inst.PID, inst.PIDStart) {
@@ -527,6 +527,51 @@ func (h *host) removeFiles(id string) error {
 		return err
 	}
 	return nil
+}
+
+// Pause stops the VM's vCPUs; its memory, devices and network stay. Commands
+// sent to a paused VM wait until it is resumed.
+func (vm *VM) Pause(ctx context.Context) error {
+	return vm.setPaused(ctx, "pause", true)
+}
+
+// Resume restarts the vCPUs of a paused VM.
+func (vm *VM) Resume(ctx context.Context) error {
+	return vm.setPaused(ctx, "resume", false)
+}
+
+func (vm *VM) setPaused(ctx context.Context, op string, pause bool) error {
+	unlock, err := vm.h.lockVM(ctx, vm.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	row, _, err := vm.load(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return errNoVM(op, vm.id)
+	}
+	if err != nil {
+		return wrapErr(op, vm.id, ErrBackend, err)
+	}
+	inst := instanceOf(row)
+	if !vmm.Alive(inst.PID, inst.PIDStart) {
+		vm.Refresh(ctx)
+		return wrapErr(op, vm.id, ErrState, fmt.Errorf("the VM is not running (status %s)", vm.Info().Status))
+	}
+	want, call := StatePaused, backendOf(row).Pause
+	if !pause {
+		want, call = StateRunning, backendOf(row).Resume
+	}
+	if row.Status == string(want) {
+		return nil
+	}
+	if err := call(ctx, inst); err != nil {
+		return wrapErr(op, vm.id, ErrBackend, err)
+	}
+	if _, err := vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error { v.Status = string(want); return nil }); err != nil {
+		return wrapErr(op, vm.id, ErrBackend, storeErr(err))
+	}
+	return vm.Refresh(ctx)
 }
 
 // Close stops and deletes the VM, like leaving Python's `with SmolVM() as vm:`.

@@ -161,6 +161,24 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("bad key: %v", err)
 	}
 
+	// Pause and resume: a command sent while paused waits for the resume.
+	if err := vm.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if inf := vm.Info(); inf.Status != StatePaused {
+		t.Fatalf("after pause: %s", inf.Status)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+	if _, err := vm.Run(pctx, "echo paused?"); err == nil {
+		t.Fatal("a paused VM ran a command")
+	}
+	cancel()
+	if err := vm.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := vm.Run(ctx, "echo resumed"); err != nil || res.Output() != "resumed" || vm.Info().Status != StateRunning {
+		t.Fatalf("after resume: %+v %v %s", res, err, vm.Info().Status)
+	}
 	// Stop, then start again: the isolated disk keeps the file.
 	if _, err := vm.Run(ctx, "echo persisted > /root/keep.txt"); err != nil {
 		t.Fatal(err)

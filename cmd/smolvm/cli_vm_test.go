@@ -101,6 +101,19 @@ func TestCLIVMLifecycle(t *testing.T) {
 	if r := cli(t, dir, "env", "set", "c1", "1X=y"); r.code != 2 {
 		t.Fatalf("bad env key: %+v", r)
 	}
+	// Pause and resume.
+	if r := cli(t, dir, "pause", "c1"); r.code != 0 || r.stdout != "paused c1\n" {
+		t.Fatalf("pause: %+v", r)
+	}
+	if r := cli(t, dir, "list", "--status", "paused"); !strings.Contains(r.stdout, "c1") {
+		t.Fatalf("list --status paused: %s", r.stdout)
+	}
+	if r := cli(t, dir, "resume", "c1"); r.code != 0 || r.stdout != "resumed c1\n" {
+		t.Fatalf("resume: %+v", r)
+	}
+	if r := cli(t, dir, "exec", "c1", "--", "echo back"); r.stdout != "back\n" {
+		t.Fatalf("exec after resume: %+v", r)
+	}
 	// Stop and start: the disk persists.
 	cli(t, dir, "exec", "c1", "--", "echo kept > /root/kept")
 	if r := cli(t, dir, "stop", "c1"); r.code != 0 || r.stdout != "stopped c1\n" {

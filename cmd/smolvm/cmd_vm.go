@@ -222,6 +222,30 @@ func newStopCmd(g *globals) *cobra.Command {
 	return c
 }
 
+func newPauseCmds(g *globals) []*cobra.Command {
+	mk := func(use, short, done string, fn func(*smolvm.VM, context.Context) error) *cobra.Command {
+		return &cobra.Command{
+			Use:   use + " ID...",
+			Short: short,
+			Args:  args(cobra.MinimumNArgs(1)),
+			RunE: func(c *cobra.Command, a []string) error {
+				return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+					defer vm.Release()
+					if err := fn(vm, ctx); err != nil {
+						return err
+					}
+					fmt.Fprintln(c.OutOrStdout(), done, vm.ID())
+					return nil
+				})
+			},
+		}
+	}
+	return []*cobra.Command{
+		mk("pause", "Stop VMs' vCPUs (memory and network stay; commands wait)", "paused", (*smolvm.VM).Pause),
+		mk("resume", "Restart paused VMs' vCPUs", "resumed", (*smolvm.VM).Resume),
+	}
+}
+
 func newDeleteCmd(g *globals) *cobra.Command {
 	var force bool
 	c := &cobra.Command{

@@ -71,6 +71,7 @@ else $XDG_STATE_HOME/smolvm).`,
 		}
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newPauseCmds(g)...)
 	root.AddCommand(
 		newVersionCmd(g),
 		newListCmd(g),
