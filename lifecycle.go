@@ -1,6 +1,7 @@
 package smolvm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -230,6 +231,11 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if err := step("start/wait-agent"); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
+	// The init prints the ready marker once the agent server runs; connecting
+	// before it only stacks up handshakes that time out while the guest boots.
+	if err := waitMarker(bootCtx, logPath, inst); err != nil {
+		return vm.bootErr(err, logPath)
+	}
 	c, err := vm.connectAgent(bootCtx, inst)
 	if err != nil {
 		return vm.bootErr(err, logPath)
@@ -252,6 +258,44 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	vm.scheduleIdleLocked()
 	vm.mu.Unlock()
 	return vm.Refresh(ctx)
+}
+
+// waitMarker waits until the guest's ready marker appears on its console,
+// reading only what is new, or until the VMM dies or ctx ends.
+func waitMarker(ctx context.Context, logPath string, inst vmm.Instance) error {
+	marker := []byte(bootparams.ReadyMarker)
+	var off int64
+	var tail []byte
+	for {
+		if f, err := os.Open(logPath); err == nil {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := f.ReadAt(buf, off)
+				if n > 0 {
+					off += int64(n)
+					chunk := append(tail, buf[:n]...)
+					if bytes.Contains(chunk, marker) {
+						f.Close()
+						return nil
+					}
+					// Keep enough to find a marker split across reads.
+					tail = append([]byte(nil), chunk[max(0, len(chunk)-len(marker)):]...)
+				}
+				if err != nil {
+					break
+				}
+			}
+			f.Close()
+		}
+		if !vmm.Alive(inst.PID, inst.PIDStart) {
+			return fmt.Errorf("VMM process %d exited before the guest was ready: %w", inst.PID, vmm.ErrNotRunning)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // bootErr wraps a failed boot with the tail of the console log.
