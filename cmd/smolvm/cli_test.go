@@ -88,7 +88,7 @@ func TestCLIListInfoDelete(t *testing.T) {
 		t.Fatalf("bad status: %+v", r)
 	}
 	r = cli(t, dir, "info", "alpha")
-	if r.code != 0 || !strings.Contains(r.stdout, "172.16.0.2/24") || !strings.Contains(r.stdout, "ssh -p 22") {
+	if r.code != 0 || !strings.Contains(r.stdout, "172.16.0.2/24") || !strings.Contains(r.stdout, "smolvm ssh alpha   (localhost port 22") {
 		t.Fatalf("info: %+v", r)
 	}
 	r = cli(t, dir, "info", "beta", "--json")

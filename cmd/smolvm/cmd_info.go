@@ -137,7 +137,7 @@ func printInfo(c *cobra.Command, inf smolvm.VMInfo) error {
 			[]string{"TAP:", n.TapDevice()},
 			[]string{"MAC:", n.GuestMAC()})
 		if p := n.SSHHostPort(); p != 0 {
-			rows = append(rows, []string{"SSH:", fmt.Sprintf("ssh -p %d root@localhost", p)})
+			rows = append(rows, []string{"SSH:", fmt.Sprintf("smolvm ssh %s   (localhost port %d)", inf.VMID, p)})
 		}
 	} else {
 		rows = append(rows, []string{"Network:", "off"})
