@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
@@ -38,8 +37,11 @@ type CleanupReport struct {
 // Cleanup brings the data directory and the host back to a consistent
 // state: it kills VMM processes of VMs that are not recorded as running,
 // removes VM directories, logs and locks of VMs that do not exist, VMs
-// whose creation was interrupted, and TAP devices and rules of ours that no
-// running VM owns. With All it deletes every VM first.
+// whose creation or deletion was interrupted, and TAP devices and rules of
+// ours that no running VM owns. With All it deletes every VM first.
+//
+// It touches a VM's things only while holding that VM's lock, so work in
+// progress in another process (a create, a start) is left alone.
 func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupReport, error) {
 	h, err := openHost(ctx, buildOptions(opts))
 	if err != nil {
@@ -49,54 +51,66 @@ func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupRep
 	rep := CleanupReport{DryRun: co.DryRun, Removed: []string{}}
 	var errs []error
 	note := func(s string) { rep.Removed = append(rep.Removed, s) }
+	fail := func(err error) (CleanupReport, error) {
+		sort.Strings(rep.Removed)
+		return rep, wrapErr("cleanup", "", ErrBackend, errors.Join(append(errs, err)...))
+	}
 
+	// VMs to delete: every one with All; else those whose create or delete
+	// was interrupted (and whose lock is free: not in progress).
 	rows, err := h.st.ListVMs(ctx)
 	if err != nil {
-		return rep, err
+		return fail(err)
 	}
 	for _, row := range rows {
-		row, err := h.reconcile(ctx, row)
+		unlock, err := h.tryLockVM(row.ID)
+		if errors.Is(err, errLockBusy) {
+			continue
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		row, err := h.st.GetVM(ctx, row.ID) // again, under the lock
+		if err == nil {
+			row, err = h.reconcile(ctx, row)
+		}
+		if err != nil {
+			unlock()
+			if !errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		var rec record
 		_ = json.Unmarshal(row.Config, &rec)
-		// Interrupted creates and deletes are finished here.
-		incomplete := !rec.Complete || row.Error == markDeleting
-		if !co.All && !incomplete {
-			continue
-		}
-		if incomplete && !co.All {
-			// Skip one still in progress: its process holds the lock.
-			if unlock, ok := h.tryLockVM(row.ID); ok {
-				unlock()
-			} else {
-				continue
+		if co.All || !rec.Complete || row.Error == markDeleting {
+			note("vm " + row.ID)
+			if !co.DryRun {
+				vm := &VM{h: h, id: row.ID}
+				if err := vm.deleteLocked(ctx, true); err != nil && !errors.Is(err, ErrNotFound) {
+					errs = append(errs, err)
+				}
 			}
 		}
-		note("vm " + row.ID)
-		if co.DryRun {
-			continue
-		}
-		vm := &VM{h: &host{dir: h.dir, st: h.st, bootTimeout: h.bootTimeout}, id: row.ID}
-		if err := vm.deleteKeepOpen(ctx, true); err != nil && !errors.Is(err, ErrNotFound) {
-			errs = append(errs, err)
-		}
+		unlock()
+	}
+	if ctx.Err() != nil {
+		return fail(ctx.Err())
 	}
 
-	// What survives: VMs recorded now, and the ones running.
-	rows, _ = h.st.ListVMs(ctx)
-	known, running := map[string]store.VM{}, map[string]bool{}
-	for _, r := range rows {
-		known[r.ID] = r
-		if (r.Status == string(StateRunning) || r.Status == string(StatePaused)) && vmm.Alive(r.PID, r.PIDStart) {
-			running[r.ID] = true
-		}
-	}
-	// VMM processes of ours that no recorded VM owns.
+	// VMM processes of ours that their VM's record does not own.
 	for pid, id := range h.vmmProcesses() {
-		if r, ok := known[id]; ok && r.PID == pid {
+		unlock, err := h.tryLockVM(id)
+		if err != nil {
+			continue // busy: a start is under way
+		}
+		if r, err := h.st.GetVM(ctx, id); err == nil && r.PID == pid {
+			unlock()
+			continue
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			unlock()
+			errs = append(errs, err)
 			continue
 		}
 		note(fmt.Sprintf("process %d (vm %s)", pid, id))
@@ -105,53 +119,91 @@ func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupRep
 				errs = append(errs, err)
 			}
 		}
+		unlock()
 	}
+	if ctx.Err() != nil {
+		return fail(ctx.Err())
+	}
+
 	// Files of VMs that do not exist; sockets of VMs that do not run.
-	for _, f := range []struct {
-		dir, suffix string
-	}{{filepath.Join(h.dir, "vms"), ""}, {filepath.Join(h.dir, "logs"), ".log"}, {filepath.Join(h.dir, "locks"), ".lock"}} {
+	for _, f := range []struct{ dir, suffix string }{
+		{filepath.Join(h.dir, "vms"), ""}, {filepath.Join(h.dir, "logs"), ".log"}, {filepath.Join(h.dir, "locks"), ".lock"},
+	} {
 		ents, _ := os.ReadDir(f.dir)
 		for _, e := range ents {
 			id := strings.TrimSuffix(e.Name(), f.suffix)
-			p := filepath.Join(f.dir, e.Name())
-			if _, ok := known[id]; ok {
-				if f.suffix == "" && !running[id] {
-					for _, s := range []string{"agent.sock", "qmp.sock"} {
-						if _, err := os.Lstat(filepath.Join(p, s)); err == nil {
-							note("socket " + filepath.Join(p, s))
-							if !co.DryRun {
-								os.Remove(filepath.Join(p, s))
-							}
-						}
-					}
-				}
+			if ValidateVMID(id) != nil {
 				continue
 			}
-			note(p)
-			if !co.DryRun {
-				if err := os.RemoveAll(p); err != nil {
-					errs = append(errs, err)
-				}
+			unlock, err := h.tryLockVM(id)
+			if err != nil {
+				continue // busy: work in progress
 			}
+			h.cleanFiles(ctx, id, filepath.Join(f.dir, e.Name()), f.suffix == "", co.DryRun, note, &errs)
+			unlock()
 		}
 	}
+
 	// TAP devices and rules of ours that no running VM owns.
+	running := map[string]bool{}
+	rows, err = h.st.ListVMs(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	for _, r := range rows {
+		if (r.Status == string(StateRunning) || r.Status == string(StatePaused)) && vmm.Alive(r.PID, r.PIDStart) {
+			running[r.ID] = true
+		}
+	}
+	// A VM that runs keeps its TAP and rules, and so does one whose lock is
+	// held: a start in progress has made them and not recorded the VMM yet.
+	keep := func(id string) bool { return running[id] || (id != "" && h.lockBusy(id)) }
 	if co.DryRun {
 		for _, l := range h.orphanTAPs(ctx, running) {
 			note("link " + l)
 		}
 	} else if network.Check() == nil {
-		removed, err := network.Cleanup(ctx, func(id string) bool { return running[id] })
+		removed, err := network.Cleanup(ctx, keep)
 		rep.Removed = append(rep.Removed, removed...)
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	sort.Strings(rep.Removed)
-	return rep, errors.Join(errs...)
+	if len(errs) > 0 {
+		return rep, wrapErr("cleanup", "", ErrBackend, errors.Join(errs...))
+	}
+	return rep, nil
 }
 
-var tapName = regexp.MustCompile(`^smol[0-9]+$`)
+// cleanFiles removes path (a VM directory, log or lock of id) when no VM id
+// is recorded, or the sockets in id's directory when id does not run. The
+// VM's lock must be held.
+func (h *host) cleanFiles(ctx context.Context, id, path string, isDir, dryRun bool, note func(string), errs *[]error) {
+	row, err := h.st.GetVM(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		note(path)
+		if !dryRun {
+			if err := os.RemoveAll(path); err != nil {
+				*errs = append(*errs, err)
+			}
+		}
+	case err != nil:
+		*errs = append(*errs, err)
+	case isDir && !vmm.Alive(row.PID, row.PIDStart):
+		for _, s := range []string{"agent.sock", "qmp.sock"} {
+			if _, err := os.Lstat(filepath.Join(path, s)); err == nil {
+				note("socket " + filepath.Join(path, s))
+				if !dryRun {
+					os.Remove(filepath.Join(path, s))
+				}
+			}
+		}
+	}
+}
+
+var tapName = regexp.MustCompile(`^` + network.TAPPrefix + `[0-9]+$`)
 
 // orphanTAPs lists TAP-like links that no running VM's lease names.
 func (h *host) orphanTAPs(ctx context.Context, running map[string]bool) []string {
@@ -175,8 +227,9 @@ func (h *host) orphanTAPs(ctx context.Context, running map[string]bool) []string
 	return out
 }
 
-// vmmProcesses maps the PIDs of live VMM processes started for this data
-// directory to their VM ids, found by the VM directory on their command line.
+// vmmProcesses maps the PIDs of live VMM processes (QEMU or Firecracker)
+// started for this data directory to their VM ids, found by the VM
+// directory on their command line.
 func (h *host) vmmProcesses() map[int]string {
 	out := map[int]string{}
 	prefix := filepath.Join(h.dir, "vms") + "/"
@@ -186,33 +239,23 @@ func (h *host) vmmProcesses() map[int]string {
 		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
 			continue
 		}
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		base := filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
+		if err != nil || !(strings.HasPrefix(base, "qemu-system-") || base == "firecracker") {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		if err != nil {
 			continue
 		}
-		cmd := string(b)
-		i := strings.Index(cmd, prefix)
+		i := strings.Index(string(b), prefix)
 		if i < 0 || !vmm.Alive(pid, 0) {
 			continue
 		}
-		rest := cmd[i+len(prefix):]
-		id, _, _ := strings.Cut(rest, "/")
+		id, _, _ := strings.Cut(string(b)[i+len(prefix):], "/")
 		if ValidateVMID(id) == nil {
 			out[pid] = id
 		}
 	}
 	return out
-}
-
-// tryLockVM takes a VM's lock if it is free.
-func (h *host) tryLockVM(id string) (unlock func(), ok bool) {
-	f, err := os.OpenFile(h.lockPath(id), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, false
-	}
-	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		f.Close()
-		return nil, false
-	}
-	return func() { f.Close() }, true
 }

@@ -167,7 +167,7 @@ func TestBackendChoice(t *testing.T) {
 	if vms, _ := List(context.Background(), ListOptions{}, WithDataDir(dir)); len(vms) != 0 {
 		t.Fatalf("a refused create left %v", vms)
 	}
-	b, err := (&host{}).chooseBackend(BackendAuto, "")
+	b, err := chooseBackend(BackendAuto, "", boot{})
 	if err != nil || b.Name() != "qemu" {
 		t.Fatalf("auto on a host without Firecracker: %v %v", b, err)
 	}

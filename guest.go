@@ -102,6 +102,9 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 		}
 	}
 	row, _, err := vm.load(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errNoVM("open", vm.id)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -87,6 +88,9 @@ func New(ctx context.Context, opts ...Option) (*VM, error) {
 // win, the rest come from cfg.Image (default "default"), built if missing.
 func (h *host) resolveBoot(ctx context.Context, cfg *VMConfig, o options) (boot, error) {
 	b := boot{Kernel: cfg.KernelPath, Initrd: cfg.InitrdPath, Disk: cfg.RootfsPath}
+	if isELF(cfg.KernelPath) { // a vmlinux serves Firecracker (and QEMU's PVH boot)
+		b.Vmlinux = cfg.KernelPath
+	}
 	if b.Kernel == "" || b.Initrd == "" || b.Disk == "" {
 		if cfg.Image == "" {
 			cfg.Image = ImageDefault
@@ -143,7 +147,10 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if !rec.Complete {
 		return wrapErr("start", vm.id, ErrState, errors.New("its creation was interrupted; delete it (or run smolvm cleanup)"))
 	}
-	backend, err := h.chooseBackend(rec.Config.Backend, rec.Accel)
+	if row.Error == markDeleting {
+		return wrapErr("start", vm.id, ErrState, errors.New("its deletion was interrupted; delete it again (or run smolvm cleanup)"))
+	}
+	backend, err := chooseBackend(rec.Config.Backend, rec.Accel, rec.Boot)
 	if err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
@@ -164,6 +171,19 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
 	os.Remove(logPath)
+
+	// Undone last, after the VMM is gone: the record says the start failed.
+	undo.push(func(ctx context.Context) {
+		msg := "start failed"
+		if retErr != nil {
+			msg, _, _ = strings.Cut(retErr.Error(), "\n") // the console tail is in the log
+		}
+		h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
+			v.Status, v.Error = string(StateError), msg
+			v.PID, v.PIDStart, v.Control, v.Agent, v.VsockCID = 0, 0, "", "", 0
+			return nil
+		})
+	})
 
 	// Step: the TAP device, NAT, isolation and port forwards.
 	if rec.Network {
@@ -208,16 +228,6 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	}); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
-	undo.push(func(ctx context.Context) {
-		msg := "start failed"
-		if retErr != nil {
-			msg = retErr.Error()
-		}
-		h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
-			v.Status, v.PID, v.PIDStart, v.Error = string(StateError), 0, 0, msg
-			return nil
-		})
-	})
 
 	// Step: wait for the VMM, then for the agent.
 	bootCtx, cancel := context.WithTimeout(ctx, vm.h.bootTimeout)
@@ -240,16 +250,17 @@ func (vm *VM) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return vm.bootErr(err, logPath)
 	}
+	undo.push(func(context.Context) { vm.dropClient() })
 	if err := step("start/env"); err != nil {
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
 	if rec.Network {
-		if err := h.installSSHKey(ctx, c); err != nil {
+		if err := h.installSSHKey(bootCtx, c); err != nil {
 			return wrapErr("start", vm.id, ErrCommandUnavailable, err)
 		}
 	}
 	if len(rec.Config.EnvVars) > 0 {
-		if err := c.SetEnv(ctx, rec.Config.EnvVars, false); err != nil {
+		if err := c.SetEnv(bootCtx, rec.Config.EnvVars, false); err != nil {
 			return wrapErr("start", vm.id, ErrCommandUnavailable, fmt.Errorf("set env vars: %w", err))
 		}
 	}
@@ -372,17 +383,29 @@ func (h *host) spec(ctx context.Context, id string, rec record, backend string) 
 	return spec, nil
 }
 
+// isELF reports whether the file at path starts with the ELF magic.
+func isELF(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var m [4]byte
+	_, err = io.ReadFull(f, m[:])
+	return err == nil && string(m[:]) == "\x7fELF"
+}
+
 // chooseBackend returns the backend that launches a VM configured with
 // kind: auto picks Firecracker where it can run (binary found, hardware
 // KVM) and QEMU otherwise; an explicit choice that cannot run here fails
 // with the reason.
-func (h *host) chooseBackend(kind BackendKind, accel string) (vmm.Backend, error) {
+func chooseBackend(kind BackendKind, accel string, b boot) (vmm.Backend, error) {
 	fc := &firecracker.Backend{}
 	switch kind {
 	case BackendQEMU:
 		return &qemu.Backend{}, nil
 	case BackendAuto, "":
-		if ok, _ := fc.Usable(); ok && accel != string(vmm.AccelTCG) {
+		if ok, _ := fc.Usable(); ok && accel != string(vmm.AccelTCG) && (b.Vmlinux != "" || b.Kernel == "") {
 			return fc, nil
 		}
 		return &qemu.Backend{}, nil
@@ -479,7 +502,7 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 	vm.dropClient()
 	os.Remove(row.Agent)
 	os.Remove(row.Control)
-	if rec.Network && row.Status != string(StateCreated) {
+	if rec.Network {
 		if err := vm.h.teardownNetwork(context.WithoutCancel(ctx), vm.id); err != nil {
 			return wrapErr("stop", vm.id, ErrNetwork, err)
 		}
@@ -496,7 +519,7 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 	}); err != nil {
 		return wrapErr("stop", vm.id, ErrBackend, storeErr(err))
 	}
-	return vm.Refresh(ctx)
+	return vm.Refresh(context.WithoutCancel(ctx))
 }
 
 // powerOff asks the agent to power the guest off and waits for the VMM to
@@ -519,7 +542,8 @@ func (vm *VM) powerOff(ctx context.Context, inst vmm.Instance) {
 
 // Delete stops the VM if it runs and removes it with everything it holds:
 // VMM process, sockets, disk copy, console log, leases and port forwards.
-// The handle is closed.
+// The handle is closed, even when Delete fails: to retry, open the VM again
+// with FromID (or run Cleanup).
 func (vm *VM) Delete(ctx context.Context) error {
 	return vm.delete(ctx, false)
 }
@@ -541,6 +565,12 @@ func (vm *VM) deleteKeepOpen(ctx context.Context, force bool) error {
 		return err
 	}
 	defer unlock()
+	return vm.deleteLocked(ctx, force)
+}
+
+// deleteLocked deletes the VM; its lock must be held. The lock file is
+// removed last, while still held (lockers check they hold the live file).
+func (vm *VM) deleteLocked(ctx context.Context, force bool) error {
 	// Say so first: a delete interrupted after this point is finished by
 	// Cleanup, never left as a VM without its disk.
 	if _, err := vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error { v.Error = markDeleting; return nil }); err != nil {
@@ -612,6 +642,7 @@ func (vm *VM) setPaused(ctx context.Context, op string, pause bool) error {
 	if err := call(ctx, inst); err != nil {
 		return wrapErr(op, vm.id, ErrBackend, err)
 	}
+	ctx = context.WithoutCancel(ctx) // the VMM acted: record it whatever happens to ctx
 	if _, err := vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error { v.Status = string(want); return nil }); err != nil {
 		return wrapErr(op, vm.id, ErrBackend, storeErr(err))
 	}

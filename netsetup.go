@@ -97,7 +97,7 @@ func (vm *VM) ExposeLocal(ctx context.Context, guestPort, hostPort int) (int, er
 	}
 	p, err := vm.h.st.AllocatePort(ctx, vm.id, guestPort, store.KindExpose, hostPort)
 	if err != nil {
-		return 0, wrapErr("expose", vm.id, ErrNetwork, storeErr(err))
+		return 0, wrapErr("expose", vm.id, ErrNetwork, kindErr{ErrNetwork, storeErr(err)})
 	}
 	if vm.running(ctx) {
 		if err := network.AddForward(ctx, netForward(l, p)); err != nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
 )
@@ -29,6 +30,18 @@ func (h *host) sshKey() ([]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(priv), 0o700); err != nil {
 		return nil, err
 	}
+	// One maker at a time, so the pair on disk always matches.
+	lock, err := os.OpenFile(filepath.Join(filepath.Dir(priv), ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, err
+	}
+	if pub, err := os.ReadFile(priv + ".pub"); err == nil {
+		return pub, nil // made by another process meanwhile
+	}
 	pk, sk, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, err
@@ -43,8 +56,8 @@ func (h *host) sshKey() ([]byte, error) {
 	}
 	pub := bytes.TrimSpace(ssh.MarshalAuthorizedKey(spk))
 	pub = append(pub, []byte(" smolvm\n")...)
-	// Write both atomically; a concurrent maker's pair wins consistently
-	// because the public key is renamed into place last.
+	// Write both atomically, the public key last: its presence means the
+	// pair is complete.
 	for _, f := range []struct {
 		path string
 		data []byte
@@ -54,9 +67,9 @@ func (h *host) sshKey() ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		tmp.Write(f.data)
-		tmp.Chmod(f.mode)
-		if err := tmp.Close(); err != nil {
+		_, werr := tmp.Write(f.data)
+		cerr := tmp.Chmod(f.mode)
+		if err := errors.Join(werr, cerr, tmp.Close()); err != nil {
 			os.Remove(tmp.Name())
 			return nil, err
 		}
@@ -86,6 +99,9 @@ func (h *host) installSSHKey(ctx context.Context, c *agent.Client) error {
 // through its SSH port forward with the data directory's key, followed by
 // command (if any).
 func (vm *VM) SSHCommand(command ...string) ([]string, error) {
+	if st := vm.Info().Status; st != StateRunning {
+		return nil, wrapErr("ssh", vm.id, ErrState, fmt.Errorf("the VM is not running (status %s)", st))
+	}
 	n := vm.Info().Network
 	if n == nil || n.SSHHostPort() == 0 {
 		return nil, wrapErr("ssh", vm.id, ErrNetwork, errors.New("the VM has no SSH port forward; create it with --ssh-port auto"))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,7 +49,7 @@ func Create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	for attempt := 0; ; attempt++ {
 		vm, err := create(ctx, cfg, co, opts...)
 		// A generated id that happens to be taken is drawn again.
-		if cfg.VMID == "" && errors.Is(err, ErrAlreadyExists) && attempt < 5 {
+		if cfg.VMID == "" && errors.Is(err, errIDTaken) && attempt < 5 {
 			continue
 		}
 		return vm, err
@@ -64,6 +65,9 @@ func create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	if err := cfg.Validate(); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, err)
 	}
+	if co.NoNetwork && len(cfg.DNSServers) > 0 {
+		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("dns_servers", strings.Join(cfg.DNSServers, ","), "needs networking; it cannot be set on a VM without network"))
+	}
 	if co.NoNetwork && cfg.SSHHostPort != 0 {
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("ssh_host_port", "", "needs networking; it cannot be set on a VM without network"))
 	}
@@ -73,7 +77,7 @@ func create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, configErr("accel", co.Accel, "must be auto, kvm or tcg"))
 	}
 	if cfg.Backend == BackendFirecracker {
-		if _, err := (&host{}).chooseBackend(cfg.Backend, co.Accel); err != nil {
+		if _, err := chooseBackend(cfg.Backend, co.Accel, boot{}); err != nil {
 			return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
 		}
 	}
@@ -86,23 +90,26 @@ func create(ctx context.Context, cfg VMConfig, co CreateOptions, opts ...Option)
 	if err != nil {
 		return nil, err
 	}
+	// Hold the VM's lock for the whole creation, undo included, so Cleanup
+	// can tell an interrupted create (lock free) from one in progress.
+	unlock, err := h.lockVM(ctx, cfg.VMID)
+	if err != nil {
+		h.close()
+		return nil, err
+	}
 	var undo undoStack
 	defer func() {
 		if retErr != nil {
 			undo.run(ctx)
+		}
+		unlock()
+		if retErr != nil {
 			h.close()
 		}
 	}()
-	// Hold the VM's lock for the whole creation, so Cleanup can tell an
-	// interrupted create (lock free) from one in progress.
-	unlock, err := h.lockVM(ctx, cfg.VMID)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
 	// Step: refuse a taken id before any expensive work.
 	if _, err := h.st.GetVM(ctx, cfg.VMID); err == nil {
-		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errors.New("a VM with this id already exists"))
+		return nil, wrapErr("create", cfg.VMID, ErrAlreadyExists, errIDTaken)
 	}
 	undo.push(func(context.Context) { os.Remove(h.lockPath(cfg.VMID)) })
 	// Step: kernel, initrd, base disk.
@@ -233,6 +240,9 @@ func (vm *VM) Release() error {
 	vm.dropClient()
 	return vm.h.close()
 }
+
+// errIDTaken is the cause of creating a VM whose id is taken.
+var errIDTaken = errors.New("a VM with this id already exists")
 
 // errNoVM is the error for a VM id that is not recorded.
 func errNoVM(op, id string) error {

@@ -104,7 +104,7 @@ func TestCLIListInfoDelete(t *testing.T) {
 	if r := cli(t, dir, "info", "nope"); r.code != 1 || !strings.Contains(r.stderr, "nope") || !strings.Contains(r.stderr, "no such VM") {
 		t.Fatalf("unknown id: %+v", r)
 	}
-	if r := cli(t, dir, "info", "NOPE"); r.code != 1 || !strings.Contains(r.stderr, "vm_id") {
+	if r := cli(t, dir, "info", "NOPE"); r.code != 2 || !strings.Contains(r.stderr, "vm_id") {
 		t.Fatalf("invalid id: %+v", r)
 	}
 	if r := cli(t, dir, "list", "--frobnicate"); r.code != 2 || !strings.Contains(r.stderr, "--frobnicate") {

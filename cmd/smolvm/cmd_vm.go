@@ -203,12 +203,14 @@ func newStopCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "stop ID...",
 		Short: "Power VMs off cleanly (the disk is kept)",
-		Long:  "Power VMs off through the guest agent, then tell the VMM to quit, then kill it: each step waits at most --timeout.",
+		Long:  "Power VMs off through the guest agent (waiting at most --timeout), then tell the VMM to quit, then kill it.",
 		Args:  args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
 			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
 				defer vm.Release()
-				ctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
+				// The clean power-off gets --timeout; quitting and killing
+				// the VMM afterwards have their own deadlines.
+				ctx, cancel := context.WithTimeout(ctx, timeout)
 				defer cancel()
 				if err := vm.Stop(ctx); err != nil {
 					return err
@@ -274,7 +276,7 @@ func newDeleteCmd(g *globals) *cobra.Command {
 
 func newRunCmd(g *globals) *cobra.Command {
 	var f vmFlags
-	var keep bool
+	var keep, rm bool
 	var timeout time.Duration
 	c := &cobra.Command{
 		Use:   "run [flags] -- COMMAND [ARG...]",
@@ -290,6 +292,7 @@ The command's exit code becomes smolvm's exit code.`,
 			if err != nil {
 				return err
 			}
+			keep := keep || !rm
 			ctx := c.Context()
 			opts := append(g.opts(), smolvm.WithProgress(progress(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
 			vm, err := smolvm.Create(ctx, cfg, co, opts...)
@@ -324,7 +327,7 @@ The command's exit code becomes smolvm's exit code.`,
 	}
 	f.add(c)
 	c.Flags().BoolVar(&keep, "keep", false, "keep the VM after the command (default: delete it)")
-	c.Flags().Bool("rm", true, "delete the VM after the command (the default; see --keep)")
+	c.Flags().BoolVar(&rm, "rm", true, "delete the VM after the command (--rm=false is --keep)")
 	c.Flags().DurationVar(&timeout, "timeout", 0, "kill the command after this long (0: no limit)")
 	return c
 }

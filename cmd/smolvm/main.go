@@ -124,8 +124,8 @@ func run(ctx context.Context, root *cobra.Command, argv []string) int {
 	}
 	fmt.Fprintln(root.ErrOrStderr(), "smolvm: "+err.Error())
 	var ue usageError
-	if errors.As(err, &ue) {
-		return exitUsage
+	if errors.As(err, &ue) || errors.Is(err, smolvm.ErrInvalidConfig) {
+		return exitUsage // bad flags, arguments or configuration values
 	}
 	return exitError
 }
