@@ -36,11 +36,12 @@ func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Clien
 		cancel()
 		if err == nil {
 			vm.mu.Lock()
-			if vm.ac != nil {
-				vm.ac.Close()
-			}
+			old := vm.ac
 			vm.ac = c
 			vm.mu.Unlock()
+			if old != nil {
+				old.Close()
+			}
 			return c, nil
 		}
 		last = err
@@ -91,15 +92,14 @@ func dialAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
 
 // client returns a live connection to the guest agent, connecting if needed.
 func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
-	vm.mu.Lock()
-	c := vm.ac
-	vm.mu.Unlock()
-	if c != nil {
-		select {
-		case <-c.Done():
-		default:
-			return c, nil
-		}
+	if c := vm.liveClient(); c != nil {
+		return c, nil
+	}
+	// One connection attempt at a time: the channel serves one session.
+	vm.connMu.Lock()
+	defer vm.connMu.Unlock()
+	if c := vm.liveClient(); c != nil {
+		return c, nil
 	}
 	row, _, err := vm.load(ctx)
 	if errors.Is(err, ErrNotFound) {
@@ -115,7 +115,7 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err = vm.connectAgent(cctx, inst)
+	c, err := vm.connectAgent(cctx, inst)
 	if err != nil {
 		return nil, kindErr{ErrCommandUnavailable, err}
 	}
@@ -170,6 +170,22 @@ func (vm *VM) scheduleIdleLocked() {
 		vm.mu.Unlock()
 		c.Close()
 	})
+}
+
+// liveClient returns the cached agent connection if it is still open.
+func (vm *VM) liveClient() *agent.Client {
+	vm.mu.Lock()
+	c := vm.ac
+	vm.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	select {
+	case <-c.Done():
+		return nil
+	default:
+		return c
+	}
 }
 
 // dropClient closes the cached agent connection.

@@ -261,6 +261,34 @@ func TestTwoVMsAndSecondProcess(t *testing.T) {
 	if res, err := vms[1].Run(ctx, "echo back"); err != nil || res.Output() != "back" {
 		t.Fatalf("after the second process: %+v %v", res, err)
 	}
+	// A fresh handle used by many goroutines at once connects once and
+	// serves them all.
+	fresh, err := FromID(ctx, "twin-b", opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vms[1].dropClient()
+	var wg2 sync.WaitGroup
+	outs := make([]string, 8)
+	for i := range outs {
+		wg2.Add(1)
+		go func() {
+			defer wg2.Done()
+			res, err := fresh.Run(ctx, "echo "+strings.Repeat("x", i+1))
+			if err != nil {
+				outs[i] = err.Error()
+				return
+			}
+			outs[i] = res.Output()
+		}()
+	}
+	wg2.Wait()
+	fresh.Release()
+	for i, o := range outs {
+		if o != strings.Repeat("x", i+1) {
+			t.Fatalf("concurrent Run %d on a fresh handle: %q", i, o)
+		}
+	}
 	// An env var set by another process is seen here.
 	if out, err := exec.Command(bin, "--data-dir", dir, "env", "set", "twin-a", "FROM_CLI=yes").CombinedOutput(); err != nil {
 		t.Fatalf("env set: %s %v", out, err)

@@ -25,6 +25,8 @@ type VM struct {
 	mu   sync.Mutex
 	info VMInfo        // last known state, refreshed by every operation
 	ac   *agent.Client // connection to the guest agent; nil until needed
+	// connMu makes connecting to the agent single-flight.
+	connMu sync.Mutex
 	// inflight counts operations using ac; idle closes ac once none has
 	// run for agentIdle. Both guarded by mu.
 	inflight int
