@@ -157,6 +157,7 @@ func (h *host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 			ssh = p.HostPort
 		}
 	}
+	inf.Config.SSHHostPort = ssh // the port table is the one source of truth
 	inf.Network, err = networkFromLease(l, ssh)
 	return inf, err
 }
