@@ -11,6 +11,21 @@ import (
 	"github.com/smolvm-go/smolvm"
 )
 
+// exitOf turns a guest command's outcome into the CLI's: its exit code
+// passes through; a timeout is reported and keeps the code (137).
+func exitOf(c *cobra.Command, st smolvm.ExitStatus, err error) error {
+	if err != nil && !st.TimedOut {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
+	}
+	if st.ExitCode != 0 {
+		return exitCodeError{st.ExitCode}
+	}
+	return nil
+}
+
 // onVM runs fn on the VM named id and releases it after.
 func onVM(c *cobra.Command, g *globals, id string, fn func(vm *smolvm.VM) error) error {
 	vm, err := smolvm.FromID(c.Context(), id, g.opts()...)
@@ -48,16 +63,7 @@ stdout and stderr streamed separately. The command's exit code becomes smolvm's 
 					eo.Stdin = os.Stdin
 				}
 				st, err := vm.Exec(c.Context(), eo)
-				if err != nil && !st.TimedOut {
-					return err
-				}
-				if err != nil {
-					fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
-				}
-				if st.ExitCode != 0 {
-					return exitCodeError{st.ExitCode}
-				}
-				return nil
+				return exitOf(c, st, err)
 			})
 		},
 	}

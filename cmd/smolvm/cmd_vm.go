@@ -313,16 +313,7 @@ The command's exit code becomes smolvm's exit code.`,
 			if cerr := cleanup(); err == nil && cerr != nil {
 				return cerr
 			}
-			if err != nil && !st.TimedOut {
-				return err
-			}
-			if err != nil {
-				fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
-			}
-			if st.ExitCode != 0 {
-				return exitCodeError{st.ExitCode}
-			}
-			return nil
+			return exitOf(c, st, err)
 		},
 	}
 	f.add(c)

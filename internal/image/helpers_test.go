@@ -1,17 +1,17 @@
 package image
 
 import (
-	"bufio"
 	"context"
 	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
 // testCacheDir is the image cache shared by test runs and packages, so the
@@ -105,35 +105,5 @@ func buildMinimal(t testing.TB) *Image {
 	return img
 }
 
-// tscKHz returns the host TSC frequency for tsc_early_khz when the CPU has
-// a constant TSC, else 0.
-func tscKHz() int {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	var mhz float64
-	constant := false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		switch k {
-		case "cpu MHz":
-			if mhz == 0 {
-				mhz, _ = strconv.ParseFloat(v, 64)
-			}
-		case "flags":
-			constant = constant || strings.Contains(" "+v+" ", " constant_tsc ")
-		}
-	}
-	if !constant {
-		return 0
-	}
-	return int(mhz * 1000)
-}
+// tscKHz returns the host TSC frequency for tsc_early_khz (see vmm.TSCkHz).
+func tscKHz() int { return vmm.TSCkHz() }
