@@ -109,12 +109,17 @@ func Doctor(ctx context.Context, do DoctorOptions, opts ...Option) []Check {
 	} else {
 		add(Check{"agent", CheckOK, "smolvm-agent found", ""})
 	}
-	for _, tool := range []struct{ bin, pkg string }{{"mkfs.ext4", "e2fsprogs"}, {"mmdebstrap", "mmdebstrap"}, {"apt-get", "apt"}, {"ssh", "openssh-client"}} {
-		if p, err := exec.LookPath(tool.bin); err != nil {
-			add(Check{"tool " + tool.bin, CheckWarn, "not found", "apt-get install " + tool.pkg})
+	for _, tool := range image.HostTools() {
+		if p, err := image.LookTool(tool); err != nil {
+			add(Check{"tool " + tool, CheckWarn, "not found", strings.TrimPrefix(err.Error(), image.ErrToolMissing.Error()+": ")})
 		} else {
-			add(Check{"tool " + tool.bin, CheckOK, p, ""})
+			add(Check{"tool " + tool, CheckOK, p, ""})
 		}
+	}
+	if p, err := exec.LookPath("ssh"); err != nil {
+		add(Check{"tool ssh", CheckWarn, "not found (smolvm ssh needs it)", "apt-get install openssh-client"})
+	} else {
+		add(Check{"tool ssh", CheckOK, p, ""})
 	}
 	return out
 }

@@ -204,7 +204,7 @@ An image whose inputs did not change is not rebuilt.`,
 				return usageError{fmt.Errorf("image %q: must be default or minimal", name)}
 			}
 			start := time.Now()
-			img, err := smolvm.BuildImage(c.Context(), name, smolvm.ImageBuildOptions{KernelPath: kernel, Force: force, Progress: progress(c.ErrOrStderr())}, g.opts()...)
+			img, err := smolvm.BuildImage(c.Context(), name, smolvm.ImageBuildOptions{KernelPath: kernel, Force: force, Progress: smolvm.ProgressWriter(c.ErrOrStderr())}, g.opts()...)
 			if err != nil {
 				return err
 			}

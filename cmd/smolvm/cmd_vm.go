@@ -109,9 +109,6 @@ func parseEnv(kvs []string) (map[string]string, error) {
 	return m, nil
 }
 
-// progress prints the stages of long work to w.
-func progress(w io.Writer) func(stage string, done, total int64) { return smolvm.ProgressWriter(w) }
-
 func newCreateCmd(g *globals) *cobra.Command {
 	var f vmFlags
 	var start bool
@@ -128,7 +125,7 @@ The image is built on first use. With --start it is booted too.`,
 			if err != nil {
 				return err
 			}
-			opts := append(g.opts(), smolvm.WithProgress(progress(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
+			opts := append(g.opts(), smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
 			vm, err := smolvm.Create(c.Context(), cfg, co, opts...)
 			if err != nil {
 				return err
@@ -294,7 +291,7 @@ The command's exit code becomes smolvm's exit code.`,
 			}
 			keep := keep || !rm
 			ctx := c.Context()
-			opts := append(g.opts(), smolvm.WithProgress(progress(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
+			opts := append(g.opts(), smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
 			vm, err := smolvm.Create(ctx, cfg, co, opts...)
 			if err != nil {
 				return err

@@ -224,7 +224,7 @@ func Build(ctx context.Context, opts BuildOptions) (img *Image, retErr error) {
 		}
 		in.Busybox = &bb
 	case NameDefault:
-		if _, err := lookTool("mmdebstrap"); err != nil {
+		if _, err := LookTool("mmdebstrap"); err != nil {
 			return nil, err
 		}
 		in.Suite = debianSuite
@@ -244,7 +244,7 @@ func Build(ctx context.Context, opts BuildOptions) (img *Image, retErr error) {
 		}
 	}
 	for _, t := range []string{"mkfs.ext4", "dpkg-deb"} {
-		if _, err := lookTool(t); err != nil {
+		if _, err := LookTool(t); err != nil {
 			return nil, err
 		}
 	}

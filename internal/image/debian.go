@@ -25,7 +25,7 @@ type debPackage struct {
 // runTool runs a host program and returns its stdout; the error carries the
 // tail of its stderr.
 func runTool(ctx context.Context, dir, name string, args ...string) ([]byte, error) {
-	path, err := lookTool(name)
+	path, err := LookTool(name)
 	if err != nil {
 		return nil, err
 	}

@@ -33,9 +33,14 @@ var toolPackages = map[string]string{
 	"e2fsck":     "e2fsprogs",
 }
 
-// lookTool returns the path of a host program or an ErrToolMissing error
-// naming the package to install.
-func lookTool(name string) (string, error) {
+// HostTools lists the host programs image builds run.
+func HostTools() []string {
+	return []string{"apt-get", "apt-cache", "dpkg-deb", "mmdebstrap", "mkfs.ext4", "resize2fs", "debugfs", "e2fsck"}
+}
+
+// LookTool returns the path of a host program or an ErrToolMissing error
+// naming the Debian package to install.
+func LookTool(name string) (string, error) {
 	p, err := exec.LookPath(name)
 	if err == nil {
 		return p, nil
