@@ -6,107 +6,103 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
+
+	"github.com/smolvm-go/smolvm/internal/netplan"
 )
 
-// Address plan: guest subnets are the /24s of 172.16.0.0/16. In each, .1 is
-// the gateway (the host side of the TAP) and .2-.254 are guests, so lease
-// index i lives in subnet i/253 at host number 2+i%253.
-const (
-	guestsPerSubnet = 253
-	subnets         = 256
-	// MaxLeases is how many guest leases the address plan holds.
-	MaxLeases = guestsPerSubnet * subnets
-	// LeasePrefixLen is the prefix length of every guest subnet.
-	LeasePrefixLen = 24
-)
-
-// leaseLimit is MaxLeases; tests lower it.
-var leaseLimit = MaxLeases
-
-// Lease is a VM's network identity: its address, gateway, TAP name and MAC.
+// Lease is a VM's lease index: netplan derives its address, TAP name, MAC
+// and vsock context id from it.
 type Lease struct {
-	VMID    string
-	Index   int
-	IP      netip.Addr
-	Gateway netip.Addr
-	TAP     string
-	MAC     string
+	VMID  string
+	Index int
 }
 
-// LeaseFor returns the lease that index i maps to (without a VM id).
-func LeaseFor(i int) Lease {
-	subnet, host := i/guestsPerSubnet, 2+i%guestsPerSubnet
-	n := i + 1
-	return Lease{
-		Index:   i,
-		IP:      netip.AddrFrom4([4]byte{172, 16, byte(subnet), byte(host)}),
-		Gateway: netip.AddrFrom4([4]byte{172, 16, byte(subnet), 1}),
-		TAP:     "smol" + strconv.Itoa(i),
-		MAC:     fmt.Sprintf("AA:FC:00:00:%02X:%02X", n>>8&0xff, n&0xff),
+// leaseLimit is netplan.MaxIndexes; tests lower it.
+var leaseLimit = netplan.MaxIndexes
+
+// allocLease records the lowest index that is free in this database and
+// not claimed by another data directory on the host, and claims it
+// host-wide. The caller releases the claim if the transaction fails.
+func (s *Store) allocLease(ctx context.Context, tx *sql.Tx, vmID string) (Lease, error) {
+	held, err := s.claims.Held(s.dir)
+	if err != nil {
+		return Lease{}, fmt.Errorf("read lease claims: %w", err)
 	}
-}
-
-// CID returns the vsock context id derived from the lease (3 upward; 0-2 are reserved).
-func (l Lease) CID() uint32 { return uint32(l.Index) + 3 }
-
-func allocLease(ctx context.Context, tx *sql.Tx, vmID string) (Lease, error) {
-	var idx int
-	err := tx.QueryRowContext(ctx, `SELECT CASE
-		WHEN NOT EXISTS (SELECT 1 FROM ip_leases WHERE idx = 0) THEN 0
-		ELSE (SELECT MIN(a.idx + 1) FROM ip_leases a WHERE NOT EXISTS (SELECT 1 FROM ip_leases b WHERE b.idx = a.idx + 1))
-		END`).Scan(&idx)
+	used := map[int]bool{}
+	rows, err := tx.QueryContext(ctx, "SELECT idx FROM leases")
 	if err != nil {
 		return Lease{}, fmt.Errorf("find free lease: %w", err)
 	}
-	if idx >= leaseLimit {
-		return Lease{}, fmt.Errorf("guest addresses: all %d in 172.16.0.0/16 are leased: %w", MaxLeases, ErrExhausted)
+	for rows.Next() {
+		var i int
+		if err := rows.Scan(&i); err != nil {
+			rows.Close()
+			return Lease{}, err
+		}
+		used[i] = true
 	}
-	l := LeaseFor(idx)
-	l.VMID = vmID
-	_, err = tx.ExecContext(ctx, "INSERT INTO ip_leases (idx, vm_id, ip, tap, mac) VALUES (?,?,?,?,?)",
-		l.Index, vmID, l.IP.String(), l.TAP, l.MAC)
-	if isUnique(err) {
-		return Lease{}, fmt.Errorf("lease for vm %s: %w", vmID, ErrExists)
+	rows.Close()
+	owner := netplan.Owner{DataDir: s.dir, VMID: vmID}
+	stale := func(o netplan.Owner) bool { // a claim of ours that the database does not back
+		var n int
+		tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM leases l JOIN vms v ON v.id = l.vm_id WHERE v.id = ?", o.VMID).Scan(&n)
+		return n == 0
 	}
-	if err != nil {
-		return Lease{}, fmt.Errorf("record lease: %w", err)
+	for idx := 0; idx < leaseLimit; idx++ {
+		if used[idx] || held[idx] {
+			continue
+		}
+		if err := s.claims.Claim(idx, owner, stale); errors.Is(err, netplan.ErrClaimed) {
+			continue
+		} else if err != nil {
+			return Lease{}, err
+		}
+		_, err = tx.ExecContext(ctx, "INSERT INTO leases (idx, vm_id) VALUES (?,?)", idx, vmID)
+		if isUnique(err) {
+			s.claims.Release(idx, owner)
+			return Lease{}, fmt.Errorf("lease for vm %s: %w", vmID, ErrExists)
+		}
+		if err != nil {
+			s.claims.Release(idx, owner)
+			return Lease{}, fmt.Errorf("record lease: %w", err)
+		}
+		return Lease{VMID: vmID, Index: idx}, nil
 	}
-	return l, nil
+	return Lease{}, fmt.Errorf("guest addresses: all %d in 172.16.0.0/16 are leased on this host: %w", leaseLimit, ErrExhausted)
+}
+
+// releaseClaim gives up the host-wide claim of a lease.
+func (s *Store) releaseClaim(l Lease) {
+	s.claims.Release(l.Index, netplan.Owner{DataDir: s.dir, VMID: l.VMID})
 }
 
 // LeaseOf returns the lease of the VM with id, or ErrNotFound.
 func (s *Store) LeaseOf(ctx context.Context, vmID string) (Lease, error) {
 	var idx int
-	err := s.db.QueryRowContext(ctx, "SELECT idx FROM ip_leases WHERE vm_id = ?", vmID).Scan(&idx)
+	err := s.db.QueryRowContext(ctx, "SELECT idx FROM leases WHERE vm_id = ?", vmID).Scan(&idx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Lease{}, fmt.Errorf("lease of vm %s: %w", vmID, ErrNotFound)
 	}
 	if err != nil {
 		return Lease{}, err
 	}
-	l := LeaseFor(idx)
-	l.VMID = vmID
-	return l, nil
+	return Lease{VMID: vmID, Index: idx}, nil
 }
 
 // Leases returns every lease, by index.
 func (s *Store) Leases(ctx context.Context) ([]Lease, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT idx, vm_id FROM ip_leases ORDER BY idx")
+	rows, err := s.db.QueryContext(ctx, "SELECT idx, vm_id FROM leases ORDER BY idx")
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var out []Lease
 	for rows.Next() {
-		var idx int
-		var id string
-		if err := rows.Scan(&idx, &id); err != nil {
+		var l Lease
+		if err := rows.Scan(&l.Index, &l.VMID); err != nil {
 			return nil, err
 		}
-		l := LeaseFor(idx)
-		l.VMID = id
 		out = append(out, l)
 	}
 	return out, rows.Err()

@@ -15,6 +15,8 @@ import (
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/smolvm-go/smolvm/internal/netplan"
 )
 
 // Error kinds returned by the store; check them with errors.Is.
@@ -36,13 +38,28 @@ const busyTimeout = 30 * time.Second
 
 // Store is an open state database. It is safe for concurrent use.
 type Store struct {
-	db   *sql.DB
-	path string
+	db     *sql.DB
+	path   string
+	dir    string
+	claims netplan.Claims
+}
+
+// Options tune Open.
+type Options struct {
+	// Claims is the host-wide record of lease indexes, shared by every data
+	// directory on the host; the zero value makes indexes unique only
+	// within this database.
+	Claims netplan.Claims
 }
 
 // Open opens (creating if needed) the database in dir and brings its schema
 // up to date. dir is created with mode 0700.
 func Open(ctx context.Context, dir string) (*Store, error) {
+	return OpenWith(ctx, dir, Options{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, dir string, o Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -54,7 +71,12 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &Store{db: db, path: path, dir: abs, claims: o.Claims}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -106,6 +128,17 @@ var migrations = []string{
 	);`,
 	// 2: the guest's vsock context id, when its agent is reachable over vsock.
 	`ALTER TABLE vms ADD COLUMN vsock_cid INTEGER NOT NULL DEFAULT 0;`,
+	// 3: a lease is its index alone (netplan derives the rest); an
+	// operation in progress is a typed column, not a marker in error.
+	`CREATE TABLE leases (
+		idx   INTEGER PRIMARY KEY,
+		vm_id TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE
+	);
+	INSERT INTO leases (idx, vm_id) SELECT idx, vm_id FROM ip_leases;
+	DROP TABLE ip_leases;
+	ALTER TABLE vms ADD COLUMN op TEXT NOT NULL DEFAULT '';
+	UPDATE vms SET op = 'stopping', error = '' WHERE error = 'stop in progress';
+	UPDATE vms SET op = 'deleting', error = '' WHERE error = 'delete in progress';`,
 }
 
 // SchemaVersion is the schema version this package writes.

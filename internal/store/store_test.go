@@ -8,10 +8,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/smolvm-go/smolvm/internal/netplan"
 	"time"
 )
 
@@ -26,7 +29,7 @@ func TestMain(m *testing.M) {
 
 func worker(dir, name string) int {
 	ctx := context.Background()
-	s, err := Open(ctx, dir)
+	s, err := OpenWith(ctx, dir, Options{Claims: netplan.Claims{Dir: os.Getenv("STORE_TEST_CLAIMS")}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -38,10 +41,11 @@ func worker(dir, name string) int {
 			fmt.Fprintln(os.Stderr, "allocate:", err)
 			return 1
 		}
+		p := netplan.MustFor(a.Lease.Index, a.SSH.HostPort)
 		b, _ := json.Marshal(struct {
 			IP, TAP, MAC string
 			Port         int
-		}{a.Lease.IP.String(), a.Lease.TAP, a.Lease.MAC, a.SSH.HostPort})
+		}{p.GuestIP.String(), p.TAP, p.MAC, p.SSHPort})
 		fmt.Println(string(b))
 	}
 	return 0
@@ -57,42 +61,6 @@ func open(t *testing.T) *Store {
 	return s
 }
 
-func TestLeaseFor(t *testing.T) {
-	for _, tc := range []struct {
-		i           int
-		ip, gw, tap string
-		mac         string
-	}{
-		{0, "172.16.0.2", "172.16.0.1", "smol0", "AA:FC:00:00:00:01"},
-		{1, "172.16.0.3", "172.16.0.1", "smol1", "AA:FC:00:00:00:02"},
-		{252, "172.16.0.254", "172.16.0.1", "smol252", "AA:FC:00:00:00:FD"},
-		{253, "172.16.1.2", "172.16.1.1", "smol253", "AA:FC:00:00:00:FE"},
-		{255, "172.16.1.4", "172.16.1.1", "smol255", "AA:FC:00:00:01:00"},
-		{MaxLeases - 1, "172.16.255.254", "172.16.255.1", "smol64767", "AA:FC:00:00:FD:00"},
-	} {
-		l := LeaseFor(tc.i)
-		if l.IP.String() != tc.ip || l.Gateway.String() != tc.gw || l.TAP != tc.tap || l.MAC != tc.mac {
-			t.Errorf("LeaseFor(%d) = %s %s %s %s, want %s %s %s %s", tc.i, l.IP, l.Gateway, l.TAP, l.MAC, tc.ip, tc.gw, tc.tap, tc.mac)
-		}
-		if len(l.TAP) > 15 {
-			t.Errorf("LeaseFor(%d).TAP %q longer than IFNAMSIZ", tc.i, l.TAP)
-		}
-	}
-	// No lease is ever a network, broadcast or gateway address.
-	seen := map[string]bool{}
-	for i := 0; i < MaxLeases; i++ {
-		b := LeaseFor(i).IP.As4()
-		if b[3] == 0 || b[3] == 1 || b[3] == 255 {
-			t.Fatalf("lease %d has address %v", i, b)
-		}
-		k := LeaseFor(i).IP.String()
-		if seen[k] {
-			t.Fatalf("lease %d repeats %s", i, k)
-		}
-		seen[k] = true
-	}
-}
-
 func TestCreateGetUpdateDelete(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
@@ -100,7 +68,7 @@ func TestCreateGetUpdateDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Lease.IP.String() != "172.16.0.2" || a.Lease.TAP != "smol0" || a.SSH.HostPort < FirstPort {
+	if a.Lease.Index != 0 || a.SSH.HostPort < FirstPort {
 		t.Fatalf("first allocation = %+v %+v", a.Lease, a.SSH)
 	}
 	if _, err := s.CreateVM(ctx, VM{ID: "a", Status: "created", Config: []byte(`{}`)}, Alloc{Lease: true}); !errors.Is(err, ErrExists) {
@@ -156,7 +124,7 @@ func TestLeaseReuseLowestFree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Lease.Index != 1 || a.Lease.IP.String() != "172.16.0.3" {
+	if a.Lease.Index != 1 {
 		t.Fatalf("reused lease = %+v, want index 1", a.Lease)
 	}
 	l, err := s.LeaseOf(ctx, "x")
@@ -307,7 +275,15 @@ func TestConcurrentGoroutines(t *testing.T) {
 // one database get 200 distinct IPs, TAP names, MACs and ports, and none of
 // them sees "database is locked".
 func TestConcurrentProcesses(t *testing.T) {
+	t.Run("one data dir", func(t *testing.T) { concurrentProcesses(t, false) })
+	t.Run("ten data dirs, one host", func(t *testing.T) { concurrentProcesses(t, true) })
+}
+
+// concurrentProcesses runs 10 allocating processes, on one database or on
+// one database each sharing the host's lease claims.
+func concurrentProcesses(t *testing.T, dirs bool) {
 	dir := t.TempDir()
+	claims := t.TempDir()
 	if s, err := Open(context.Background(), dir); err != nil { // create the schema once
 		t.Fatal(err)
 	} else {
@@ -326,7 +302,11 @@ func TestConcurrentProcesses(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), "STORE_TEST_WORKER_DIR="+dir, fmt.Sprintf("STORE_TEST_WORKER_NAME=p%d", i))
+			wdir := dir
+			if dirs {
+				wdir = filepath.Join(dir, strconv.Itoa(i))
+			}
+			cmd.Env = append(os.Environ(), "STORE_TEST_WORKER_DIR="+wdir, fmt.Sprintf("STORE_TEST_WORKER_NAME=p%d", i), "STORE_TEST_CLAIMS="+claims)
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
@@ -354,8 +334,67 @@ func TestConcurrentProcesses(t *testing.T) {
 			ips[a.IP], taps[a.TAP], macs[a.MAC], ports[a.Port] = true, true, true, true
 		}
 	}
-	if len(ips) != 200 || len(taps) != 200 || len(macs) != 200 || len(ports) != 200 {
-		t.Fatalf("distinct: %d IPs, %d TAPs, %d MACs, %d ports; want 200 each", len(ips), len(taps), len(macs), len(ports))
+	if len(ips) != 200 || len(taps) != 200 || len(macs) != 200 {
+		t.Fatalf("distinct: %d IPs, %d TAPs, %d MACs; want 200 each", len(ips), len(taps), len(macs))
+	}
+	if !dirs && len(ports) != 200 {
+		t.Fatalf("distinct ports: %d, want 200", len(ports))
+	}
+	if ents, _ := os.ReadDir(claims); len(ents) != 200 {
+		t.Fatalf("%d host-wide claims, want 200", len(ents))
+	}
+}
+
+// TestClaimsAcrossDataDirs: two data directories on one host never hold
+// the same lease index; deleting a VM releases its claim; the claim of a
+// data directory that was removed is taken over.
+func TestClaimsAcrossDataDirs(t *testing.T) {
+	ctx := context.Background()
+	claims := netplan.Claims{Dir: t.TempDir()}
+	d1, d2 := t.TempDir(), t.TempDir()
+	s1, err := OpenWith(ctx, d1, Options{Claims: claims})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	s2, err := OpenWith(ctx, d2, Options{Claims: claims})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, err := s1.CreateVM(ctx, VM{ID: "a", Status: "created", Config: []byte("{}")}, Alloc{Lease: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := s2.CreateVM(ctx, VM{ID: "a", Status: "created", Config: []byte("{}")}, Alloc{Lease: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a1.Lease.Index != 0 || a2.Lease.Index != 1 {
+		t.Fatalf("indexes %d and %d, want 0 and 1", a1.Lease.Index, a2.Lease.Index)
+	}
+	if err := s1.DeleteVM(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(claims.Dir, "0")); !os.IsNotExist(err) {
+		t.Fatalf("claim 0 after delete: %v", err)
+	}
+	// d2 disappears without deleting its VM: its claim is stale.
+	s2.Close()
+	os.RemoveAll(d2)
+	a3, err := s1.CreateVM(ctx, VM{ID: "b", Status: "created", Config: []byte("{}")}, Alloc{Lease: true})
+	if err != nil || a3.Lease.Index != 0 {
+		t.Fatalf("after release: %+v, %v", a3.Lease, err)
+	}
+	a4, err := s1.CreateVM(ctx, VM{ID: "c", Status: "created", Config: []byte("{}")}, Alloc{Lease: true})
+	if err != nil || a4.Lease.Index != 1 {
+		t.Fatalf("stale claim of a removed data dir not taken over: %+v, %v", a4.Lease, err)
+	}
+	// A failed create gives its claim back.
+	if _, err := s1.CreateVM(ctx, VM{ID: "c", Status: "created", Config: []byte("{}")}, Alloc{Lease: true}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if ents, _ := os.ReadDir(claims.Dir); len(ents) != 2 {
+		t.Fatalf("claims after failed create: %d, want 2", len(ents))
 	}
 }
 
@@ -370,7 +409,8 @@ func TestMigrationKeepsRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.db.ExecContext(ctx, "INSERT INTO vms (id, status, config, created_at, updated_at) VALUES ('v1', 'stopped', '{}', 1, 1)"); err != nil {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO vms (id, status, config, created_at, updated_at, error) VALUES ('v1', 'stopped', '{}', 1, 1, 'delete in progress');
+		INSERT INTO ip_leases (idx, vm_id, ip, tap, mac) VALUES (7, 'v1', '172.16.0.9', 'smol7', 'AA:FC:00:00:00:08')`); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -386,8 +426,11 @@ func TestMigrationKeepsRows(t *testing.T) {
 		t.Fatalf("user_version = %d, want %d", v, len(migrations))
 	}
 	got, err := s.GetVM(ctx, "v1")
-	if err != nil || got.Status != "stopped" || got.VsockCID != 0 {
+	if err != nil || got.Status != "stopped" || got.VsockCID != 0 || got.Op != OpDeleting || got.Error != "" {
 		t.Fatalf("row after migration: %+v, %v", got, err)
+	}
+	if l, err := s.LeaseOf(ctx, "v1"); err != nil || l.Index != 7 {
+		t.Fatalf("lease after migration: %+v, %v", l, err)
 	}
 	if _, err := s.UpdateVM(ctx, "v1", func(v *VM) error { v.VsockCID = 9; return nil }); err != nil {
 		t.Fatal(err)

@@ -21,18 +21,35 @@ type VM struct {
 	Control  string // VMM control socket
 	Agent    string // agent socket
 	VsockCID uint32 // guest vsock context id when the agent is reachable over vsock
+	Op       Op     // operation in progress, recorded so an interrupted one is recognised
 	Error    string
 	Created  time.Time
 	Updated  time.Time
 }
 
-const vmColumns = "id, status, config, backend, accel, pid, pid_start, control, agent, error, created_at, updated_at, vsock_cid"
+// Op is an operation in progress on a VM, recorded before it starts so that
+// its interruption can be recognised and finished (or undone) later.
+type Op string
+
+// Operations.
+const (
+	// OpNone means no operation is in progress.
+	OpNone Op = ""
+	// OpCreating means a create has not finished: the VM must not start.
+	OpCreating Op = "creating"
+	// OpStopping means a stop is under way: the VMM's exit is not a crash.
+	OpStopping Op = "stopping"
+	// OpDeleting means a delete is under way: cleanup finishes it.
+	OpDeleting Op = "deleting"
+)
+
+const vmColumns = "id, status, config, backend, accel, pid, pid_start, control, agent, error, created_at, updated_at, vsock_cid, op"
 
 func scanVM(row interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, updated int64
 	var cfg string
-	err := row.Scan(&v.ID, &v.Status, &cfg, &v.Backend, &v.Accel, &v.PID, &v.PIDStart, &v.Control, &v.Agent, &v.Error, &created, &updated, &v.VsockCID)
+	err := row.Scan(&v.ID, &v.Status, &cfg, &v.Backend, &v.Accel, &v.PID, &v.PIDStart, &v.Control, &v.Agent, &v.Error, &created, &updated, &v.VsockCID, &v.Op)
 	v.Config = []byte(cfg)
 	v.Created = time.Unix(0, created).UTC()
 	v.Updated = time.Unix(0, updated).UTC()
@@ -61,8 +78,8 @@ func (s *Store) CreateVM(ctx context.Context, v VM, a Alloc) (Allocation, error)
 	now := time.Now().UTC()
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		out = Allocation{}
-		_, err := tx.ExecContext(ctx, "INSERT INTO vms ("+vmColumns+") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-			v.ID, v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, now.UnixNano(), now.UnixNano(), v.VsockCID)
+		_, err := tx.ExecContext(ctx, "INSERT INTO vms ("+vmColumns+") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+			v.ID, v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, now.UnixNano(), now.UnixNano(), v.VsockCID, string(v.Op))
 		if isUnique(err) {
 			return fmt.Errorf("vm %s: %w", v.ID, ErrExists)
 		}
@@ -70,7 +87,7 @@ func (s *Store) CreateVM(ctx context.Context, v VM, a Alloc) (Allocation, error)
 			return fmt.Errorf("insert vm %s: %w", v.ID, err)
 		}
 		if a.Lease {
-			l, err := allocLease(ctx, tx, v.ID)
+			l, err := s.allocLease(ctx, tx, v.ID)
 			if err != nil {
 				return err
 			}
@@ -89,6 +106,10 @@ func (s *Store) CreateVM(ctx context.Context, v VM, a Alloc) (Allocation, error)
 		}
 		return nil
 	})
+	if err != nil && out.Lease != nil {
+		s.releaseClaim(*out.Lease)
+		out.Lease = nil
+	}
 	return out, err
 }
 
@@ -137,8 +158,8 @@ func (s *Store) UpdateVM(ctx context.Context, id string, fn func(*VM) error) (VM
 		v.ID = id
 		v.Updated = time.Now().UTC()
 		_, err = tx.ExecContext(ctx, `UPDATE vms SET status=?, config=?, backend=?, accel=?, pid=?, pid_start=?,
-			control=?, agent=?, error=?, updated_at=?, vsock_cid=? WHERE id=?`,
-			v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, v.Updated.UnixNano(), v.VsockCID, id)
+			control=?, agent=?, error=?, updated_at=?, vsock_cid=?, op=? WHERE id=?`,
+			v.Status, string(v.Config), v.Backend, v.Accel, v.PID, v.PIDStart, v.Control, v.Agent, v.Error, v.Updated.UnixNano(), v.VsockCID, string(v.Op), id)
 		out = v
 		return err
 	})
@@ -148,7 +169,13 @@ func (s *Store) UpdateVM(ctx context.Context, id string, fn func(*VM) error) (VM
 // DeleteVM removes the VM with id and everything allocated to it (lease,
 // port forwards). Deleting a missing VM returns ErrNotFound.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	var lease *Lease
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		lease = nil
+		var idx int
+		if err := tx.QueryRowContext(ctx, "SELECT idx FROM leases WHERE vm_id = ?", id).Scan(&idx); err == nil {
+			lease = &Lease{VMID: id, Index: idx}
+		}
 		res, err := tx.ExecContext(ctx, "DELETE FROM vms WHERE id = ?", id)
 		if err != nil {
 			return err
@@ -158,4 +185,8 @@ func (s *Store) DeleteVM(ctx context.Context, id string) error {
 		}
 		return nil
 	})
+	if err == nil && lease != nil {
+		s.releaseClaim(*lease)
+	}
+	return err
 }

@@ -6,6 +6,10 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -75,6 +79,8 @@ type Spec struct {
 	Accel Accel
 	// Machine is the QEMU machine type ("microvm" or "q35"); empty means microvm.
 	Machine string
+	// AgentVsockPort is the vsock port the guest agent listens on.
+	AgentVsockPort uint32
 }
 
 // Instance is a launched VM: what the caller must record to control it later,
@@ -89,9 +95,6 @@ type Instance struct {
 	Control string
 	// Agent is the host end of the guest agent's channel.
 	Agent string
-	// AgentKind says how to reach the agent: "virtio-serial" (a Unix socket)
-	// or "vsock-uds" (Firecracker's hybrid vsock socket).
-	AgentKind string
 	// Accel is the acceleration actually used.
 	Accel Accel
 	// VsockCID is the guest's vsock context id when the agent can also be
@@ -114,12 +117,49 @@ const (
 	StateGone State = "gone"
 )
 
+// Kind names a backend in the registry and in a VM's record.
+type Kind string
+
+// KernelFormat is the kind of kernel image a backend boots.
+type KernelFormat string
+
+// Kernel formats.
+const (
+	// KernelBzImage is a compressed bzImage (QEMU boots it directly).
+	KernelBzImage KernelFormat = "bzImage"
+	// KernelELF is an uncompressed ELF vmlinux (Firecracker needs one).
+	KernelELF KernelFormat = "vmlinux"
+)
+
+// Requirements say what a backend needs to boot a VM.
+type Requirements struct {
+	// Kernel is the kernel format it boots.
+	Kernel KernelFormat
+	// NeedsKVM is set when it cannot run guests under software emulation.
+	NeedsKVM bool
+}
+
+// Dialer opens one candidate channel to a VM's guest agent.
+type Dialer struct {
+	// Name says what the channel is, for errors ("vsock", "virtio-serial").
+	Name string
+	// Dial connects; the agent protocol's handshake is the caller's.
+	Dial func(ctx context.Context) (io.ReadWriteCloser, error)
+}
+
 // Backend launches and controls VMs of one VMM kind. Every method takes the
-// Instance returned by Launch, so a backend keeps no state of its own and a
+// Instance returned by Launch, so a backend keeps no per-VM state and a
 // second process can control a VM the first one launched.
 type Backend interface {
-	// Name returns the backend's name ("qemu", "firecracker").
-	Name() string
+	// Kind returns the backend's registry name ("qemu", "firecracker").
+	Kind() Kind
+	// Usable reports whether the backend can run VMs on this host, with the
+	// reason why not (or what it found).
+	Usable(ctx context.Context) (ok bool, reason string)
+	// Version returns the VMM's version line.
+	Version(ctx context.Context) (string, error)
+	// Requirements say which kernel format it boots and whether it needs KVM.
+	Requirements() Requirements
 	// Launch starts the VMM for spec. The VMM process outlives ctx and the
 	// calling process; Launch returns once the process runs.
 	Launch(ctx context.Context, spec Spec) (Instance, error)
@@ -137,6 +177,68 @@ type Backend interface {
 	Resume(ctx context.Context, inst Instance) error
 	// Status reports the VMM's state; StateGone when its process is gone.
 	Status(ctx context.Context, inst Instance) (State, error)
+	// AgentDialers returns the channels to the guest agent of inst, best
+	// first; callers try them in order.
+	AgentDialers(inst Instance) []Dialer
+	// RuntimeFiles names the files the backend makes in a VM's runtime
+	// directory (sockets, error logs): stale ones are removed when the VM
+	// does not run.
+	RuntimeFiles() []string
+	// IsVMM reports whether exe (a process's executable path) is this
+	// backend's VMM, so cleanup can recognise orphaned processes.
+	IsVMM(exe string) bool
+}
+
+// Options configure a backend for one host.
+type Options struct {
+	// Binary is the VMM executable; empty means the backend's default lookup.
+	Binary string
+	// Probe describes the host's acceleration; the zero value reads the real host.
+	Probe Probe
+}
+
+// Factory makes a backend for a host.
+type Factory func(Options) Backend
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[Kind]Factory{}
+	order      []Kind // registration order: the preference of automatic choice
+)
+
+// Register adds a backend kind. It panics if kind is empty or registered
+// twice: registration is a programming decision made at init time.
+func Register(kind Kind, f Factory) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if kind == "" || f == nil {
+		panic("vmm: Register with an empty kind or nil factory")
+	}
+	if _, dup := registry[kind]; dup {
+		panic("vmm: backend " + string(kind) + " registered twice")
+	}
+	registry[kind] = f
+	order = append(order, kind)
+}
+
+// Kinds returns the registered backend kinds in registration order, which
+// is the order of preference when a VM's backend is chosen automatically.
+func Kinds() []Kind {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return slices.Clone(order)
+}
+
+// New makes a backend of a registered kind; an unknown kind wraps
+// ErrUnavailable.
+func New(kind Kind, o Options) (Backend, error) {
+	registryMu.RLock()
+	f := registry[kind]
+	registryMu.RUnlock()
+	if f == nil {
+		return nil, fmt.Errorf("backend %q is not built into this program (have %v): %w", kind, Kinds(), ErrUnavailable)
+	}
+	return f(o), nil
 }
 
 // WaitExit waits until the process of inst is gone or ctx ends.

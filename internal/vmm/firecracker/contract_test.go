@@ -79,7 +79,7 @@ func TestContractSequence(t *testing.T) {
 	}
 	killAtEnd(t, b, inst)
 	wantInst := vmm.Instance{PID: inst.PID, PIDStart: inst.PIDStart, Control: filepath.Join(s.Dir, "fc.sock"),
-		Agent: filepath.Join(s.Dir, "agent.sock"), AgentKind: "vsock-uds", Accel: vmm.AccelKVM}
+		Agent: filepath.Join(s.Dir, "agent.sock"), Accel: vmm.AccelKVM}
 	if inst != wantInst || inst.PID <= 0 || inst.PIDStart == 0 {
 		t.Errorf("instance = %+v, want %+v", inst, wantInst)
 	}

@@ -99,3 +99,5 @@ func notRunning(inst vmm.Instance, err error) error {
 	}
 	return err
 }
+
+var _ vmm.Backend = (*Backend)(nil)

@@ -12,11 +12,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
@@ -24,9 +27,8 @@ import (
 // executable when Backend.Binary is empty.
 const EnvBinary = "SMOLVM_FIRECRACKER"
 
-// AgentKind is the vmm.Instance.AgentKind of Firecracker VMs: the agent is
-// reached by connecting to Instance.Agent and sending "CONNECT <port>\n".
-const AgentKind = "vsock-uds"
+// Kind is the Firecracker backend's registry name.
+const Kind vmm.Kind = "firecracker"
 
 // Backend launches VMs with Firecracker. The zero value finds the binary
 // through EnvBinary or PATH and runs it without the jailer. A Backend keeps
@@ -40,10 +42,39 @@ type Backend struct {
 	// TrackDirtyPages enables dirty page tracking in every VM, which Diff
 	// snapshots need; it costs some guest write performance.
 	TrackDirtyPages bool
+	// Probe describes the host's acceleration.
+	Probe vmm.Probe
 }
 
-// Name implements vmm.Backend.
-func (b *Backend) Name() string { return "firecracker" }
+// New is the Firecracker backend's vmm.Factory.
+func New(o vmm.Options) vmm.Backend { return &Backend{Binary: o.Binary, Probe: o.Probe} }
+
+// Kind implements vmm.Backend.
+func (b *Backend) Kind() vmm.Kind { return Kind }
+
+// Requirements implements vmm.Backend: an ELF vmlinux and hardware KVM.
+func (b *Backend) Requirements() vmm.Requirements {
+	return vmm.Requirements{Kernel: vmm.KernelELF, NeedsKVM: true}
+}
+
+// RuntimeFiles implements vmm.Backend.
+func (b *Backend) RuntimeFiles() []string {
+	return []string{apiSockName, agentName, errName, logName, metricsName}
+}
+
+// IsVMM implements vmm.Backend.
+func (b *Backend) IsVMM(exe string) bool {
+	return filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "firecracker"
+}
+
+// AgentDialers implements vmm.Backend: the hybrid vsock socket, where the
+// agent is reached by sending "CONNECT <port>\n".
+func (b *Backend) AgentDialers(inst vmm.Instance) []vmm.Dialer {
+	path := inst.Agent
+	return []vmm.Dialer{{Name: "vsock", Dial: func(ctx context.Context) (io.ReadWriteCloser, error) {
+		return agent.DialFirecrackerVsock(ctx, path, proto.DefaultVsockPort)
+	}}}
+}
 
 // binary finds the firecracker executable; failures wrap vmm.ErrUnavailable
 // and name what was searched.
@@ -91,13 +122,13 @@ func (b *Backend) Version(ctx context.Context) (string, error) {
 
 // Usable reports whether this backend can run VMs on this host, for backend
 // auto-selection and doctor; reason says why not (or what it found).
-func (b *Backend) Usable() (ok bool, reason string) {
+func (b *Backend) Usable(ctx context.Context) (ok bool, reason string) {
 	var why []string
 	bin, err := b.binary()
 	if err != nil {
 		why = append(why, err.Error())
 	}
-	if r := vmm.DetectAccel(); r.Accel != vmm.AccelKVM {
+	if r := b.Probe.Detect(); r.Accel != vmm.AccelKVM {
 		why = append(why, "Firecracker needs hardware KVM and this host offers only "+r.Reason)
 	}
 	if b.Jailer != nil {

@@ -155,7 +155,7 @@ type proc struct {
 // files, start the process, wait for its API socket, configure logger and
 // metrics. On failure it undoes what it did.
 func (b *Backend) start(ctx context.Context, spec vmm.Spec) (_ *proc, _ layout, retErr error) {
-	if accel, reason := spec.Accel.Resolve(); accel != vmm.AccelKVM {
+	if accel, reason := b.Probe.Resolve(spec.Accel); accel != vmm.AccelKVM {
 		if reason == "requested" {
 			reason = "TCG, as requested"
 		}
@@ -237,11 +237,10 @@ func (p *proc) exec(name string, args []string, spec vmm.Spec) error {
 	// Reap it if it ends while this process lives; otherwise init does.
 	go func() { cmd.Wait(); close(p.exited) }()
 	p.inst = vmm.Instance{
-		PID:       cmd.Process.Pid,
-		Control:   controlPath(spec.Dir),
-		Agent:     agentPath(spec.Dir),
-		AgentKind: AgentKind,
-		Accel:     vmm.AccelKVM,
+		PID:     cmd.Process.Pid,
+		Control: controlPath(spec.Dir),
+		Agent:   agentPath(spec.Dir),
+		Accel:   vmm.AccelKVM,
 	}
 	p.inst.PIDStart, _ = vmm.StartTime(p.inst.PID)
 	return nil

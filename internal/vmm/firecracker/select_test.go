@@ -3,6 +3,7 @@ package firecracker
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -62,59 +63,85 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// TestUsable uses this host's detection as it is: where it finds no
-// hardware KVM (here: a paravirtual kvm_pvm), the backend is unusable and
-// says why.
-func TestUsable(t *testing.T) {
-	b := &Backend{Binary: fake(t, t.TempDir(), "firecracker", "firecracker", nil)}
-	ok, reason := b.Usable()
-	r := vmm.DetectAccel()
-	t.Logf("DetectAccel: %s (%s); Usable: %v, %s", r.Accel, r.Reason, ok, reason)
-	if reason == "" {
-		t.Error("Usable gave no reason")
+// probe describes a host to the backend: hw is "intel" (hardware KVM),
+// "pvm" (a paravirtual kvm_pvm with /dev/kvm), "pvm-nodev" (kvm_pvm and no
+// /dev/kvm) or "none" (no /dev/kvm, no module).
+func probe(t *testing.T, hw string) vmm.Probe {
+	t.Helper()
+	dir := t.TempDir()
+	p := vmm.Probe{DevKVM: filepath.Join(dir, "kvm"), SysModule: filepath.Join(dir, "module"), CPUInfo: filepath.Join(dir, "cpuinfo")}
+	mods := map[string][]string{"intel": {"kvm", "kvm_intel"}, "pvm": {"kvm", "kvm_pvm"}, "pvm-nodev": {"kvm", "kvm_pvm"}}[hw]
+	for _, m := range mods {
+		if err := os.MkdirAll(filepath.Join(p.SysModule, m), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if r.Accel == vmm.AccelTCG {
-		if ok {
-			t.Error("Usable without hardware KVM")
+	if hw == "intel" || hw == "pvm" {
+		if err := os.WriteFile(p.DevKVM, nil, 0o600); err != nil {
+			t.Fatal(err)
 		}
-		if !strings.Contains(reason, "hardware KVM") || !strings.Contains(reason, r.Reason) {
-			t.Errorf("reason %q does not explain the missing KVM (%s)", reason, r.Reason)
-		}
-		if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil && !strings.Contains(reason, "kvm_pvm") {
-			t.Errorf("reason %q does not name the paravirtual KVM", reason)
-		}
-	} else if !ok {
-		t.Errorf("hardware KVM and a binary, yet unusable: %s", reason)
 	}
+	if err := os.WriteFile(p.CPUInfo, []byte("flags\t: fpu vmx\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
+// TestUsable covers each KVM situation as a table row: only hardware KVM
+// with a binary makes the backend usable, and the reason says why not.
+func TestUsable(t *testing.T) {
+	bin := fake(t, t.TempDir(), "firecracker", "firecracker", nil)
+	for _, tc := range []struct {
+		hw       string
+		ok       bool
+		contains []string
+	}{
+		{"intel", true, []string{"hardware KVM"}},
+		{"pvm", false, []string{"needs hardware KVM", "kvm_pvm", "paravirtual"}},
+		{"pvm-nodev", false, []string{"needs hardware KVM", "kvm_pvm", "no "}},
+		{"none", false, []string{"needs hardware KVM", "unusable"}},
+	} {
+		t.Run(tc.hw, func(t *testing.T) {
+			b := &Backend{Binary: bin, Probe: probe(t, tc.hw)}
+			ok, reason := b.Usable(testCtx(t))
+			if ok != tc.ok {
+				t.Errorf("Usable = %v (%s), want %v", ok, reason, tc.ok)
+			}
+			for _, c := range tc.contains {
+				if !strings.Contains(reason, c) {
+					t.Errorf("reason %q lacks %q", reason, c)
+				}
+			}
+		})
+	}
 	t.Setenv("PATH", t.TempDir())
 	t.Setenv(EnvBinary, "")
-	if ok, reason := (&Backend{}).Usable(); ok || !strings.Contains(reason, "firecracker not found") {
+	if ok, reason := (&Backend{Probe: probe(t, "intel")}).Usable(testCtx(t)); ok || !strings.Contains(reason, "firecracker not found") {
 		t.Errorf("without a binary: %v, %q", ok, reason)
 	}
 }
 
 // TestNeedsKVM: a VM whose acceleration resolves to TCG is refused before
-// firecracker runs.
+// firecracker runs, whether TCG was asked for or auto found no KVM.
 func TestNeedsKVM(t *testing.T) {
-	accels := []vmm.Accel{vmm.AccelTCG}
-	if r := vmm.DetectAccel(); r.Accel == vmm.AccelTCG {
-		accels = append(accels, vmm.AccelAuto)
-	}
-	for _, a := range accels {
+	for _, tc := range []struct {
+		accel vmm.Accel
+		hw    string
+	}{{vmm.AccelTCG, "intel"}, {vmm.AccelAuto, "pvm"}, {vmm.AccelAuto, "pvm-nodev"}, {vmm.AccelAuto, "none"}} {
 		e := newEnv(t)
 		b := e.backend(t, "firecracker", nil)
+		b.Probe = probe(t, tc.hw)
 		s := e.spec
-		s.Accel = a
+		s.Accel = tc.accel
 		_, err := b.Launch(testCtx(t), s)
 		if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "needs hardware KVM") {
-			t.Errorf("accel %s: Launch = %v, want ErrUnavailable explaining KVM", a, err)
+			t.Errorf("accel %s on %s: Launch = %v, want ErrUnavailable explaining KVM", tc.accel, tc.hw, err)
 		}
 		if _, err := b.Start(testCtx(t), s); !errors.Is(err, vmm.ErrUnavailable) {
-			t.Errorf("accel %s: Start = %v, want ErrUnavailable", a, err)
+			t.Errorf("accel %s on %s: Start = %v, want ErrUnavailable", tc.accel, tc.hw, err)
 		}
 		if _, err := os.Stat(e.args); err == nil {
-			t.Errorf("accel %s: firecracker ran", a)
+			t.Errorf("accel %s on %s: firecracker ran", tc.accel, tc.hw)
 		}
 	}
 }

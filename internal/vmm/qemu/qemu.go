@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
@@ -21,15 +24,71 @@ import (
 // (/dev/virtio-ports/<name>).
 const AgentPortName = "org.smolvm.agent"
 
+// Kind is the QEMU backend's registry name.
+const Kind vmm.Kind = "qemu"
+
 // Backend launches VMs with qemu-system-x86_64. The zero value looks the
-// binary up in PATH.
+// binary up in PATH and detects acceleration on the real host.
 type Backend struct {
 	// Binary is the QEMU executable; empty means qemu-system-x86_64 from PATH.
 	Binary string
+	// Probe describes the host's acceleration.
+	Probe vmm.Probe
 }
 
-// Name implements vmm.Backend.
-func (b *Backend) Name() string { return "qemu" }
+// New is the QEMU backend's vmm.Factory.
+func New(o vmm.Options) vmm.Backend { return &Backend{Binary: o.Binary, Probe: o.Probe} }
+
+// Kind implements vmm.Backend.
+func (b *Backend) Kind() vmm.Kind { return Kind }
+
+// Usable implements vmm.Backend: QEMU runs wherever its binary does (under
+// TCG without KVM).
+func (b *Backend) Usable(ctx context.Context) (bool, string) {
+	bin, err := b.binary()
+	if err != nil {
+		return false, err.Error()
+	}
+	accel, reason := b.Probe.Resolve(vmm.AccelAuto)
+	return true, fmt.Sprintf("%s with %s (%s)", bin, accel, reason)
+}
+
+// Requirements implements vmm.Backend.
+func (b *Backend) Requirements() vmm.Requirements {
+	return vmm.Requirements{Kernel: vmm.KernelBzImage}
+}
+
+// Runtime files of a VM in its runtime directory.
+const (
+	qmpName   = "qmp.sock"
+	agentName = "agent.sock"
+	errName   = "qemu.err"
+)
+
+// RuntimeFiles implements vmm.Backend.
+func (b *Backend) RuntimeFiles() []string { return []string{qmpName, agentName, errName} }
+
+// IsVMM implements vmm.Backend.
+func (b *Backend) IsVMM(exe string) bool {
+	return strings.HasPrefix(filepath.Base(strings.TrimSuffix(exe, " (deleted)")), "qemu-system-")
+}
+
+// AgentDialers implements vmm.Backend: vsock first where the VM has it
+// (many host processes at once), then the virtio-serial socket (one host
+// process at a time).
+func (b *Backend) AgentDialers(inst vmm.Instance) []vmm.Dialer {
+	var out []vmm.Dialer
+	if inst.VsockCID != 0 {
+		cid := inst.VsockCID
+		out = append(out, vmm.Dialer{Name: "vsock", Dial: func(ctx context.Context) (io.ReadWriteCloser, error) {
+			return agent.DialVsock(ctx, cid, proto.DefaultVsockPort)
+		}})
+	}
+	path := inst.Agent
+	return append(out, vmm.Dialer{Name: "virtio-serial", Dial: func(ctx context.Context) (io.ReadWriteCloser, error) {
+		return agent.DialUnix(ctx, path)
+	}})
+}
 
 func (b *Backend) binary() (string, error) {
 	name := b.Binary
@@ -58,8 +117,8 @@ func (b *Backend) Version(ctx context.Context) (string, error) {
 }
 
 // Paths of a VM's sockets inside its runtime directory.
-func controlPath(dir string) string { return filepath.Join(dir, "qmp.sock") }
-func agentPath(dir string) string   { return filepath.Join(dir, "agent.sock") }
+func controlPath(dir string) string { return filepath.Join(dir, qmpName) }
+func agentPath(dir string) string   { return filepath.Join(dir, agentName) }
 
 // vhostVsockDevice is the host device QEMU's vhost-vsock needs.
 var vhostVsockDevice = "/dev/vhost-vsock"
@@ -67,8 +126,23 @@ var vhostVsockDevice = "/dev/vhost-vsock"
 // maxSocketPath is the longest path a Unix socket address holds.
 const maxSocketPath = 107
 
-// Args returns QEMU's command line for spec with acceleration accel.
-func Args(spec vmm.Spec, accel vmm.Accel) []string {
+// Args returns QEMU's command line for spec with acceleration accel on
+// this host.
+func Args(spec vmm.Spec, accel vmm.Accel) []string { return args(spec, accel, vmm.TSCkHz()) }
+
+func (b *Backend) args(spec vmm.Spec, accel vmm.Accel) []string {
+	return args(spec, accel, b.Probe.TSCkHz())
+}
+
+func (b *Backend) kvmDevice() string {
+	if b.Probe.DevKVM != "" {
+		return b.Probe.DevKVM
+	}
+	return "/dev/kvm"
+}
+
+// args is Args with the host's TSC frequency (0: unknown).
+func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 	machine := spec.Machine
 	if machine == "" {
 		machine = "microvm"
@@ -88,8 +162,8 @@ func Args(spec vmm.Spec, accel vmm.Accel) []string {
 	} else {
 		// A bounded translation cache keeps TCG's host memory in check.
 		a = append(a, "-accel", "tcg,tb-size=64", "-cpu", "max")
-		if khz := vmm.TSCkHz(); khz > 0 {
-			cmdline += fmt.Sprintf(" tsc_early_khz=%d", khz)
+		if tscKHz > 0 {
+			cmdline += fmt.Sprintf(" tsc_early_khz=%d", tscKHz)
 		}
 	}
 	a = append(a,
@@ -152,9 +226,9 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	if len(agentPath(spec.Dir)) > maxSocketPath {
 		return vmm.Instance{}, fmt.Errorf("runtime dir %s is too long for a Unix socket path (max %d bytes)", spec.Dir, maxSocketPath)
 	}
-	accel, _ := spec.Accel.Resolve()
+	accel, _ := b.Probe.Resolve(spec.Accel)
 	if accel == vmm.AccelKVM {
-		if _, err := os.Stat("/dev/kvm"); err != nil {
+		if _, err := os.Stat(b.kvmDevice()); err != nil {
 			return vmm.Instance{}, fmt.Errorf("accel kvm: %v: %w", err, vmm.ErrUnavailable)
 		}
 	}
@@ -165,13 +239,13 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	if _, err := os.Stat(vhostVsockDevice); err != nil {
 		spec.VsockCID = 0
 	}
-	errPath := filepath.Join(spec.Dir, "qemu.err")
+	errPath := filepath.Join(spec.Dir, errName)
 	errFile, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return vmm.Instance{}, err
 	}
 	defer errFile.Close()
-	cmd := exec.Command(bin, Args(spec, accel)...)
+	cmd := exec.Command(bin, b.args(spec, accel)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, errFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -179,7 +253,7 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	}
 	// Reap it if it ends while this process lives; otherwise init does.
 	go cmd.Wait()
-	inst := vmm.Instance{PID: cmd.Process.Pid, Control: controlPath(spec.Dir), Agent: agentPath(spec.Dir), AgentKind: "virtio-serial", Accel: accel, VsockCID: spec.VsockCID}
+	inst := vmm.Instance{PID: cmd.Process.Pid, Control: controlPath(spec.Dir), Agent: agentPath(spec.Dir), Accel: accel, VsockCID: spec.VsockCID}
 	inst.PIDStart, _ = vmm.StartTime(inst.PID)
 	return inst, nil
 }
@@ -206,7 +280,7 @@ func (b *Backend) WaitReady(ctx context.Context, inst vmm.Instance) error {
 }
 
 func (b *Backend) exitErr(inst vmm.Instance) error {
-	msg, _ := os.ReadFile(filepath.Join(filepath.Dir(inst.Control), "qemu.err"))
+	msg, _ := os.ReadFile(filepath.Join(filepath.Dir(inst.Control), errName))
 	s := strings.TrimSpace(string(msg))
 	if s == "" {
 		s = "no message"
