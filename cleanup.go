@@ -2,16 +2,12 @@ package smolvm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
@@ -42,12 +38,7 @@ type CleanupReport struct {
 //
 // It touches a VM's things only while holding that VM's lock, so work in
 // progress in another process (a create, a start) is left alone.
-func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupReport, error) {
-	h, err := openHost(ctx, buildOptions(opts))
-	if err != nil {
-		return CleanupReport{}, err
-	}
-	defer h.close()
+func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, error) {
 	rep := CleanupReport{DryRun: co.DryRun, Removed: []string{}}
 	var errs []error
 	note := func(s string) { rep.Removed = append(rep.Removed, s) }
@@ -82,9 +73,7 @@ func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupRep
 			}
 			continue
 		}
-		var rec record
-		_ = json.Unmarshal(row.Config, &rec)
-		if co.All || !rec.Complete || row.Error == markDeleting {
+		if co.All || row.Op == store.OpCreating || row.Op == store.OpDeleting {
 			note("vm " + row.ID)
 			if !co.DryRun {
 				vm := &VM{h: h, id: row.ID}
@@ -159,8 +148,8 @@ func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupRep
 	// held: a start in progress has made them and not recorded the VMM yet.
 	keep := func(id string) bool { return running[id] || (id != "" && h.lockBusy(id)) }
 	if co.DryRun {
-		for _, l := range h.orphanTAPs(ctx, running) {
-			note("link " + l)
+		if links, err := network.OrphanLinks(keep); err == nil {
+			rep.Removed = append(rep.Removed, links...)
 		}
 	} else if network.Check() == nil {
 		removed, err := network.Cleanup(ctx, keep)
@@ -179,7 +168,7 @@ func Cleanup(ctx context.Context, co CleanupOptions, opts ...Option) (CleanupRep
 // cleanFiles removes path (a VM directory, log or lock of id) when no VM id
 // is recorded, or the sockets in id's directory when id does not run. The
 // VM's lock must be held.
-func (h *host) cleanFiles(ctx context.Context, id, path string, isDir, dryRun bool, note func(string), errs *[]error) {
+func (h *Host) cleanFiles(ctx context.Context, id, path string, isDir, dryRun bool, note func(string), errs *[]error) {
 	row, err := h.st.GetVM(ctx, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -192,9 +181,13 @@ func (h *host) cleanFiles(ctx context.Context, id, path string, isDir, dryRun bo
 	case err != nil:
 		*errs = append(*errs, err)
 	case isDir && !vmm.Alive(row.PID, row.PIDStart):
-		for _, s := range []string{"agent.sock", "qmp.sock"} {
+		be, err := h.backendOf(row)
+		if err != nil {
+			return // never started: no runtime files
+		}
+		for _, s := range be.RuntimeFiles() {
 			if _, err := os.Lstat(filepath.Join(path, s)); err == nil {
-				note("socket " + filepath.Join(path, s))
+				note("file " + filepath.Join(path, s))
 				if !dryRun {
 					os.Remove(filepath.Join(path, s))
 				}
@@ -203,34 +196,10 @@ func (h *host) cleanFiles(ctx context.Context, id, path string, isDir, dryRun bo
 	}
 }
 
-var tapName = regexp.MustCompile(`^` + network.TAPPrefix + `[0-9]+$`)
-
-// orphanTAPs lists TAP-like links that no running VM's lease names.
-func (h *host) orphanTAPs(ctx context.Context, running map[string]bool) []string {
-	owned := map[string]bool{}
-	leases, _ := h.st.Leases(ctx)
-	for _, l := range leases {
-		if running[l.VMID] {
-			owned[l.TAP] = true
-		}
-	}
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, l := range links {
-		if name := l.Attrs().Name; tapName.MatchString(name) && !owned[name] {
-			out = append(out, name)
-		}
-	}
-	return out
-}
-
 // vmmProcesses maps the PIDs of live VMM processes (QEMU or Firecracker)
 // started for this data directory to their VM ids, found by the VM
 // directory on their command line.
-func (h *host) vmmProcesses() map[int]string {
+func (h *Host) vmmProcesses() map[int]string {
 	out := map[int]string{}
 	prefix := filepath.Join(h.dir, "vms") + "/"
 	ents, _ := os.ReadDir("/proc")
@@ -240,8 +209,7 @@ func (h *host) vmmProcesses() map[int]string {
 			continue
 		}
 		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		base := filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
-		if err != nil || !(strings.HasPrefix(base, "qemu-system-") || base == "firecracker") {
+		if err != nil || !h.isVMM(exe) {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
@@ -258,4 +226,14 @@ func (h *host) vmmProcesses() map[int]string {
 		}
 	}
 	return out
+}
+
+// isVMM reports whether exe is the VMM of a registered backend.
+func (h *Host) isVMM(exe string) bool {
+	for _, k := range vmm.Kinds() {
+		if be, err := h.backend(k); err == nil && be.IsVMM(exe) {
+			return true
+		}
+	}
+	return false
 }

@@ -12,42 +12,89 @@ import (
 
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
-	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
 )
 
+// fakeProbe describes a host's KVM situation with files the test makes:
+// "intel" (hardware KVM), "pvm" (/dev/kvm of a paravirtual kvm_pvm),
+// "pvm-nodev" (kvm_pvm, no /dev/kvm), "none".
+func fakeProbe(t *testing.T, hw string) vmm.Probe {
+	t.Helper()
+	dir := t.TempDir()
+	p := vmm.Probe{DevKVM: filepath.Join(dir, "kvm"), SysModule: filepath.Join(dir, "module"), CPUInfo: filepath.Join(dir, "cpuinfo")}
+	mods := map[string][]string{"intel": {"kvm", "kvm_intel"}, "pvm": {"kvm", "kvm_pvm"}, "pvm-nodev": {"kvm", "kvm_pvm"}}[hw]
+	for _, m := range mods {
+		os.MkdirAll(filepath.Join(p.SysModule, m), 0o755)
+	}
+	if hw == "intel" || hw == "pvm" {
+		os.WriteFile(p.DevKVM, nil, 0o600)
+	}
+	os.WriteFile(p.CPUInfo, []byte("flags\t: fpu vmx constant_tsc\ncpu MHz\t: 2000\n"), 0o644)
+	return p
+}
+
+// TestDoctor runs doctor for each KVM situation (a table row each, the
+// machine's own situation does not matter) and checks its findings.
 func TestDoctor(t *testing.T) {
-	checks := Doctor(context.Background(), DoctorOptions{}, WithDataDir(t.TempDir()))
-	byName := map[string]Check{}
-	for _, c := range checks {
-		if c.Name == "" || c.Detail == "" || (c.Status != CheckOK && c.Status != CheckWarn && c.Status != CheckFail) {
-			t.Fatalf("malformed check %+v", c)
-		}
-		if c.Status != CheckOK && c.Fix == "" {
-			t.Errorf("check %s is %s without a fix hint", c.Name, c.Status)
-		}
-		byName[c.Name] = c
+	for _, tc := range []struct {
+		hw     string
+		accel  string
+		kvm    CheckStatus
+		detail []string
+	}{
+		{"intel", "kvm", CheckOK, []string{"hardware KVM"}},
+		{"pvm", "tcg", CheckWarn, []string{"paravirtual", "kvm_pvm", "TCG"}},
+		{"pvm-nodev", "tcg", CheckWarn, []string{"kvm_pvm", "TCG"}},
+		{"none", "tcg", CheckWarn, []string{"unusable", "TCG"}},
+	} {
+		t.Run(tc.hw, func(t *testing.T) {
+			h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = fakeProbe(t, tc.hw) })
+			checks := h.Doctor(context.Background(), DoctorOptions{})
+			byName := map[string]Check{}
+			for _, c := range checks {
+				if c.Name == "" || c.Detail == "" || (c.Status != CheckOK && c.Status != CheckWarn && c.Status != CheckFail) {
+					t.Fatalf("malformed check %+v", c)
+				}
+				if c.Status != CheckOK && c.Fix == "" {
+					t.Errorf("check %s is %s without a fix hint", c.Name, c.Status)
+				}
+				byName[c.Name] = c
+			}
+			for _, n := range []string{"kvm", "acceleration", "qemu", "firecracker", "network", "nftables", "ip_forward", "data dir", "image minimal", "image default", "agent"} {
+				if _, ok := byName[n]; !ok {
+					t.Errorf("no %q check", n)
+				}
+			}
+			if !strings.Contains(byName["acceleration"].Detail, tc.accel) {
+				t.Errorf("acceleration check %q does not say %s", byName["acceleration"].Detail, tc.accel)
+			}
+			k := byName["kvm"]
+			if k.Status != tc.kvm {
+				t.Errorf("kvm check %+v, want %s", k, tc.kvm)
+			}
+			for _, d := range tc.detail {
+				if !strings.Contains(k.Detail, d) {
+					t.Errorf("kvm detail %q lacks %q", k.Detail, d)
+				}
+			}
+			if fc := byName["firecracker"]; tc.accel == "tcg" && (fc.Status == CheckOK || fc.Status == CheckFail) {
+				t.Errorf("firecracker without hardware KVM must be a warning when not asked for: %+v", fc)
+			}
+			if dd := byName["data dir"]; dd.Status == CheckFail {
+				t.Errorf("a fresh temp data dir fails: %+v", dd)
+			}
+			b, _ := json.Marshal(checks[0])
+			for _, k := range []string{`"name"`, `"status"`, `"detail"`} {
+				if !strings.Contains(string(b), k) {
+					t.Fatalf("json %s lacks %s", b, k)
+				}
+			}
+		})
 	}
-	for _, n := range []string{"kvm", "acceleration", "qemu", "firecracker", "network", "nftables", "ip_forward", "data dir", "image minimal", "image default", "agent"} {
-		if _, ok := byName[n]; !ok {
-			t.Errorf("no %q check", n)
-		}
-	}
-	acc := vmm.DetectAccel()
-	if !strings.Contains(byName["acceleration"].Detail, string(acc.Accel)) {
-		t.Errorf("acceleration check %q does not say %s", byName["acceleration"].Detail, acc.Accel)
-	}
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil && acc.Accel == vmm.AccelTCG {
-		if k := byName["kvm"]; k.Status != CheckWarn || !strings.Contains(k.Detail, "paravirtual") || !strings.Contains(k.Detail, "TCG") {
-			t.Errorf("kvm check on a kvm_pvm host: %+v", k)
-		}
-	}
-	if dd := byName["data dir"]; dd.Status == CheckFail {
-		t.Errorf("a fresh temp data dir fails: %+v", dd)
-	}
-	b, _ := json.Marshal(checks[0])
-	for _, k := range []string{`"name"`, `"status"`, `"detail"`} {
-		if !strings.Contains(string(b), k) {
-			t.Fatalf("json %s lacks %s", b, k)
+	// Asked for explicitly, a backend that cannot run is a failure.
+	h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = fakeProbe(t, "pvm") })
+	for _, c := range h.Doctor(context.Background(), DoctorOptions{Backend: BackendFirecracker}) {
+		if c.Name == "firecracker" && c.Status != CheckFail {
+			t.Errorf("firecracker asked for on a kvm_pvm host: %+v", c)
 		}
 	}
 }
@@ -56,14 +103,14 @@ func TestDoctor(t *testing.T) {
 // a TAP and rules of a VM whose record is gone; an interrupted create) and
 // checks that Cleanup removes exactly that, and --dry-run nothing.
 func TestCleanupOrphans(t *testing.T) {
-	opt, dir := vmEnv(t)
+	h, dir := vmEnv(t)
 	ctx := context.Background()
-	keeper, err := New(ctx, WithConfig(minimalVM("keeper")), opt)
+	keeper, err := h.New(ctx, minimalVM("keeper"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer keeper.Close()
-	lost, err := New(ctx, WithConfig(minimalVM("lost")), opt)
+	lost, err := h.New(ctx, minimalVM("lost"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +126,8 @@ func TestCleanupOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An interrupted create: a record never completed, with a partial disk.
-	rec, _ := json.Marshal(record{Config: minimalVM("half").WithDefaults(), Network: true})
-	if _, err := st.CreateVM(ctx, store.VM{ID: "half", Status: string(StateCreated), Config: rec}, store.Alloc{Lease: true}); err != nil {
+	rec, _ := json.Marshal(record{Config: minimalVM("half").WithDefaults()})
+	if _, err := st.CreateVM(ctx, store.VM{ID: "half", Status: string(StateCreated), Config: rec, Op: store.OpCreating}, store.Alloc{Lease: true}); err != nil {
 		t.Fatal(err)
 	}
 	os.MkdirAll(filepath.Join(dir, "vms", "half"), 0o700)
@@ -88,13 +135,13 @@ func TestCleanupOrphans(t *testing.T) {
 	if err := keeper.Start(ctx); err == nil {
 		t.Fatal("starting a running VM succeeded")
 	}
-	half, _ := FromID(ctx, "half", opt)
+	half, _ := h.Get(ctx, "half")
 	if err := half.Start(ctx); err == nil || !strings.Contains(err.Error(), "interrupted") {
 		t.Fatalf("starting an interrupted create: %v", err)
 	}
 	half.Release()
 
-	rep, err := Cleanup(ctx, CleanupOptions{DryRun: true}, opt)
+	rep, err := h.Cleanup(ctx, CleanupOptions{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +158,7 @@ func TestCleanupOrphans(t *testing.T) {
 		t.Fatal("dry run killed the orphan")
 	}
 
-	rep, err = Cleanup(ctx, CleanupOptions{}, opt)
+	rep, err = h.Cleanup(ctx, CleanupOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,18 +175,18 @@ func TestCleanupOrphans(t *testing.T) {
 	if strings.Contains(nftRuleset(t), "vm=lost") {
 		t.Error("rules of the lost VM left")
 	}
-	if _, err := FromID(ctx, "half", opt); err == nil {
+	if _, err := h.Get(ctx, "half"); err == nil {
 		t.Error("the interrupted create survived")
 	}
 	if res, err := keeper.Run(ctx, "echo alive"); err != nil || res.Output() != "alive" {
 		t.Fatalf("the healthy VM was hurt: %+v %v", res, err)
 	}
 	// Nothing more to do the second time.
-	if rep, _ := Cleanup(ctx, CleanupOptions{}, opt); len(rep.Removed) != 0 {
+	if rep, _ := h.Cleanup(ctx, CleanupOptions{}); len(rep.Removed) != 0 {
 		t.Fatalf("second cleanup removed %v", rep.Removed)
 	}
 	// --all removes every VM, and then no TAP or rule of ours is left.
-	if _, err := Cleanup(ctx, CleanupOptions{All: true}, opt); err != nil {
+	if _, err := h.Cleanup(ctx, CleanupOptions{All: true}); err != nil {
 		t.Fatal(err)
 	}
 	if links := ourLinks(t); len(links) != 0 {
@@ -151,24 +198,42 @@ func TestCleanupOrphans(t *testing.T) {
 	keeper.Release()
 }
 
+// TestBackendChoice: an explicit backend that cannot run here is refused
+// with the reason and leaves nothing; auto takes the first usable one in
+// registry order, for each KVM situation.
 func TestBackendChoice(t *testing.T) {
-	dir := t.TempDir()
-	ok, reason := (&firecracker.Backend{}).Usable()
-	_, err := Create(context.Background(), bootFiles(t, VMConfig{VMID: "fc", Backend: BackendFirecracker}), CreateOptions{NoNetwork: true}, WithDataDir(dir))
-	if ok {
-		if err != nil {
-			t.Fatalf("firecracker usable here (%s) but create failed: %v", reason, err)
-		}
-		return
+	ctx := context.Background()
+	for _, tc := range []struct {
+		hw, auto string
+	}{{"pvm", "qemu"}, {"pvm-nodev", "qemu"}, {"none", "qemu"}} {
+		t.Run(tc.hw, func(t *testing.T) {
+			dir := t.TempDir()
+			h := testHost(t, dir, func(o *HostOptions) { o.probe = fakeProbe(t, tc.hw) })
+			_, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "fc", Backend: BackendFirecracker, NoNetwork: true}))
+			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "firecracker") || !strings.Contains(err.Error(), "hardware KVM") || !strings.Contains(err.Error(), "backend") {
+				t.Fatalf("firecracker on a host that cannot run it: %v", err)
+			}
+			if vms, _ := h.List(ctx, ListOptions{}); len(vms) != 0 {
+				t.Fatalf("a refused create left %v", vms)
+			}
+			b, err := h.chooseBackend(ctx, VMConfig{Backend: BackendAuto, Accel: AccelAuto}.WithDefaults(), boot{Kernel: "/k", Vmlinux: "/v"})
+			if err != nil || string(b.Kind()) != tc.auto {
+				t.Fatalf("auto: %v %v, want %s", b, err, tc.auto)
+			}
+		})
 	}
-	if !errors.Is(err, ErrBackend) || !strings.Contains(err.Error(), "Firecracker") || !strings.Contains(err.Error(), "--backend qemu") {
-		t.Fatalf("firecracker on a host that cannot run it: %v", err)
+	// With hardware KVM and a Firecracker binary, auto prefers Firecracker
+	// for a VM that has a vmlinux, and QEMU for one that has not.
+	bin := filepath.Join(t.TempDir(), "firecracker")
+	os.WriteFile(bin, []byte("#!/bin/sh\necho Firecracker v1.12.0\n"), 0o755)
+	h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = fakeProbe(t, "intel"); o.FirecrackerBinary = bin })
+	if b, err := h.chooseBackend(ctx, VMConfig{}.WithDefaults(), boot{Kernel: "/k", Vmlinux: "/v"}); err != nil || b.Kind() != "firecracker" {
+		t.Fatalf("auto with KVM and a vmlinux: %v %v", b, err)
 	}
-	if vms, _ := List(context.Background(), ListOptions{}, WithDataDir(dir)); len(vms) != 0 {
-		t.Fatalf("a refused create left %v", vms)
+	if b, err := h.chooseBackend(ctx, VMConfig{}.WithDefaults(), boot{Kernel: "/k"}); err != nil || b.Kind() != "qemu" {
+		t.Fatalf("auto with KVM, no vmlinux: %v %v", b, err)
 	}
-	b, err := chooseBackend(BackendAuto, "", boot{})
-	if err != nil || b.Name() != "qemu" {
-		t.Fatalf("auto on a host without Firecracker: %v %v", b, err)
+	if _, err := h.chooseBackend(ctx, VMConfig{Backend: BackendFirecracker, Accel: AccelTCG}.WithDefaults(), boot{Kernel: "/k", Vmlinux: "/v"}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("firecracker with tcg: %v", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
 // Limits and defaults of VMConfig.
@@ -84,7 +86,26 @@ type VMConfig struct {
 	// SSHHostPort forwards this host port to the guest's port 22; 0 means
 	// none and SSHPortAuto picks a free port from 2200 upward at creation.
 	SSHHostPort int `json:"ssh_host_port,omitempty"`
+	// Accel is the acceleration: auto (default: KVM where it can run a
+	// standard guest, else TCG), kvm or tcg.
+	Accel Accel `json:"accel,omitempty"`
+	// NoNetwork gives the VM no NIC, address or port forwards; the agent
+	// still works (over virtio-serial or vsock).
+	NoNetwork bool `json:"no_network,omitempty"`
 }
+
+// Accel is how guest code executes.
+type Accel string
+
+// Accelerations.
+const (
+	// AccelAuto uses KVM where it can run a standard guest, TCG otherwise.
+	AccelAuto Accel = "auto"
+	// AccelKVM runs guest code on the CPU through /dev/kvm.
+	AccelKVM Accel = "kvm"
+	// AccelTCG emulates the CPU in software (QEMU only).
+	AccelTCG Accel = "tcg"
+)
 
 var (
 	vmIDRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$`)
@@ -127,6 +148,9 @@ func (c VMConfig) WithDefaults() VMConfig {
 	if c.Backend == "" {
 		c.Backend = BackendAuto
 	}
+	if c.Accel == "" {
+		c.Accel = AccelAuto
+	}
 	c.EnvVars = maps.Clone(c.EnvVars)
 	c.DNSServers = slices.Clone(c.DNSServers)
 	return c
@@ -156,10 +180,19 @@ func (c VMConfig) Validate() error {
 	if c.DiskSizeMiB > 0 && c.DiskMode == DiskShared {
 		return configErr("disk_size_mib", fmt.Sprint(c.DiskSizeMiB), "cannot resize a shared disk; use disk_mode isolated")
 	}
-	switch c.Backend {
-	case BackendAuto, BackendQEMU, BackendFirecracker:
+	if err := validateBackend(c.Backend); err != nil {
+		return err
+	}
+	switch c.Accel {
+	case AccelAuto, AccelKVM, AccelTCG:
 	default:
-		return configErr("backend", string(c.Backend), "must be auto, qemu or firecracker")
+		return configErr("accel", string(c.Accel), "must be auto, kvm or tcg")
+	}
+	if c.NoNetwork && len(c.DNSServers) > 0 {
+		return configErr("dns_servers", strings.Join(c.DNSServers, ","), "needs networking; it cannot be set on a VM without network")
+	}
+	if c.NoNetwork && c.SSHHostPort != 0 {
+		return configErr("ssh_host_port", fmt.Sprint(c.SSHHostPort), "needs networking; it cannot be set on a VM without network")
 	}
 	keys := make([]string, 0, len(c.EnvVars))
 	for k := range c.EnvVars {
@@ -191,6 +224,21 @@ func (c VMConfig) Validate() error {
 		return configErr("boot_args", c.BootArgs, "must be one line")
 	}
 	return nil
+}
+
+// validateBackend accepts auto and every backend built into the program.
+func validateBackend(b BackendKind) error {
+	names := []string{string(BackendAuto)}
+	for _, k := range vmm.Kinds() {
+		if BackendKind(k) == b {
+			return nil
+		}
+		names = append(names, string(k))
+	}
+	if b == BackendAuto {
+		return nil
+	}
+	return configErr("backend", string(b), "must be one of "+strings.Join(names, ", "))
 }
 
 // ValidateEnvKey reports whether k is a valid environment variable name.

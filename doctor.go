@@ -8,14 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/vmm"
-	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
-	"github.com/smolvm-go/smolvm/internal/vmm/qemu"
 )
 
 // CheckStatus is the outcome of one doctor check.
@@ -46,47 +43,38 @@ type DoctorOptions struct {
 	Backend BackendKind
 }
 
-// Doctor checks whether this host can run VMs: acceleration, VMM binaries,
+// Doctor checks whether this host can run VMs: acceleration, VMM backends,
 // networking prerequisites, the data directory and the images.
-func Doctor(ctx context.Context, do DoctorOptions, opts ...Option) []Check {
-	o := buildOptions(opts)
-	h := &host{dir: o.dataDir}
+func (h *Host) Doctor(ctx context.Context, do DoctorOptions) []Check {
 	var out []Check
 	add := func(c Check) { out = append(out, c) }
 
-	ar := vmm.DetectAccel()
+	ar := h.opts.probe.Detect()
 	if ar.Accel == vmm.AccelKVM {
 		add(Check{"kvm", CheckOK, ar.Reason, ""})
 	} else {
 		add(Check{"kvm", CheckWarn, ar.Reason, "VMs run under TCG (software emulation): correct but several times slower. Use a host with hardware virtualisation (kvm_intel/kvm_amd) for speed."})
 	}
 	add(Check{"acceleration", CheckOK, "auto uses " + string(ar.Accel), ""})
-
-	qb := &qemu.Backend{}
-	if v, err := qb.Version(ctx); err != nil {
-		st := CheckFail
-		if do.Backend == BackendFirecracker {
-			st = CheckWarn
+	usable := 0
+	for _, k := range vmm.Kinds() {
+		c := h.backendCheck(ctx, k, do.Backend)
+		if c.Status == CheckOK {
+			usable++
 		}
-		add(Check{"qemu", st, err.Error(), "apt-get install qemu-system-x86"})
-	} else {
-		add(Check{"qemu", CheckOK, v, ""})
+		add(c)
 	}
-	fc := firecrackerCheck(ctx, ar)
-	if do.Backend != BackendFirecracker && fc.Status == CheckFail {
-		fc.Status = CheckWarn
+	if usable == 0 {
+		add(Check{"backend", CheckFail, "no VMM backend can run here", "apt-get install qemu-system-x86"})
 	}
-	add(fc)
 
 	if err := network.Check(); err != nil {
 		add(Check{"network", CheckFail, err.Error(), "run as root (CAP_NET_ADMIN) with /dev/net/tun available, or create VMs with --network off"})
 	} else {
 		add(Check{"network", CheckOK, "/dev/net/tun usable, CAP_NET_ADMIN held", ""})
 	}
-	if c, err := nftables.New(); err != nil {
+	if err := network.CheckNftables(); err != nil {
 		add(Check{"nftables", CheckFail, err.Error(), "needs CAP_NET_ADMIN and the nf_tables kernel module"})
-	} else if _, err := c.ListTables(); err != nil {
-		add(Check{"nftables", CheckFail, "cannot list tables: " + err.Error(), "needs CAP_NET_ADMIN and the nf_tables kernel module"})
 	} else {
 		add(Check{"nftables", CheckOK, "netlink access to nf_tables works", ""})
 	}
@@ -98,7 +86,7 @@ func Doctor(ctx context.Context, do DoctorOptions, opts ...Option) []Check {
 
 	add(dataDirCheck(h.dir))
 	for _, name := range []string{ImageMinimal, ImageDefault} {
-		if img, err := image.Get(h.imagesDir(), name); err == nil {
+		if img, err := image.Get(h.imageDir, name); err == nil {
 			add(Check{"image " + name, CheckOK, fmt.Sprintf("built %s, kernel %s", img.Manifest.BuiltAt.Local().Format("2006-01-02 15:04"), img.Manifest.KernelVersion), ""})
 		} else {
 			add(Check{"image " + name, CheckWarn, "not built", "smolvm image build " + name})
@@ -124,17 +112,28 @@ func Doctor(ctx context.Context, do DoctorOptions, opts ...Option) []Check {
 	return out
 }
 
-func firecrackerCheck(ctx context.Context, ar vmm.AccelReport) Check {
-	fc := &firecracker.Backend{}
-	v, verr := fc.Version(ctx)
-	ok, reason := fc.Usable()
-	switch {
-	case ok:
-		return Check{"firecracker", CheckOK, fmt.Sprintf("%s; %s", v, reason), ""}
-	case verr != nil:
-		return Check{"firecracker", CheckFail, "not found: " + reason, "optional: install Firecracker >= 1.8 (in PATH or $SMOLVM_FIRECRACKER) for faster boots on hosts with hardware KVM"}
+// backendCheck judges one backend: ok when usable; a failure when it was
+// asked for and cannot run, a warning otherwise.
+func (h *Host) backendCheck(ctx context.Context, k vmm.Kind, want BackendKind) Check {
+	name := string(k)
+	be, err := h.backend(k)
+	if err != nil {
+		return Check{name, CheckFail, err.Error(), ""}
 	}
-	return Check{"firecracker", CheckWarn, fmt.Sprintf("%s is installed but cannot run here: %s", v, reason), "use --backend qemu (auto does)"}
+	ok, reason := be.Usable(ctx)
+	if ok {
+		v, _ := be.Version(ctx)
+		return Check{name, CheckOK, strings.TrimSpace(v + "; " + reason), ""}
+	}
+	st := CheckWarn
+	if want == BackendKind(k) {
+		st = CheckFail
+	}
+	fix := "optional with --backend auto, which uses another backend"
+	if st == CheckFail {
+		fix = "install it (see the detail), or choose another --backend"
+	}
+	return Check{name, st, reason, fix}
 }
 
 func dataDirCheck(dir string) Check {

@@ -11,9 +11,8 @@ import (
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
-	"github.com/smolvm-go/smolvm/internal/agent/proto"
+	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
-	"github.com/smolvm-go/smolvm/internal/vmm/firecracker"
 )
 
 // agentAttempt bounds one connection attempt to the agent; a boot retries
@@ -22,7 +21,7 @@ const agentAttempt = 3 * time.Second
 
 // connectAgent connects to the agent of a VMM that was just launched or is
 // known to run, retrying until ctx ends or the VMM dies.
-func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
+func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance, be vmm.Backend) (*agent.Client, error) {
 	var last error
 	for {
 		if !vmm.Alive(inst.PID, inst.PIDStart) {
@@ -32,7 +31,7 @@ func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Clien
 			return nil, fmt.Errorf("VMM process %d exited before the agent answered (%v): %w", inst.PID, last, vmm.ErrNotRunning)
 		}
 		actx, cancel := context.WithTimeout(ctx, agentAttempt)
-		c, err := dialAgent(actx, inst)
+		c, err := dialAgent(actx, be.AgentDialers(inst))
 		cancel()
 		if err == nil {
 			vm.mu.Lock()
@@ -53,29 +52,28 @@ func (vm *VM) connectAgent(ctx context.Context, inst vmm.Instance) (*agent.Clien
 	}
 }
 
-func dialAgent(ctx context.Context, inst vmm.Instance) (*agent.Client, error) {
-	// vsock, where the VM has it, serves many host processes at once;
-	// virtio-serial is always there to fall back on.
-	if inst.VsockCID != 0 && inst.AgentKind != firecracker.AgentKind {
-		vctx, cancel := context.WithTimeout(ctx, time.Second)
-		conn, err := agent.DialVsock(vctx, inst.VsockCID, proto.DefaultVsockPort)
+// dialAgent connects to the agent over the first channel that answers the
+// handshake and a health check, trying the backend's channels in order.
+func dialAgent(ctx context.Context, dialers []vmm.Dialer) (*agent.Client, error) {
+	var errs []error
+	for i, d := range dialers {
+		dctx, cancel := ctx, context.CancelFunc(func() {})
+		if i < len(dialers)-1 {
+			// A better channel that does not answer soon gives way to the next.
+			dctx, cancel = context.WithTimeout(ctx, time.Second)
+		}
+		c, err := dialOne(dctx, d)
+		cancel()
 		if err == nil {
-			c, err := agent.NewClient(vctx, conn)
-			cancel()
-			if err == nil {
-				return c, nil
-			}
-		} else {
-			cancel()
+			return c, nil
 		}
+		errs = append(errs, fmt.Errorf("%s: %w", d.Name, err))
 	}
-	dial := agent.DialUnix
-	if inst.AgentKind == firecracker.AgentKind {
-		dial = func(ctx context.Context, path string) (io.ReadWriteCloser, error) {
-			return agent.DialFirecrackerVsock(ctx, path, proto.DefaultVsockPort)
-		}
-	}
-	conn, err := dial(ctx, inst.Agent)
+	return nil, errors.Join(errs...)
+}
+
+func dialOne(ctx context.Context, d vmm.Dialer) (*agent.Client, error) {
+	conn, err := d.Dial(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +100,7 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 		return c, nil
 	}
 	row, _, err := vm.load(ctx)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, errNoVM("open", vm.id)
 	}
 	if err != nil {
@@ -111,13 +109,17 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 	inst := instanceOf(row)
 	if (row.Status != string(StateRunning) && row.Status != string(StatePaused)) || !vmm.Alive(inst.PID, inst.PIDStart) {
 		vm.Refresh(ctx)
-		return nil, fmt.Errorf("VM is not running (status %s): %w", vm.Info().Status, ErrCommandUnavailable)
+		return nil, fmt.Errorf("the VM is not running (status %s): %w", vm.Info().Status, ErrState)
+	}
+	be, err := vm.h.backendOf(row)
+	if err != nil {
+		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := vm.connectAgent(cctx, inst)
+	c, err := vm.connectAgent(cctx, inst, be)
 	if err != nil {
-		return nil, kindErr{ErrCommandUnavailable, err}
+		return nil, wrapErr("connect", vm.id, ErrCommandUnavailable, err)
 	}
 	return c, nil
 }
@@ -202,20 +204,8 @@ func (vm *VM) dropClient() {
 	}
 }
 
-// agentErr maps the agent's error kinds to the SDK's.
+// agentErr tags an agent error with its kind (ErrCommandUnavailable by default).
 func agentErr(op, id string, err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, proto.ErrNotFound):
-		return wrapErr(op, id, ErrNotFound, err)
-	case errors.Is(err, proto.ErrInvalidArgument):
-		return wrapErr(op, id, ErrInvalidConfig, err)
-	case errors.Is(err, proto.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		return wrapErr(op, id, ErrTimeout, err)
-	case errors.Is(err, proto.ErrUnavailable):
-		return wrapErr(op, id, ErrCommandUnavailable, err)
-	}
 	return wrapErr(op, id, ErrCommandUnavailable, err)
 }
 

@@ -44,8 +44,8 @@ func bootFiles(t *testing.T, cfg VMConfig) VMConfig {
 
 func TestCreateInfoListDelete(t *testing.T) {
 	ctx := context.Background()
-	dir := WithDataDir(t.TempDir())
-	vm, err := Create(ctx, bootFiles(t, VMConfig{VMID: "web", EnvVars: map[string]string{"A": "1"}, SSHHostPort: SSHPortAuto}), CreateOptions{}, dir)
+	h := testHost(t, t.TempDir())
+	vm, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "web", EnvVars: map[string]string{"A": "1"}, SSHHostPort: SSHPortAuto}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestCreateInfoListDelete(t *testing.T) {
 	inf.Config.EnvVars["A"] = "changed"
 	inf.Config.VCPUCount = 9
 	inf.Status = StateRunning
-	other, err := FromID(ctx, "web", dir)
+	other, err := h.Get(ctx, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestCreateInfoListDelete(t *testing.T) {
 	}
 
 	// A second VM gets the next lease; a VM without network gets none.
-	vm2, err := Create(ctx, bootFiles(t, VMConfig{VMID: "db"}), CreateOptions{}, dir)
+	vm2, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "db"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestCreateInfoListDelete(t *testing.T) {
 		t.Fatalf("second VM: %v", vm2.Info().Network)
 	}
 	vm2.Release()
-	vm3, err := Create(ctx, bootFiles(t, VMConfig{VMID: "offline"}), CreateOptions{NoNetwork: true}, dir)
+	vm3, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "offline", NoNetwork: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,23 +95,23 @@ func TestCreateInfoListDelete(t *testing.T) {
 	vm3.Release()
 
 	// Duplicate ids, bad configs: typed errors, nothing recorded.
-	if _, err := Create(ctx, bootFiles(t, VMConfig{VMID: "web"}), CreateOptions{}, dir); !errors.Is(err, ErrAlreadyExists) {
+	if _, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "web"})); !errors.Is(err, ErrAlreadyExists) {
 		t.Fatalf("duplicate: %v", err)
 	}
-	_, err = Create(ctx, bootFiles(t, VMConfig{VMID: "bad", MemSizeMiB: 1}), CreateOptions{}, dir)
+	_, err = h.Create(ctx, bootFiles(t, VMConfig{VMID: "bad", MemSizeMiB: 1}))
 	var ce *ConfigError
 	if !errors.As(err, &ce) || ce.Field != "mem_size_mib" {
 		t.Fatalf("bad memory: %v", err)
 	}
-	if _, err := Create(ctx, bootFiles(t, VMConfig{VMID: "bad2", SSHHostPort: 2300}), CreateOptions{NoNetwork: true}, dir); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "bad2", SSHHostPort: 2300, NoNetwork: true})); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("ssh without network: %v", err)
 	}
 
-	all, err := List(ctx, ListOptions{}, dir)
+	all, err := h.List(ctx, ListOptions{})
 	if err != nil || len(all) != 3 || all[0].VMID != "web" || all[1].VMID != "db" || all[2].VMID != "offline" {
 		t.Fatalf("list = %+v, %v", all, err)
 	}
-	none, _ := List(ctx, ListOptions{Status: StateRunning}, dir)
+	none, _ := h.List(ctx, ListOptions{Status: StateRunning})
 	if len(none) != 0 {
 		t.Fatalf("running = %+v", none)
 	}
@@ -127,14 +127,14 @@ func TestCreateInfoListDelete(t *testing.T) {
 	if err := vm.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := FromID(ctx, "web", dir); !errors.Is(err, ErrNotFound) {
+	if _, err := h.Get(ctx, "web"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after delete: %v", err)
 	}
-	if _, err := FromID(ctx, "Not Valid", dir); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := h.Get(ctx, "Not Valid"); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("invalid id: %v", err)
 	}
 	// The freed lease is reused.
-	vm4, err := Create(ctx, bootFiles(t, VMConfig{VMID: "again"}), CreateOptions{}, dir)
+	vm4, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "again"}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,11 +60,9 @@ type ImageBuildOptions struct {
 	Progress func(stage string, done, total int64)
 }
 
-// BuildImage builds the image name ("default" or "minimal") into the data
-// directory's image cache; an image whose inputs did not change is not rebuilt.
-func BuildImage(ctx context.Context, name string, bo ImageBuildOptions, opts ...Option) (ImageInfo, error) {
-	o := buildOptions(opts)
-	h := &host{dir: o.dataDir}
+// BuildImage builds the image name ("default" or "minimal") into the
+// host's image cache; an image whose inputs did not change is not rebuilt.
+func (h *Host) BuildImage(ctx context.Context, name string, bo ImageBuildOptions) (ImageInfo, error) {
 	img, err := h.buildImage(ctx, name, bo)
 	if err != nil {
 		return ImageInfo{}, err
@@ -70,31 +70,23 @@ func BuildImage(ctx context.Context, name string, bo ImageBuildOptions, opts ...
 	return imageInfo(img), nil
 }
 
-func (h *host) buildImage(ctx context.Context, name string, bo ImageBuildOptions) (*image.Image, error) {
+func (h *Host) buildImage(ctx context.Context, name string, bo ImageBuildOptions) (*image.Image, error) {
 	agent, err := findAgent()
 	if err != nil {
 		return nil, err
 	}
 	img, err := image.Build(ctx, image.BuildOptions{
-		Name: name, CacheDir: h.imagesDir(), KernelPath: bo.KernelPath, AgentPath: agent, Force: bo.Force, Progress: bo.Progress,
+		Name: name, CacheDir: h.imageDir, KernelPath: bo.KernelPath, AgentPath: agent, Force: bo.Force, Progress: bo.Progress,
 	})
 	if err != nil {
-		return nil, imageErr("build image", name, err)
+		return nil, wrapErr("build image", name, ErrImage, err)
 	}
 	return img, nil
 }
 
-func imageErr(op, name string, err error) error {
-	if errors.Is(err, image.ErrNotFound) {
-		return wrapErr(op, name, ErrNotFound, kindErr{ErrImage, err})
-	}
-	return wrapErr(op, name, ErrImage, err)
-}
-
-// ListImages returns the built images.
-func ListImages(ctx context.Context, opts ...Option) ([]ImageInfo, error) {
-	h := &host{dir: buildOptions(opts).dataDir}
-	imgs, err := image.List(h.imagesDir())
+// Images returns the built images.
+func (h *Host) Images(ctx context.Context) ([]ImageInfo, error) {
+	imgs, err := image.List(h.imageDir)
 	if err != nil {
 		return nil, wrapErr("list images", "", ErrImage, err)
 	}
@@ -107,12 +99,32 @@ func ListImages(ctx context.Context, opts ...Option) ([]ImageInfo, error) {
 
 // RemoveImage deletes a built image. VMs with isolated disks keep running;
 // VMs sharing its disk, or booting from it later, fail.
-func RemoveImage(ctx context.Context, name string, opts ...Option) error {
-	h := &host{dir: buildOptions(opts).dataDir}
-	if err := image.Remove(ctx, h.imagesDir(), name); err != nil {
-		return imageErr("remove image", name, err)
+func (h *Host) RemoveImage(ctx context.Context, name string) error {
+	if err := image.Remove(ctx, h.imageDir, name); err != nil {
+		return wrapErr("remove image", name, ErrImage, err)
 	}
 	return nil
+}
+
+// AgentEnv names the environment variable that points at the smolvm-agent binary.
+const AgentEnv = "SMOLVM_AGENT"
+
+// findAgent returns the static guest agent binary that goes into images:
+// $SMOLVM_AGENT, else smolvm-agent beside the running executable, else in PATH.
+func findAgent() (string, error) {
+	if p := os.Getenv(AgentEnv); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "smolvm-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("smolvm-agent"); err == nil {
+		return p, nil
+	}
+	return "", wrapErr("find agent", "", ErrUnavailable, errors.New("smolvm-agent not found beside smolvm, in PATH or in $SMOLVM_AGENT: build it with `make build` (or `CGO_ENABLED=0 go install github.com/smolvm-go/smolvm/cmd/...@latest`)"))
 }
 
 // isTerminal reports whether f is a terminal.

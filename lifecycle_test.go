@@ -23,21 +23,38 @@ import (
 // namespace that vmtest.Main creates for this test binary and removes.
 func TestMain(m *testing.M) { vmtest.MainWith(m, ImageMinimal, ImageDefault) }
 
-// vmEnv prepares a data dir for VM tests and returns its option.
-func vmEnv(t *testing.T) (Option, string) {
+// vmEnv prepares a data dir for VM tests and returns its host.
+func vmEnv(t *testing.T) (*Host, string) {
 	t.Helper()
 	vmtest.Require(t)
 	vmtest.Setup(t)
 	dir := t.TempDir()
+	h := testHost(t, dir)
 	t.Cleanup(func() {
 		if t.Failed() {
 			// Do not let a failed test leak VMs into the next one.
-			Cleanup(context.Background(), CleanupOptions{All: true}, WithDataDir(dir))
+			h.Cleanup(context.Background(), CleanupOptions{All: true})
 			return
 		}
 		assertNothingLeft(t, dir)
 	})
-	return WithDataDir(dir), dir
+	return h, dir
+}
+
+// testHost opens a Host on dir whose host-wide state is the test's own,
+// closed when the test ends.
+func testHost(t *testing.T, dir string, mod ...func(*HostOptions)) *Host {
+	t.Helper()
+	o := HostOptions{DataDir: dir, HostDir: filepath.Join(dir, ".host")}
+	for _, m := range mod {
+		m(&o)
+	}
+	h, err := Open(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
 }
 
 func minimalVM(id string) VMConfig {
@@ -75,10 +92,10 @@ func assertNothingLeft(t *testing.T, dir string) {
 }
 
 func TestLifecycle(t *testing.T) {
-	opt, dir := vmEnv(t)
+	h, dir := vmEnv(t)
 	ctx := context.Background()
 	start := time.Now()
-	vm, err := Create(ctx, minimalVM("life"), CreateOptions{}, opt)
+	vm, err := h.Create(ctx, minimalVM("life"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,13 +233,13 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("delete (running VM) -> done: %v", time.Since(start))
-	if _, err := FromID(ctx, "life", opt); !errors.Is(err, ErrNotFound) {
+	if _, err := h.Get(ctx, "life"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("FromID after delete: %v", err)
 	}
 }
 
 func TestTwoVMsAndSecondProcess(t *testing.T) {
-	opt, dir := vmEnv(t)
+	h, dir := vmEnv(t)
 	bin := filepath.Join(vmtest.Binaries(t), "smolvm")
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -232,7 +249,7 @@ func TestTwoVMsAndSecondProcess(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			vms[i], errs[i] = New(ctx, WithConfig(minimalVM(id)), opt)
+			vms[i], errs[i] = h.New(ctx, minimalVM(id))
 		}()
 	}
 	wg.Wait()
@@ -263,7 +280,7 @@ func TestTwoVMsAndSecondProcess(t *testing.T) {
 	}
 	// A fresh handle used by many goroutines at once connects once and
 	// serves them all.
-	fresh, err := FromID(ctx, "twin-b", opt)
+	fresh, err := h.Get(ctx, "twin-b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,9 +316,9 @@ func TestTwoVMsAndSecondProcess(t *testing.T) {
 }
 
 func TestVMMKilledExternally(t *testing.T) {
-	opt, _ := vmEnv(t)
+	h, _ := vmEnv(t)
 	ctx := context.Background()
-	vm, err := New(ctx, WithConfig(minimalVM("victim")), opt)
+	vm, err := h.New(ctx, minimalVM("victim"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +327,7 @@ func TestVMMKilledExternally(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return !vmm.Alive(pid, 0) })
-	vm2, err := FromID(ctx, "victim", opt)
+	vm2, err := h.Get(ctx, "victim")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +335,7 @@ func TestVMMKilledExternally(t *testing.T) {
 		t.Fatalf("after kill: %+v", inf)
 	}
 	vm2.Release()
-	list, _ := List(ctx, ListOptions{Status: StateRunning}, opt)
+	list, _ := h.List(ctx, ListOptions{Status: StateRunning})
 	if len(list) != 0 {
 		t.Fatalf("still listed as running: %+v", list)
 	}
@@ -331,9 +348,10 @@ func TestVMMKilledExternally(t *testing.T) {
 }
 
 func TestBootTimeoutShowsConsole(t *testing.T) {
-	opt, _ := vmEnv(t)
+	_, dir := vmEnv(t)
+	h := testHost(t, dir, func(o *HostOptions) { o.BootTimeout = 300 * time.Millisecond })
 	ctx := context.Background()
-	vm, err := Create(ctx, minimalVM("slow"), CreateOptions{}, opt, WithBootTimeout(300*time.Millisecond))
+	vm, err := h.Create(ctx, minimalVM("slow"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,43 +366,12 @@ func TestBootTimeoutShowsConsole(t *testing.T) {
 	}
 }
 
-// TestCreateFailsAtEachStep makes each step of create and start fail in
-// turn and checks that nothing is left behind.
-func TestCreateFailsAtEachStep(t *testing.T) {
-	opt, dir := vmEnv(t)
-	ctx := context.Background()
-	defer func() { failStep = nil }()
-	boom := errors.New("injected failure")
-	for _, s := range []string{"create/boot-files", "create/record", "create/dir", "create/disk", "create/finish"} {
-		failStep = func(name string) error {
-			if name == s {
-				return boom
-			}
-			return nil
-		}
-		_, err := Create(ctx, VMConfig{VMID: "fail", Image: ImageMinimal, SSHHostPort: SSHPortAuto}, CreateOptions{}, opt)
-		if !errors.Is(err, boom) || !strings.Contains(err.Error(), s) {
-			t.Fatalf("%s: err = %v", s, err)
-		}
-		assertNothingLeft(t, dir)
-	}
-	for _, s := range []string{"start/launch", "start/record", "start/wait-vmm", "start/wait-agent", "start/env"} {
-		failStep = func(name string) error {
-			if name == s {
-				return boom
-			}
-			return nil
-		}
-		_, err := New(ctx, WithConfig(VMConfig{VMID: "fail", Image: ImageMinimal, MemSizeMiB: 256, EnvVars: map[string]string{"A": "1"}}), opt)
-		if !errors.Is(err, boom) || !strings.Contains(err.Error(), s) {
-			t.Fatalf("%s: err = %v", s, err)
-		}
-		assertNothingLeft(t, dir)
-	}
-	failStep = nil
-	// A missing image is an image error naming it; nothing recorded.
-	_, err := Create(ctx, VMConfig{VMID: "noimg", Image: "nonexistent"}, CreateOptions{}, opt)
-	if !errors.Is(err, ErrImage) || !strings.Contains(err.Error(), "nonexistent") {
+// TestMissingImage: a missing image is ErrNotFound naming it; nothing
+// recorded.
+func TestMissingImage(t *testing.T) {
+	h, dir := vmEnv(t)
+	_, err := h.Create(context.Background(), VMConfig{VMID: "noimg", Image: "nonexistent"})
+	if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrImage) || !strings.Contains(err.Error(), "nonexistent") || !strings.Contains(err.Error(), "boot-files") {
 		t.Fatalf("missing image: %v", err)
 	}
 	assertNothingLeft(t, dir)

@@ -17,7 +17,7 @@ var errLockBusy = errors.New("another smolvm process is working on this VM")
 // lockVM takes the per-VM file lock that serialises lifecycle steps on one
 // VM across processes, waiting while another process holds it. The kernel
 // drops it if the process dies.
-func (h *host) lockVM(ctx context.Context, id string) (unlock func(), err error) {
+func (h *Host) lockVM(ctx context.Context, id string) (unlock func(), err error) {
 	for {
 		unlock, err := h.tryLockVM(id)
 		if !errors.Is(err, errLockBusy) {
@@ -44,7 +44,7 @@ func (h *host) lockVM(ctx context.Context, id string) (unlock func(), err error)
 // after taking the lock on an open file, it checks that the path still
 // names that same file, and starts over if not, so two processes never
 // both "hold" a VM's lock through different files.
-func (h *host) tryLockVM(id string) (unlock func(), err error) {
+func (h *Host) tryLockVM(id string) (unlock func(), err error) {
 	p := h.lockPath(id)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, err
@@ -73,7 +73,7 @@ func (h *host) tryLockVM(id string) (unlock func(), err error) {
 
 // lockBusy reports whether another process holds a VM's lock, without
 // creating a lock file where there is none.
-func (h *host) lockBusy(id string) bool {
+func (h *Host) lockBusy(id string) bool {
 	f, err := os.OpenFile(h.lockPath(id), os.O_RDWR, 0)
 	if err != nil {
 		return false

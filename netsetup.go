@@ -5,46 +5,37 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/smolvm-go/smolvm/internal/netplan"
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
-func netLease(l store.Lease) network.Lease {
-	return network.Lease{VMID: l.VMID, TAP: l.TAP, MAC: l.MAC, GuestIP: l.IP, Gateway: l.Gateway, PrefixLen: store.LeasePrefixLen}
+// netLease is the network package's view of a VM's identity.
+func netLease(id string, p netplan.Plan) network.Lease {
+	return network.Lease{VMID: id, TAP: p.TAP, MAC: p.MAC, GuestIP: p.GuestIP, Gateway: p.Gateway, PrefixLen: netplan.PrefixLen}
 }
 
-func netForward(l store.Lease, p store.PortForward) network.Forward {
-	return network.Forward{HostPort: uint16(p.HostPort), GuestPort: uint16(p.GuestPort), GuestIP: l.IP, VMID: l.VMID}
-}
-
-// netErr tags a network package error with ErrNetwork, keeping its message.
-func netErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, network.ErrPortInUse) {
-		return kindErr{ErrNetwork, kindErr{ErrAlreadyExists, err}}
-	}
-	return kindErr{ErrNetwork, err}
+func netForward(id string, p netplan.Plan, f store.PortForward) network.Forward {
+	return network.Forward{HostPort: uint16(f.HostPort), GuestPort: uint16(f.GuestPort), GuestIP: p.GuestIP, VMID: id}
 }
 
 // setupNetwork makes a VM's TAP device, NAT and isolation rules and its
 // port forwards exist. It is idempotent.
-func (h *host) setupNetwork(ctx context.Context, l store.Lease) error {
+func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) error {
 	if err := network.Check(); err != nil {
-		return netErr(err)
+		return err
 	}
-	if err := network.Setup(ctx, netLease(l)); err != nil {
-		return netErr(fmt.Errorf("set up %s: %w", l.TAP, err))
+	if err := network.Setup(ctx, netLease(id, p)); err != nil {
+		return fmt.Errorf("set up %s: %w: %w", p.TAP, err, ErrNetwork)
 	}
-	ports, err := h.st.Ports(ctx, l.VMID)
+	ports, err := h.st.Ports(ctx, id)
 	if err != nil {
 		return err
 	}
-	for _, p := range ports {
-		if err := network.AddForward(ctx, netForward(l, p)); err != nil {
-			return netErr(fmt.Errorf("forward host port %d: %w", p.HostPort, err))
+	for _, f := range ports {
+		if err := network.AddForward(ctx, netForward(id, p, f)); err != nil {
+			return fmt.Errorf("forward host port %d: %w", f.HostPort, netErr(err))
 		}
 	}
 	return nil
@@ -52,15 +43,19 @@ func (h *host) setupNetwork(ctx context.Context, l store.Lease) error {
 
 // teardownNetwork removes a VM's TAP device and every rule of it. Missing
 // pieces count as removed, so it is safe to call at any point.
-func (h *host) teardownNetwork(ctx context.Context, id string) error {
-	l, err := h.st.LeaseOf(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
+func (h *Host) teardownNetwork(ctx context.Context, id string, p netplan.Plan) error {
+	return netErr(network.Teardown(ctx, netLease(id, p)))
+}
+
+// netErr tags a network error with ErrNetwork unless it has a kind.
+func netErr(err error) error {
+	if err == nil {
 		return nil
 	}
-	if err != nil {
+	if k := kindOf(err, nil); k != nil {
 		return err
 	}
-	return netErr(network.Teardown(ctx, netLease(l)))
+	return fmt.Errorf("%w: %w", err, ErrNetwork)
 }
 
 // PortInfo is a host TCP port forwarded to a guest port.
@@ -88,19 +83,26 @@ func (vm *VM) ExposeLocal(ctx context.Context, guestPort, hostPort int) (int, er
 		return 0, err
 	}
 	defer unlock()
-	l, err := vm.h.st.LeaseOf(ctx, vm.id)
+	_, rec, err := vm.load(ctx)
 	if errors.Is(err, store.ErrNotFound) {
-		return 0, wrapErr("expose", vm.id, ErrNetwork, errors.New("the VM has no network"))
+		return 0, errNoVM("expose", vm.id)
 	}
+	if err != nil {
+		return 0, wrapErr("expose", vm.id, ErrBackend, err)
+	}
+	if rec.Config.NoNetwork {
+		return 0, wrapErr("expose", vm.id, ErrState, errors.New("the VM has no network"))
+	}
+	plan, err := vm.h.plan(ctx, vm.id)
 	if err != nil {
 		return 0, wrapErr("expose", vm.id, ErrBackend, err)
 	}
 	p, err := vm.h.st.AllocatePort(ctx, vm.id, guestPort, store.KindExpose, hostPort)
 	if err != nil {
-		return 0, wrapErr("expose", vm.id, ErrNetwork, kindErr{ErrNetwork, storeErr(err)})
+		return 0, wrapErr("expose", vm.id, ErrNetwork, err)
 	}
 	if vm.running(ctx) {
-		if err := network.AddForward(ctx, netForward(l, p)); err != nil {
+		if err := network.AddForward(ctx, netForward(vm.id, plan, p)); err != nil {
 			vm.h.st.ReleasePort(context.WithoutCancel(ctx), p.HostPort)
 			return 0, wrapErr("expose", vm.id, ErrNetwork, netErr(err))
 		}
@@ -123,12 +125,12 @@ func (vm *VM) UnexposeLocal(ctx context.Context, hostPort int) error {
 		if p.HostPort != hostPort {
 			continue
 		}
-		if l, err := vm.h.st.LeaseOf(ctx, vm.id); err == nil {
-			if err := network.RemoveForward(ctx, netForward(l, p)); err != nil {
+		if plan, err := vm.h.plan(ctx, vm.id); err == nil {
+			if err := network.RemoveForward(ctx, netForward(vm.id, plan, p)); err != nil {
 				return wrapErr("unexpose", vm.id, ErrNetwork, netErr(err))
 			}
 		}
-		return wrapErr("unexpose", vm.id, ErrBackend, storeErr(vm.h.st.ReleasePort(ctx, hostPort)))
+		return wrapErr("unexpose", vm.id, ErrBackend, vm.h.st.ReleasePort(ctx, hostPort))
 	}
 	return wrapErr("unexpose", vm.id, ErrNotFound, fmt.Errorf("host port %d is not forwarded to this VM", hostPort))
 }

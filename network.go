@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/smolvm-go/smolvm/internal/netplan"
 )
 
 // Network defaults, from SmolVM's NetworkConfig.
@@ -96,30 +98,30 @@ func NewNetworkConfig(s NetworkSpec) (*NetworkConfig, error) {
 }
 
 // GuestIP returns the guest's IPv4 address, e.g. "172.16.0.2".
-func (n *NetworkConfig) GuestIP() string { return n.guestIP.String() }
+func (n NetworkConfig) GuestIP() string { return n.guestIP.String() }
 
 // GatewayIP returns the host side of the TAP device, e.g. "172.16.0.1".
-func (n *NetworkConfig) GatewayIP() string { return n.gatewayIP.String() }
+func (n NetworkConfig) GatewayIP() string { return n.gatewayIP.String() }
 
 // Netmask returns the guest network's mask, e.g. "255.255.255.0".
-func (n *NetworkConfig) Netmask() string { return n.netmask.String() }
+func (n NetworkConfig) Netmask() string { return n.netmask.String() }
 
 // PrefixLen returns the netmask as a prefix length, e.g. 24.
-func (n *NetworkConfig) PrefixLen() int { b, _ := maskBits(n.netmask); return b }
+func (n NetworkConfig) PrefixLen() int { b, _ := maskBits(n.netmask); return b }
 
 // TapDevice returns the host TAP device's name, e.g. "smol0".
-func (n *NetworkConfig) TapDevice() string { return n.tap }
+func (n NetworkConfig) TapDevice() string { return n.tap }
 
 // GuestMAC returns the guest NIC's MAC address in upper case, e.g. "AA:FC:00:00:00:01".
-func (n *NetworkConfig) GuestMAC() string { return n.mac }
+func (n NetworkConfig) GuestMAC() string { return n.mac }
 
 // SSHHostPort returns the host TCP port forwarded to the guest's port 22, or
 // 0 when there is no forwarding.
-func (n *NetworkConfig) SSHHostPort() int { return n.sshPort }
+func (n NetworkConfig) SSHHostPort() int { return n.sshPort }
 
 // Spec returns the values n was made from, with defaults applied. Changing the
 // returned value does not change n; pass it to NewNetworkConfig for a new one.
-func (n *NetworkConfig) Spec() NetworkSpec {
+func (n NetworkConfig) Spec() NetworkSpec {
 	return NetworkSpec{
 		GuestIP:     n.GuestIP(),
 		GatewayIP:   n.GatewayIP(),
@@ -130,8 +132,20 @@ func (n *NetworkConfig) Spec() NetworkSpec {
 	}
 }
 
+// networkConfigOf is the public view of a VM's network identity.
+func networkConfigOf(p netplan.Plan) (*NetworkConfig, error) {
+	return NewNetworkConfig(NetworkSpec{
+		GuestIP:     p.GuestIP.String(),
+		GatewayIP:   p.Gateway.String(),
+		Netmask:     p.Netmask(),
+		TapDevice:   p.TAP,
+		GuestMAC:    p.MAC,
+		SSHHostPort: p.SSHPort,
+	})
+}
+
 // String renders n for humans.
-func (n *NetworkConfig) String() string {
+func (n NetworkConfig) String() string {
 	s := fmt.Sprintf("%s/%d via %s on %s (%s)", n.GuestIP(), n.PrefixLen(), n.GatewayIP(), n.tap, n.mac)
 	if n.sshPort != 0 {
 		s += fmt.Sprintf(", ssh localhost:%d", n.sshPort)
@@ -150,7 +164,7 @@ type networkJSON struct {
 
 // MarshalJSON encodes n with SmolVM's snake_case names; ssh_host_port is null
 // when there is no forwarding.
-func (n *NetworkConfig) MarshalJSON() ([]byte, error) {
+func (n NetworkConfig) MarshalJSON() ([]byte, error) {
 	j := networkJSON{GuestIP: n.GuestIP(), GatewayIP: n.GatewayIP(), Netmask: n.Netmask(), TapDevice: n.tap, GuestMAC: n.mac}
 	if n.sshPort != 0 {
 		p := n.sshPort

@@ -39,16 +39,16 @@ func nftRuleset(t *testing.T) string {
 }
 
 func TestNetworkEndToEnd(t *testing.T) {
-	opt, _ := vmEnv(t)
+	h, _ := vmEnv(t)
 	ctx := context.Background()
-	a, err := New(ctx, WithConfig(minimalVM("net-a")), opt)
+	a, err := h.New(ctx, minimalVM("net-a"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
 	cfgB := minimalVM("net-b")
 	cfgB.DNSServers = []string{"192.0.2.53"} // a documentation address: written, never queried
-	b, err := New(ctx, WithConfig(cfgB), opt)
+	b, err := h.New(ctx, cfgB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,12 +144,12 @@ func httpGet(t *testing.T, url string) string {
 // TestSSHDefaultImage logs in to the Debian image through its SSH forward
 // from the namespace's localhost.
 func TestSSHDefaultImage(t *testing.T) {
-	opt, _ := vmEnv(t)
+	h, _ := vmEnv(t)
 	if _, err := exec.LookPath("ssh"); err != nil {
 		t.Skip("ssh client not installed")
 	}
 	ctx := context.Background()
-	vm, err := New(ctx, WithConfig(VMConfig{VMID: "sshd-guest", Image: ImageDefault, SSHHostPort: SSHPortAuto, MemSizeMiB: 512}), opt)
+	vm, err := h.New(ctx, VMConfig{VMID: "sshd-guest", Image: ImageDefault, SSHHostPort: SSHPortAuto, MemSizeMiB: 512})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,10 +19,10 @@ import (
 
 // sshKeyPath is the private key SmolVM logs in to its guests with: one
 // ed25519 key pair per data directory, made on first use.
-func (h *host) sshKeyPath() string { return filepath.Join(h.dir, "ssh", "id_ed25519") }
+func (h *Host) sshKeyPath() string { return filepath.Join(h.dir, "ssh", "id_ed25519") }
 
 // sshKey returns the public key in authorized_keys form, making the pair if needed.
-func (h *host) sshKey() ([]byte, error) {
+func (h *Host) sshKey() ([]byte, error) {
 	priv := h.sshKeyPath()
 	if pub, err := os.ReadFile(priv + ".pub"); err == nil {
 		return pub, nil
@@ -83,7 +83,7 @@ func (h *host) sshKey() ([]byte, error) {
 
 // installSSHKey puts the data directory's public key into the guest's
 // /root/.ssh/authorized_keys.
-func (h *host) installSSHKey(ctx context.Context, c *agent.Client) error {
+func (h *Host) installSSHKey(ctx context.Context, c *agent.Client) error {
 	pub, err := h.sshKey()
 	if err != nil {
 		return fmt.Errorf("ssh key: %w", err)

@@ -31,7 +31,7 @@ type bareRun struct {
 
 // imagePaths returns the kernel, initrd and root disk of the named image.
 func (b *bench) imagePaths(ctx context.Context, name string) (smolvm.ImageInfo, error) {
-	imgs, err := smolvm.ListImages(ctx, b.opts...)
+	imgs, err := b.h.Images(ctx)
 	if err != nil {
 		return smolvm.ImageInfo{}, err
 	}

@@ -291,9 +291,14 @@ func assertNothingLeft(t *testing.T, dataDir string) {
 		}
 	}
 	ctx := context.Background()
-	if vms, err := smolvm.List(ctx, smolvm.ListOptions{}, smolvm.WithDataDir(dataDir)); err != nil || len(vms) > 0 {
+	h, err := smolvm.Open(ctx, smolvm.HostOptions{DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if vms, err := h.List(ctx, smolvm.ListOptions{}); err != nil || len(vms) > 0 {
 		t.Errorf("VMs left: %v (%v)", vms, err)
-		smolvm.Cleanup(ctx, smolvm.CleanupOptions{All: true}, smolvm.WithDataDir(dataDir))
+		h.Cleanup(ctx, smolvm.CleanupOptions{All: true})
 	}
 	ents, _ := os.ReadDir(dataDir)
 	for _, e := range ents {

@@ -48,10 +48,15 @@ func prepare(ctx context.Context, cfg *config) (env []string, cleanups []func(),
 		k, v, _ := strings.Cut(kv, "=")
 		os.Setenv(k, v)
 	}
+	h, err := smolvm.Open(ctx, smolvm.HostOptions{DataDir: cfg.dataDir, ImageDir: cfg.imageDir})
+	if err != nil {
+		return nil, cleanups, err
+	}
+	defer h.Close()
 	for _, name := range cfg.images() {
 		start := time.Now()
 		last := ""
-		info, err := smolvm.BuildImage(ctx, name, smolvm.ImageBuildOptions{Progress: func(stage string, _, _ int64) {
+		info, err := h.BuildImage(ctx, name, smolvm.ImageBuildOptions{Progress: func(stage string, _, _ int64) {
 			if stage != last {
 				last = stage
 				logf("image %s: %s", name, stage)

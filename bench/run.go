@@ -63,7 +63,11 @@ func runInside(ctx context.Context, cfg config, ns string) (*Results, error) {
 	if cfg.dataDir == "" {
 		return nil, errors.New("no --data-dir (the outer benchmark sets it)")
 	}
-	b := newBench(cfg)
+	b, err := newBench(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer b.h.Close()
 	defer b.cleanup()
 	res := &Results{Meta: meta(ctx, cfg, ns)}
 	fail := func(section string, err error) {
@@ -72,7 +76,6 @@ func runInside(ctx context.Context, cfg config, ns string) (*Results, error) {
 			logf("%s: %v", section, err)
 		}
 	}
-	var err error
 	if !cfg.skip["lifecycle"] || !cfg.skip["baseline"] {
 		res.Lifecycle, err = b.benchLifecycle(ctx)
 		fail("lifecycle", err)

@@ -13,19 +13,19 @@ import (
 // bench is the benchmark's state inside the namespace: its settings and
 // the bare QEMU processes it runs, so that cleanup can end them.
 type bench struct {
-	cfg  config
-	opts []smolvm.Option
+	cfg config
+	h   *smolvm.Host
 
 	mu    sync.Mutex
 	procs map[*exec.Cmd]bool
 }
 
-func newBench(cfg config) *bench {
-	return &bench{
-		cfg:   cfg,
-		opts:  []smolvm.Option{smolvm.WithDataDir(cfg.dataDir), smolvm.WithBootTimeout(cfg.bootTimeout)},
-		procs: map[*exec.Cmd]bool{},
+func newBench(cfg config) (*bench, error) {
+	h, err := smolvm.Open(context.Background(), smolvm.HostOptions{DataDir: cfg.dataDir, BootTimeout: cfg.bootTimeout})
+	if err != nil {
+		return nil, err
 	}
+	return &bench{cfg: cfg, h: h, procs: map[*exec.Cmd]bool{}}, nil
 }
 
 // vmConfig is the configuration of the benchmark's VMs of image.
@@ -56,7 +56,7 @@ type bootTiming struct {
 func (b *bench) boot(ctx context.Context, vc smolvm.VMConfig) (*smolvm.VM, bootTiming, error) {
 	var t bootTiming
 	t0 := time.Now()
-	vm, err := smolvm.Create(ctx, vc, smolvm.CreateOptions{}, b.opts...)
+	vm, err := b.h.Create(ctx, vc)
 	if err != nil {
 		return nil, t, err
 	}
@@ -104,13 +104,13 @@ func (b *bench) cleanup() {
 	b.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	infos, err := smolvm.List(ctx, smolvm.ListOptions{}, b.opts...)
+	infos, err := b.h.List(ctx, smolvm.ListOptions{})
 	if err != nil {
 		logf("cleanup: list VMs: %v", err)
 		return
 	}
 	for _, inf := range infos {
-		vm, err := smolvm.FromID(ctx, inf.VMID, b.opts...)
+		vm, err := b.h.Get(ctx, inf.VMID)
 		if err == nil {
 			err = vm.ForceDelete(ctx)
 		}

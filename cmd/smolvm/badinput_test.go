@@ -37,7 +37,13 @@ func TestBadInput(t *testing.T) {
 		*p = filepath.Join(dir, "boot-file")
 		os.WriteFile(*p, []byte("not booted"), 0o644)
 	}
-	vm, err := smolvm.Create(context.Background(), cfg, smolvm.CreateOptions{NoNetwork: true}, smolvm.WithDataDir(dir))
+	h, err := smolvm.Open(context.Background(), smolvm.HostOptions{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	cfg.NoNetwork = true
+	vm, err := h.Create(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

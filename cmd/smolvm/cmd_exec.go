@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sort"
 	"time"
@@ -15,7 +17,14 @@ import (
 // passes through; a timeout is reported and keeps the code (137).
 func exitOf(c *cobra.Command, st smolvm.ExitStatus, err error) error {
 	if err != nil && !st.TimedOut {
-		return err
+		code := exitRunFailed
+		switch {
+		case errors.Is(err, smolvm.ErrNotFound):
+			code = exitNotFoundCmd // the program does not exist in the guest
+		case errors.Is(err, smolvm.ErrInvalidConfig), errors.Is(err, fs.ErrPermission):
+			code = exitCannotRun
+		}
+		return guestCmdError{err: err, code: code}
 	}
 	if err != nil {
 		fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())
@@ -28,7 +37,7 @@ func exitOf(c *cobra.Command, st smolvm.ExitStatus, err error) error {
 
 // onVM runs fn on the VM named id and releases it after.
 func onVM(c *cobra.Command, g *globals, id string, fn func(vm *smolvm.VM) error) error {
-	vm, err := smolvm.FromID(c.Context(), id, g.opts()...)
+	vm, err := g.get(c.Context(), id)
 	if err != nil {
 		return err
 	}
@@ -204,7 +213,7 @@ An image whose inputs did not change is not rebuilt.`,
 				return usageError{fmt.Errorf("image %q: must be default or minimal", name)}
 			}
 			start := time.Now()
-			img, err := smolvm.BuildImage(c.Context(), name, smolvm.ImageBuildOptions{KernelPath: kernel, Force: force, Progress: smolvm.ProgressWriter(c.ErrOrStderr())}, g.opts()...)
+			img, err := g.buildImage(c.Context(), name, smolvm.ImageBuildOptions{KernelPath: kernel, Force: force, Progress: smolvm.ProgressWriter(c.ErrOrStderr())})
 			if err != nil {
 				return err
 			}
@@ -223,7 +232,7 @@ An image whose inputs did not change is not rebuilt.`,
 		Short: "List built images",
 		Args:  args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			imgs, err := smolvm.ListImages(c.Context(), g.opts()...)
+			imgs, err := g.images(c.Context())
 			if err != nil {
 				return err
 			}
@@ -249,7 +258,7 @@ An image whose inputs did not change is not rebuilt.`,
 		RunE: func(c *cobra.Command, a []string) error {
 			var failed []error
 			for _, n := range a {
-				if err := smolvm.RemoveImage(c.Context(), n, g.opts()...); err != nil {
+				if err := g.removeImage(c.Context(), n); err != nil {
 					failed = append(failed, err)
 					continue
 				}

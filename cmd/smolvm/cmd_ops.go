@@ -26,7 +26,10 @@ agent. Exit code 1 on a failure; with --strict on a warning too.
 			default:
 				return usageError{fmt.Errorf("--backend %q: must be auto, qemu or firecracker", backend)}
 			}
-			checks := smolvm.Doctor(c.Context(), smolvm.DoctorOptions{Backend: smolvm.BackendKind(backend)}, g.opts()...)
+			checks, err := g.doctor(c.Context(), smolvm.DoctorOptions{Backend: smolvm.BackendKind(backend)})
+			if err != nil {
+				return err
+			}
 			fails, warns := 0, 0
 			for _, ch := range checks {
 				switch ch.Status {
@@ -73,7 +76,7 @@ creation was interrupted, and TAP devices and nftables rules of ours that no run
 --all deletes every VM too. --dry-run lists and touches nothing.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			rep, err := smolvm.Cleanup(c.Context(), co, g.opts()...)
+			rep, err := g.cleanup(c.Context(), co)
 			if g.jsonOut {
 				if jerr := writeJSON(c.OutOrStdout(), rep); jerr != nil {
 					return jerr

@@ -40,33 +40,33 @@ func (f *vmFlags) add(c *cobra.Command) {
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
-func (f *vmFlags) config() (smolvm.VMConfig, smolvm.CreateOptions, error) {
+func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	cfg := smolvm.VMConfig{
 		VMID: f.name, MemSizeMiB: f.memory, VCPUCount: f.vcpus, Image: f.image, DiskSizeMiB: f.diskSize,
 		DiskMode: smolvm.DiskMode(f.diskMode), Backend: smolvm.BackendKind(f.backend),
 	}
-	co := smolvm.CreateOptions{Accel: f.accel}
+	cfg.Accel = smolvm.Accel(f.accel)
 	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
 	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
-		return cfg, co, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}
+		return cfg, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}
 	}
 	if f.memory < smolvm.MinMemoryMiB || f.memory > smolvm.MaxMemoryMiB {
-		return cfg, co, usageError{fmt.Errorf("--memory %d: mem_size_mib must be between %d and %d", f.memory, smolvm.MinMemoryMiB, smolvm.MaxMemoryMiB)}
+		return cfg, usageError{fmt.Errorf("--memory %d: mem_size_mib must be between %d and %d", f.memory, smolvm.MinMemoryMiB, smolvm.MaxMemoryMiB)}
 	}
 	switch f.accel {
 	case "auto", "kvm", "tcg":
 	default:
-		return cfg, co, usageError{fmt.Errorf("--accel %q: must be auto, kvm or tcg", f.accel)}
+		return cfg, usageError{fmt.Errorf("--accel %q: must be auto, kvm or tcg", f.accel)}
 	}
 	if f.bootTimeout <= 0 {
-		return cfg, co, usageError{fmt.Errorf("--boot-timeout %v: must be positive", f.bootTimeout)}
+		return cfg, usageError{fmt.Errorf("--boot-timeout %v: must be positive", f.bootTimeout)}
 	}
 	switch f.network {
 	case "on", "":
 	case "off":
-		co.NoNetwork = true
+		cfg.NoNetwork = true
 	default:
-		return cfg, co, usageError{fmt.Errorf("--network %q: must be on or off", f.network)}
+		return cfg, usageError{fmt.Errorf("--network %q: must be on or off", f.network)}
 	}
 	switch f.sshPort {
 	case "":
@@ -75,20 +75,20 @@ func (f *vmFlags) config() (smolvm.VMConfig, smolvm.CreateOptions, error) {
 	default:
 		var p int
 		if _, err := fmt.Sscan(f.sshPort, &p); err != nil || p < 1 || p > 65535 {
-			return cfg, co, usageError{fmt.Errorf("--ssh-port %q: must be a port number 1-65535 or auto", f.sshPort)}
+			return cfg, usageError{fmt.Errorf("--ssh-port %q: must be a port number 1-65535 or auto", f.sshPort)}
 		}
 		cfg.SSHHostPort = p
 	}
 	env, err := parseEnv(f.env)
 	if err != nil {
-		return cfg, co, err
+		return cfg, err
 	}
 	cfg.EnvVars = env
 	cfg.DNSServers = f.dns
 	if err := cfg.Validate(); err != nil {
-		return cfg, co, usageError{err}
+		return cfg, usageError{err}
 	}
-	return cfg, co, nil
+	return cfg, nil
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {
@@ -121,12 +121,16 @@ The image is built on first use. With --start it is booted too.`,
   smolvm create --image minimal --memory 256 --network off`,
 		Args: args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg, co, err := f.config()
+			cfg, err := f.config()
 			if err != nil {
 				return err
 			}
-			opts := append(g.opts(), smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
-			vm, err := smolvm.Create(c.Context(), cfg, co, opts...)
+			g.bootTimeout = f.bootTimeout
+			h, err := g.host(c.Context())
+			if err != nil {
+				return err
+			}
+			vm, err := h.Create(c.Context(), cfg, smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())))
 			if err != nil {
 				return err
 			}
@@ -161,7 +165,7 @@ func printVM(c *cobra.Command, g *globals, inf smolvm.VMInfo) error {
 func withVMs(c *cobra.Command, g *globals, ids []string, fn func(ctx context.Context, vm *smolvm.VM) error) error {
 	var failed []error
 	for _, id := range ids {
-		vm, err := smolvm.FromID(c.Context(), id, g.opts()...)
+		vm, err := g.get(c.Context(), id)
 		if err == nil {
 			err = fn(c.Context(), vm)
 		}
@@ -191,7 +195,7 @@ func newStartCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().DurationVar(&bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
-	c.PreRun = func(*cobra.Command, []string) { g.extra = append(g.extra, smolvm.WithBootTimeout(bootTimeout)) }
+	c.PreRun = func(*cobra.Command, []string) { g.bootTimeout = bootTimeout }
 	return c
 }
 
@@ -285,14 +289,18 @@ The command's exit code becomes smolvm's exit code.`,
   smolvm run --image minimal -- uname -a`,
 		Args: args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			cfg, co, err := f.config()
+			cfg, err := f.config()
 			if err != nil {
 				return err
 			}
 			keep := keep || !rm
 			ctx := c.Context()
-			opts := append(g.opts(), smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())), smolvm.WithBootTimeout(f.bootTimeout))
-			vm, err := smolvm.Create(ctx, cfg, co, opts...)
+			g.bootTimeout = f.bootTimeout
+			h, err := g.host(ctx)
+			if err != nil {
+				return err
+			}
+			vm, err := h.Create(ctx, cfg, smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())))
 			if err != nil {
 				return err
 			}
@@ -357,7 +365,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 		Short: "Print a VM's serial console",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := smolvm.FromID(c.Context(), a[0], g.opts()...)
+			vm, err := g.get(c.Context(), a[0])
 			if err != nil {
 				return err
 			}

@@ -46,7 +46,12 @@ func killAfter(t *testing.T, dir string, d time.Duration, argv ...string) (kille
 func checkConsistent(t *testing.T, dir string) {
 	t.Helper()
 	ctx := context.Background()
-	vms, err := smolvm.List(ctx, smolvm.ListOptions{}, smolvm.WithDataDir(dir))
+	h, err := smolvm.Open(ctx, smolvm.HostOptions{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	vms, err := h.List(ctx, smolvm.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

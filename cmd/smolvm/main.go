@@ -8,18 +8,54 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/smolvm-go/smolvm"
 )
 
-// Exit codes of the CLI. A command run in a guest passes its own code through.
+// Exit codes of the CLI, by error kind. run and exec pass the guest
+// command's own code through and use the container conventions (125, 126,
+// 127) for their own failures.
 const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitOK          = 0
+	exitError       = 1 // any other failure
+	exitUsage       = 2 // bad flags, arguments or configuration values
+	exitNotFound    = 3 // no such VM, image or snapshot
+	exitState       = 4 // the VM is in the wrong state (e.g. exec on a stopped VM)
+	exitUnavailable = 5 // the host lacks something (QEMU, /dev/net/tun, CAP_NET_ADMIN, KVM)
+	exitTimeout     = 6 // timed out
+	exitRunFailed   = 125
+	exitCannotRun   = 126
+	exitNotFoundCmd = 127
 )
+
+// exitCodeFor maps an error to the CLI's exit code by its kind.
+func exitCodeFor(err error) int {
+	var ue usageError
+	switch {
+	case errors.As(err, &ue), errors.Is(err, smolvm.ErrInvalidConfig):
+		return exitUsage
+	case errors.Is(err, smolvm.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, smolvm.ErrState):
+		return exitState
+	case errors.Is(err, smolvm.ErrUnavailable):
+		return exitUnavailable
+	case errors.Is(err, smolvm.ErrTimeout):
+		return exitTimeout
+	}
+	return exitError
+}
+
+// exitHelp is the exit code table shown by --help.
+const exitHelp = `
+Exit codes: 0 success; 1 other failure; 2 bad flags, arguments or configuration;
+3 no such VM, image or snapshot; 4 wrong state (e.g. exec on a stopped VM);
+5 the host lacks something (QEMU, /dev/net/tun, CAP_NET_ADMIN, KVM); 6 timed out.
+run and exec pass the guest command's exit code through; their own failures
+are 125 (smolvm failed), 126 (command could not be run), 127 (command not found).`
 
 // usageError marks bad flags or arguments: exit code 2.
 type usageError struct{ err error }
@@ -27,24 +63,104 @@ type usageError struct{ err error }
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
+// guestCmdError is a failure to run a guest command in run or exec, with
+// its container-convention exit code (125, 126 or 127).
+type guestCmdError struct {
+	err  error
+	code int
+}
+
+func (e guestCmdError) Error() string { return e.err.Error() }
+func (e guestCmdError) Unwrap() error { return e.err }
+
 // exitCodeError carries an exit code to pass through without printing anything.
 type exitCodeError struct{ code int }
 
 func (e exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
-// globals are the flags every command has.
+// globals are the flags every command has and the Host they open.
 type globals struct {
-	dataDir string
-	jsonOut bool
-	extra   []smolvm.Option // set by a command's own flags
+	dataDir     string
+	fcPath      string
+	jsonOut     bool
+	bootTimeout time.Duration // set by a command's own flags
+	h           *smolvm.Host
 }
 
-func (g *globals) opts() []smolvm.Option {
-	o := append([]smolvm.Option(nil), g.extra...)
-	if g.dataDir != "" {
-		o = append(o, smolvm.WithDataDir(g.dataDir))
+// host opens the data directory once per command.
+func (g *globals) host(ctx context.Context) (*smolvm.Host, error) {
+	if g.h != nil {
+		return g.h, nil
 	}
-	return o
+	h, err := smolvm.Open(ctx, smolvm.HostOptions{DataDir: g.dataDir, FirecrackerBinary: g.fcPath, BootTimeout: g.bootTimeout})
+	if err != nil {
+		return nil, err
+	}
+	g.h = h
+	return h, nil
+}
+
+func (g *globals) close() {
+	if g.h != nil {
+		g.h.Close()
+		g.h = nil
+	}
+}
+
+func (g *globals) get(ctx context.Context, id string) (*smolvm.VM, error) {
+	h, err := g.host(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return h.Get(ctx, id)
+}
+
+func (g *globals) list(ctx context.Context, lo smolvm.ListOptions) ([]smolvm.VMInfo, error) {
+	h, err := g.host(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return h.List(ctx, lo)
+}
+
+func (g *globals) buildImage(ctx context.Context, name string, bo smolvm.ImageBuildOptions) (smolvm.ImageInfo, error) {
+	h, err := g.host(ctx)
+	if err != nil {
+		return smolvm.ImageInfo{}, err
+	}
+	return h.BuildImage(ctx, name, bo)
+}
+
+func (g *globals) images(ctx context.Context) ([]smolvm.ImageInfo, error) {
+	h, err := g.host(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return h.Images(ctx)
+}
+
+func (g *globals) removeImage(ctx context.Context, name string) error {
+	h, err := g.host(ctx)
+	if err != nil {
+		return err
+	}
+	return h.RemoveImage(ctx, name)
+}
+
+func (g *globals) doctor(ctx context.Context, do smolvm.DoctorOptions) ([]smolvm.Check, error) {
+	h, err := g.host(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return h.Doctor(ctx, do), nil
+}
+
+func (g *globals) cleanup(ctx context.Context, co smolvm.CleanupOptions) (smolvm.CleanupReport, error) {
+	h, err := g.host(ctx)
+	if err != nil {
+		return smolvm.CleanupReport{}, err
+	}
+	return h.Cleanup(ctx, co)
 }
 
 func newRoot() *cobra.Command {
@@ -56,20 +172,16 @@ func newRoot() *cobra.Command {
 images built from Debian packages and a fast guest agent for commands and files.
 
 State lives in --data-dir (default: $SMOLVM_DATA_DIR, /var/lib/smolvm for root,
-else $XDG_STATE_HOME/smolvm).`,
+else $XDG_STATE_HOME/smolvm).
+` + exitHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          args(cobra.NoArgs),
 		RunE:          func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "", "state directory (default $SMOLVM_DATA_DIR or the per-user default)")
-	var fcPath string
-	root.PersistentFlags().StringVar(&fcPath, "firecracker", "", "Firecracker binary (default $SMOLVM_FIRECRACKER, else firecracker in PATH)")
-	root.PersistentPreRun = func(*cobra.Command, []string) {
-		if fcPath != "" {
-			os.Setenv("SMOLVM_FIRECRACKER", fcPath)
-		}
-	}
+	root.PersistentFlags().StringVar(&g.fcPath, "firecracker", "", "Firecracker binary (default $SMOLVM_FIRECRACKER, else firecracker in PATH)")
+	root.PersistentPostRun = func(*cobra.Command, []string) { g.close() }
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newPauseCmds(g)...)
 	root.AddCommand(
@@ -123,9 +235,14 @@ func run(ctx context.Context, root *cobra.Command, argv []string) int {
 		return ec.code
 	}
 	fmt.Fprintln(root.ErrOrStderr(), "smolvm: "+err.Error())
-	var ue usageError
-	if errors.As(err, &ue) || errors.Is(err, smolvm.ErrInvalidConfig) {
-		return exitUsage // bad flags, arguments or configuration values
+	var ge guestCmdError
+	if errors.As(err, &ge) {
+		return ge.code
 	}
-	return exitError
+	if cmd, _, ferr := root.Find(argv); ferr == nil && (cmd.Name() == "run" || cmd.Name() == "exec") {
+		// Their exit code is the guest command's; smolvm's own failures
+		// use the container convention.
+		return exitRunFailed
+	}
+	return exitCodeFor(err)
 }

@@ -217,3 +217,15 @@ func hasNetAdmin() (bool, error) {
 	}
 	return data[unix.CAP_NET_ADMIN/32].Effective&(1<<(unix.CAP_NET_ADMIN%32)) != 0, nil
 }
+
+// CheckNftables reports whether this process can use nf_tables over netlink.
+func CheckNftables() error {
+	c, err := newConn()
+	if err != nil {
+		return err
+	}
+	if _, err := c.ListTables(); err != nil {
+		return fmt.Errorf("cannot list tables: %w", err)
+	}
+	return nil
+}

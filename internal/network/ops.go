@@ -310,3 +310,20 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 	slices.Sort(gone)
 	return append(removed, gone...), nil
 }
+
+// OrphanLinks lists the TAPs named like ours whose VM keep does not keep:
+// the links Cleanup would remove, for a dry run.
+func OrphanLinks(keep func(vmID string) bool) ([]string, error) {
+	links, err := ourLinks()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for name, vm := range links {
+		if !keep(vm) {
+			out = append(out, "link "+name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}

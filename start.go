@@ -1,0 +1,323 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
+	"github.com/smolvm-go/smolvm/internal/bootparams"
+	"github.com/smolvm-go/smolvm/internal/netplan"
+	"github.com/smolvm-go/smolvm/internal/store"
+	"github.com/smolvm-go/smolvm/internal/vmm"
+)
+
+// Default deadlines of lifecycle steps.
+const (
+	// DefaultBootTimeout bounds the wait from launch until the agent answers.
+	// Generous: under TCG a boot takes seconds, more when several run at once.
+	DefaultBootTimeout = 90 * time.Second
+	// DefaultStopTimeout bounds a clean power-off before the VMM is told to quit.
+	DefaultStopTimeout = 10 * time.Second
+)
+
+// startOp is the state of one Start as its steps run.
+type startOp struct {
+	vm      *VM
+	row     store.VM
+	rec     record
+	backend vmm.Backend
+	plan    netplan.Plan
+	inst    vmm.Instance
+	client  *agent.Client
+	bootCtx context.Context
+}
+
+func (s *startOp) h() *Host { return s.vm.h }
+
+// startSteps boot a VM, in order; each undo removes what its step made.
+var startSteps = []step[*startOp]{
+	{name: "check", do: func(ctx context.Context, s *startOp) error { return s.check(ctx) }},
+	{name: "runtime-dir", do: func(ctx context.Context, s *startOp) error { return s.runtimeDir(ctx) }, undo: func(ctx context.Context, s *startOp) {
+		// Undone last, after the VMM is gone: the record says the start failed.
+		s.h().st.UpdateVM(ctx, s.vm.id, func(v *store.VM) error {
+			v.Status, v.Error = string(StateError), "start failed"
+			v.PID, v.PIDStart, v.Control, v.Agent, v.VsockCID = 0, 0, "", "", 0
+			return nil
+		})
+	}},
+	{name: "network", do: func(ctx context.Context, s *startOp) error {
+		if s.rec.Config.NoNetwork {
+			return nil
+		}
+		return s.h().setupNetwork(ctx, s.vm.id, s.plan)
+	}, undo: func(ctx context.Context, s *startOp) {
+		if !s.rec.Config.NoNetwork {
+			s.h().teardownNetwork(ctx, s.vm.id, s.plan)
+		}
+	}},
+	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launch(ctx) }, undo: func(ctx context.Context, s *startOp) {
+		s.backend.Kill(s.inst)
+		vmm.WaitExit(ctx, s.inst)
+		s.h().removeRuntimeFiles(s.vm.id, s.backend)
+	}},
+	{name: "record", do: func(ctx context.Context, s *startOp) error {
+		_, err := s.h().st.UpdateVM(ctx, s.vm.id, func(v *store.VM) error {
+			v.Status, v.PID, v.PIDStart, v.Control, v.Agent, v.Backend, v.Accel, v.Error, v.VsockCID =
+				string(StateRunning), s.inst.PID, s.inst.PIDStart, s.inst.Control, s.inst.Agent, string(s.backend.Kind()), string(s.inst.Accel), "", s.inst.VsockCID
+			v.Op = store.OpNone
+			return nil
+		})
+		return err
+	}},
+	{name: "wait-vmm", do: func(ctx context.Context, s *startOp) error {
+		return s.bootErr(s.backend.WaitReady(s.bootCtx, s.inst))
+	}},
+	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error { return s.waitAgent(ctx) }, undo: func(ctx context.Context, s *startOp) { s.vm.dropClient() }},
+	{name: "guest-setup", do: func(ctx context.Context, s *startOp) error { return s.guestSetup(ctx) }},
+}
+
+// Start boots the VM and waits until its agent answers. On failure
+// everything the start made is undone (VMM killed, TAP and rules removed),
+// the VM is marked error, and the error names the failed step and carries
+// the tail of the serial console.
+func (vm *VM) Start(ctx context.Context) error {
+	h := vm.h
+	unlock, err := h.lockVM(ctx, vm.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	bootCtx, cancel := context.WithTimeout(ctx, h.opts.BootTimeout)
+	defer cancel()
+	s := &startOp{vm: vm, bootCtx: bootCtx}
+	if err := runSteps(ctx, h, startSteps, s, ErrBackend); err != nil {
+		if s.row.ID != "" { // the record exists: say why it failed
+			msg, _, _ := strings.Cut(err.Error(), "\n") // the console tail is in the log
+			h.st.UpdateVM(context.WithoutCancel(ctx), vm.id, func(v *store.VM) error {
+				if v.Status == string(StateError) {
+					v.Error = "start: " + msg
+				}
+				return nil
+			})
+		}
+		vm.Refresh(context.WithoutCancel(ctx))
+		return wrapErr("start", vm.id, ErrBackend, err)
+	}
+	vm.mu.Lock()
+	vm.scheduleIdleLocked()
+	vm.mu.Unlock()
+	return vm.Refresh(ctx)
+}
+
+func (s *startOp) check(ctx context.Context) error {
+	row, rec, err := s.vm.load(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case vmm.Alive(row.PID, row.PIDStart):
+		return fmt.Errorf("already running: %w", ErrState)
+	case row.Op == store.OpCreating:
+		return fmt.Errorf("its creation was interrupted; delete it (or run smolvm cleanup): %w", ErrState)
+	case row.Op == store.OpDeleting:
+		return fmt.Errorf("its deletion was interrupted; delete it again (or run smolvm cleanup): %w", ErrState)
+	}
+	s.row, s.rec = row, rec
+	if s.backend, err = s.h().chooseBackend(ctx, rec.Config, rec.Boot); err != nil {
+		return err
+	}
+	s.plan, err = s.h().plan(ctx, s.vm.id)
+	return err
+}
+
+func (s *startOp) runtimeDir(ctx context.Context) error {
+	if err := agent.PrepareSocketDir(s.h().vmDir(s.vm.id)); err != nil {
+		return err
+	}
+	logPath := s.h().logPath(s.vm.id)
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
+		return err
+	}
+	os.Remove(logPath)
+	return nil
+}
+
+func (s *startOp) launch(ctx context.Context) (err error) {
+	spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
+	s.inst, err = s.backend.Launch(ctx, spec)
+	return err
+}
+
+func (s *startOp) waitAgent(ctx context.Context) error {
+	// The init prints the ready marker once the agent server runs;
+	// connecting before it only stacks up handshakes that time out while
+	// the guest boots.
+	if err := waitMarker(s.bootCtx, s.h().logPath(s.vm.id), s.inst); err != nil {
+		return s.bootErr(err)
+	}
+	c, err := s.vm.connectAgent(s.bootCtx, s.inst, s.backend)
+	if err != nil {
+		return s.bootErr(err)
+	}
+	s.client = c
+	return nil
+}
+
+func (s *startOp) guestSetup(ctx context.Context) error {
+	if !s.rec.Config.NoNetwork {
+		if err := s.h().installSSHKey(s.bootCtx, s.client); err != nil {
+			return fmt.Errorf("%w: %w", err, ErrCommandUnavailable)
+		}
+	}
+	if len(s.rec.Config.EnvVars) > 0 {
+		if err := s.client.SetEnv(s.bootCtx, s.rec.Config.EnvVars, false); err != nil {
+			return fmt.Errorf("set env vars: %w: %w", err, ErrCommandUnavailable)
+		}
+	}
+	return nil
+}
+
+// bootErr adds the tail of the console log to a failed boot; a deadline is
+// the boot timeout.
+func (s *startOp) bootErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("guest agent did not answer within %v: %w", s.h().opts.BootTimeout, err)
+	}
+	logPath := s.h().logPath(s.vm.id)
+	if tail := consoleTail(logPath, 25); tail != "" {
+		err = fmt.Errorf("%w\n--- last lines of the console (%s) ---\n%s", err, logPath, tail)
+	}
+	return err
+}
+
+// waitMarker waits until the guest's ready marker appears on its console,
+// reading only what is new, or until the VMM dies or ctx ends.
+func waitMarker(ctx context.Context, logPath string, inst vmm.Instance) error {
+	marker := []byte(bootparams.ReadyMarker)
+	var off int64
+	var tail []byte
+	buf := make([]byte, 64<<10)
+	for {
+		if f, err := os.Open(logPath); err == nil {
+			for {
+				n, err := f.ReadAt(buf, off)
+				if n > 0 {
+					off += int64(n)
+					chunk := append(tail, buf[:n]...)
+					if bytes.Contains(chunk, marker) {
+						f.Close()
+						return nil
+					}
+					// Keep enough to find a marker split across reads.
+					tail = append([]byte(nil), chunk[max(0, len(chunk)-len(marker)):]...)
+				}
+				if err != nil {
+					break
+				}
+			}
+			f.Close()
+		}
+		if !vmm.Alive(inst.PID, inst.PIDStart) {
+			return fmt.Errorf("VMM process %d exited before the guest was ready: %w", inst.PID, vmm.ErrNotRunning)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// consoleTail returns the last n lines of a console log.
+func consoleTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	s := strings.ReplaceAll(string(b), "\r", "")
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// spec builds the VMM launch spec of a VM from its record and network
+// identity.
+func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.Spec {
+	cfg := rec.Config
+	kernel := rec.Boot.Kernel
+	if be.Requirements().Kernel == vmm.KernelELF {
+		kernel = rec.Boot.Vmlinux
+	}
+	spec := vmm.Spec{
+		ID: id, Dir: h.vmDir(id), Kernel: kernel, Initrd: rec.Boot.Initrd,
+		VCPUs: cfg.VCPUCount, MemoryMiB: cfg.MemSizeMiB,
+		Disks:          []vmm.Disk{{Path: rec.Boot.Disk}},
+		ConsoleLog:     h.logPath(id),
+		Accel:          vmm.Accel(cfg.Accel),
+		VsockCID:       p.CID, // every VM has one; the backend uses it where vsock exists
+		AgentVsockPort: proto.DefaultVsockPort,
+	}
+	// The guest agent also listens on vsock; the backend attaches a vsock
+	// device only where the host supports it.
+	bp := bootparams.Params{ID: id, AgentPort: proto.DefaultVsockPort}
+	if !cfg.NoNetwork {
+		spec.NIC = &vmm.NIC{TAP: p.TAP, MAC: p.MAC}
+		bp.Addr, bp.Gateway = p.GuestPrefix(), p.Gateway
+		var custom []netip.Addr
+		for _, d := range cfg.DNSServers {
+			custom = append(custom, netip.MustParseAddr(d)) // validated by Create
+		}
+		bp.DNS = p.Resolvers(custom)
+	}
+	spec.Cmdline = strings.TrimSpace(bp.Format() + " " + cfg.BootArgs)
+	return spec
+}
+
+// load reads the VM's row and record.
+func (vm *VM) load(ctx context.Context) (store.VM, record, error) {
+	row, err := vm.h.st.GetVM(ctx, vm.id)
+	if err != nil {
+		return store.VM{}, record{}, err
+	}
+	var rec record
+	if err := json.Unmarshal(row.Config, &rec); err != nil {
+		return store.VM{}, record{}, fmt.Errorf("corrupt record: %w", err)
+	}
+	return row, rec, nil
+}
+
+// instanceOf rebuilds the backend's handle on a VM's VMM from its row.
+func instanceOf(row store.VM) vmm.Instance {
+	return vmm.Instance{PID: row.PID, PIDStart: row.PIDStart, Control: row.Control, Agent: row.Agent, Accel: vmm.Accel(row.Accel), VsockCID: row.VsockCID}
+}
+
+// backendOf returns the backend that launched a VM, by the kind recorded in
+// its row.
+func (h *Host) backendOf(row store.VM) (vmm.Backend, error) {
+	if row.Backend == "" {
+		return nil, fmt.Errorf("vm %s records no backend", row.ID)
+	}
+	return h.backend(vmm.Kind(row.Backend))
+}
+
+// removeRuntimeFiles removes the sockets and logs a backend made in a VM's
+// directory.
+func (h *Host) removeRuntimeFiles(id string, be vmm.Backend) {
+	for _, f := range be.RuntimeFiles() {
+		os.Remove(filepath.Join(h.vmDir(id), f))
+	}
+}
