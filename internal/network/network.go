@@ -92,6 +92,9 @@ var (
 	// ErrPortInUse means a host port is already bound on this host or
 	// forwarded to another VM.
 	ErrPortInUse = errors.New("network: host port in use")
+	// ErrNotSetUp means the VM has no network here: Setup has not run, or
+	// Teardown has.
+	ErrNotSetUp = errors.New("network: vm network not set up")
 )
 
 // TAPPrefix is the name prefix every guest interface must have: the
@@ -114,6 +117,31 @@ type Forward struct {
 	GuestPort uint16     // GuestPort is the TCP port in the guest.
 	GuestIP   netip.Addr // GuestIP is the guest's IPv4 address.
 	VMID      string     // VMID names the VM the forward belongs to.
+	// HostIP is the host address the forward answers on. The zero value
+	// means 127.0.0.1 only (the safe default); 0.0.0.0 means every address
+	// of the host, loopback included; any other IPv4 address of the host
+	// means that address only.
+	HostIP netip.Addr
+}
+
+// loopbackIP is where forwards answer unless published elsewhere.
+var loopbackIP = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+
+// hostIP returns f.HostIP, or 127.0.0.1 when it is unset.
+func (f Forward) hostIP() netip.Addr {
+	if !f.HostIP.IsValid() {
+		return loopbackIP
+	}
+	return f.HostIP
+}
+
+// hostTag is the host= part of f's rule tags: "" for all addresses (the
+// tag of forwards made before HostIP existed), else the address.
+func (f Forward) hostTag() string {
+	if h := f.hostIP(); !h.IsUnspecified() {
+		return h.String()
+	}
+	return ""
 }
 
 // FieldError reports an invalid field of a Lease or Forward. It wraps ErrInvalid.
@@ -179,6 +207,16 @@ func (f Forward) Validate() error {
 	}
 	if f.GuestPort == 0 {
 		return fieldErr("GuestPort", "0", "must be between 1 and 65535")
+	}
+	if h := f.HostIP; h.IsValid() {
+		switch {
+		case !h.Is4():
+			return fieldErr("HostIP", h.String(), "must be an IPv4 address (IPv4 guests cannot be reached through IPv6 NAT)")
+		case h.IsLoopback() && h != loopbackIP:
+			return fieldErr("HostIP", h.String(), "must be 127.0.0.1 when it is a loopback address")
+		case h.IsMulticast(), h == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return fieldErr("HostIP", h.String(), "must be 0.0.0.0, 127.0.0.1 or a unicast address of this host")
+		}
 	}
 	return validateGuestIP("GuestIP", f.GuestIP)
 }
