@@ -91,7 +91,9 @@ func policyRules(l Lease, p Policy) []ruleSpec {
 	t := func(kind string) tag { return tag{VM: l.VMID, Kind: kind, Sum: sum} }
 	drop, accept := []expr.Any{verdict(expr.VerdictDrop)}, []expr.Any{verdict(expr.VerdictAccept)}
 	var out []ruleSpec
-	r := func(kind string, parts ...[]expr.Any) { out = append(out, ruleSpec{chain: ch, tag: t(kind), exprs: cat(parts...)}) }
+	r := func(kind string, parts ...[]expr.Any) {
+		out = append(out, ruleSpec{chain: ch, tag: t(kind), exprs: cat(parts...)})
+	}
 	if p.EgressRate != 0 {
 		burst := min(p.EgressRate, 1<<32-1)
 		r(kindEgRate, []expr.Any{&expr.Limit{Type: expr.LimitTypePktBytes, Rate: p.EgressRate, Unit: expr.LimitTimeSecond, Burst: uint32(burst), Over: true}}, drop)
