@@ -30,6 +30,9 @@ const (
 	MaxSetElements = 4096
 	// MaxSetTimeout caps how long a resolved address stays in a set.
 	MaxSetTimeout = 24 * time.Hour
+
+	// rateBurst is the burst of an egress rate limit, in bytes.
+	rateBurst = 64 << 10
 )
 
 // Egress rule kinds, in chain order.
@@ -95,8 +98,9 @@ func policyRules(l Lease, p Policy) []ruleSpec {
 		out = append(out, ruleSpec{chain: ch, tag: t(kind), exprs: cat(parts...)})
 	}
 	if p.EgressRate != 0 {
-		burst := min(p.EgressRate, 1<<32-1)
-		r(kindEgRate, []expr.Any{&expr.Limit{Type: expr.LimitTypePktBytes, Rate: p.EgressRate, Unit: expr.LimitTimeSecond, Burst: uint32(burst), Over: true}}, drop)
+		// The bucket holds a second at the rate plus rateBurst, so that a
+		// 64 KiB GSO packet always fits.
+		r(kindEgRate, []expr.Any{&expr.Limit{Type: expr.LimitTypePktBytes, Rate: p.EgressRate, Unit: expr.LimitTimeSecond, Burst: rateBurst, Over: true}}, drop)
 	}
 	r(kindEgEstablished, ctStateReplies(), accept)
 	r(kindEgDenySet, lookup(denySetPrefix+l.VMID), drop)

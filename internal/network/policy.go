@@ -302,6 +302,9 @@ func ParseRate(s string) (uint64, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	t = strings.TrimSuffix(t, "/s")
 	i := strings.IndexFunc(t, func(r rune) bool { return !(r >= '0' && r <= '9' || r == '.') })
+	if i < 0 && t != "" {
+		return bad("has no unit; use bit, kbit, mbit, gbit, B, KB, MB, GB, KiB, MiB or GiB, such as 10mbit or 2MB/s")
+	}
 	if i <= 0 {
 		return bad("must be a number followed by a unit, such as 10mbit or 2MB/s")
 	}
