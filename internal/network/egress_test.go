@@ -481,4 +481,3 @@ func BenchmarkSetPolicy(b *testing.B) {
 		}
 	}
 }
-
