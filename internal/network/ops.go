@@ -319,13 +319,24 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	}
 
+	gone, err := cleanupRules(keep, kept)
+	if err != nil {
+		return removed, err
+	}
+	return append(removed, gone...), nil
+}
+
+// cleanupRules removes the rules, egress chains and sets of the VMs keep
+// refuses, or our tables entirely when no VM is kept (kept says whether a
+// link was), and describes what it removed.
+func cleanupRules(keep func(vmID string) bool, kept bool) ([]string, error) {
 	c, err := newConn()
 	if err != nil {
-		return removed, fmt.Errorf("network: cleanup: nftables: %w", err)
+		return nil, fmt.Errorf("network: cleanup: nftables: %w", err)
 	}
 	s, err := readState(c)
 	if err != nil {
-		return removed, err
+		return nil, err
 	}
 	decided := map[string]bool{} // vm id -> keep
 	vms := make([]string, 0, len(s.tags)+len(s.egress))
@@ -356,7 +367,7 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	} else {
 		if _, err := s.delWhere(c, func(t tag) bool { return t.VM != "" && !decided[t.VM] }); err != nil {
-			return removed, err
+			return nil, err
 		}
 		for vm := range s.egress {
 			if !decided[vm] {
@@ -370,11 +381,11 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	}
 	if len(gone) == 0 {
-		return removed, nil
+		return nil, nil
 	}
 	if err := flush(c, "cleanup"); err != nil {
-		return removed, err
+		return nil, err
 	}
 	slices.Sort(gone)
-	return append(removed, gone...), nil
+	return gone, nil
 }
