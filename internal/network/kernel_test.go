@@ -117,7 +117,7 @@ func TestSetupTeardown(t *testing.T) {
 		t.Errorf("Setup twice changed the rules:\nbefore %v\nafter  %v", before, after)
 	}
 
-	if err := AddForward(ctx, Forward{HostPort: 2222, GuestPort: 22, GuestIP: l.GuestIP, VMID: "vm-a"}); err != nil {
+	if err := AddForward(ctx, Forward{HostPort: 2222, GuestPort: 22, GuestIP: l.GuestIP, VMID: "vm-a", HostIP: netip.IPv4Unspecified()}); err != nil {
 		t.Fatalf("AddForward: %v", err)
 	}
 	if rs := nftRuleset(t); rs != "" {
@@ -213,7 +213,7 @@ func TestCleanup(t *testing.T) {
 	if n := countTags(tags, func(tg tag) bool { return tg.VM == "orphan" }); n != 0 {
 		t.Errorf("%d rules of the orphan left", n)
 	}
-	if n := countTags(tags, func(tg tag) bool { return tg.VM == "keep-me" }); n != len(vmRules(testLease))+len(forwardRules(testForward)) {
+	if n := countTags(tags, func(tg tag) bool { return tg.VM == "keep-me" }); n != len(vmRules(testLease))+len(forwardRules(Forward{HostPort: 3000, GuestPort: 22, VMID: "keep-me", GuestIP: testLease.GuestIP})) {
 		t.Errorf("%d rules of keep-me left, want all", n)
 	}
 
@@ -297,7 +297,7 @@ func TestForwardTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	listenIn(t, guest, "tcp4", ":22", "guest:")
-	f := Forward{HostPort: 2222, GuestPort: 22, GuestIP: l.GuestIP, VMID: "vm-t"}
+	f := Forward{HostPort: 2222, GuestPort: 22, GuestIP: l.GuestIP, VMID: "vm-t", HostIP: netip.IPv4Unspecified()}
 	if err := AddForward(ctx, f); err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +403,7 @@ func TestIsolation(t *testing.T) {
 	listenIn(t, g2, "tcp4", ":80", "g2:")
 	listenIn(t, nil, "tcp4", ":8081", "host:") // a host service
 	listenIn(t, nil, "tcp4", ":53", "dns:")    // the guests' resolver
-	if err := AddForward(ctx, Forward{HostPort: 2223, GuestPort: 80, GuestIP: netipAddr(172, 16, 0, 3), VMID: "vm-smol2"}); err != nil {
+	if err := AddForward(ctx, Forward{HostPort: 2223, GuestPort: 80, GuestIP: netipAddr(172, 16, 0, 3), VMID: "vm-smol2", HostIP: netip.IPv4Unspecified()}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -56,6 +56,12 @@ func ensureLink(l Lease) (created bool, err error) {
 	if err := writeSysctl(filepath.Join("/proc/sys/net/ipv4/conf", l.TAP, "route_localnet"), "1"); err != nil {
 		return created, err
 	}
+	// Strict reverse-path filtering: a packet from the guest whose source
+	// is not routed back through its TAP is dropped (the nftables
+	// anti-spoofing rules come first; this is the second layer).
+	if err := writeSysctl(filepath.Join("/proc/sys/net/ipv4/conf", l.TAP, "rp_filter"), "1"); err != nil {
+		return created, err
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return created, linkErr("bring up "+l.TAP, err)
 	}

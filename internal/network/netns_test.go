@@ -43,6 +43,10 @@ func newPeerNS(t *testing.T, hostIf, addr, gw string) *peerNS {
 	if err := netlink.LinkAdd(veth); err != nil {
 		t.Fatalf("add veth %s: %v", hostIf, err)
 	}
+	a, err := netlink.ParseAddr(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pl, err := netlink.LinkByName(peer)
 	if err != nil {
 		t.Fatal(err)
@@ -63,9 +67,13 @@ func newPeerNS(t *testing.T, hostIf, addr, gw string) *peerNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := netlink.ParseAddr(addr)
-	if err != nil {
-		t.Fatal(err)
+	if strings.HasPrefix(hostIf, TAPPrefix) {
+		// A stand-in guest has the MAC that lease() gives its address, so
+		// that the anti-spoofing rules let it through.
+		mac, _ := net.ParseMAC(fmt.Sprintf("AA:FC:00:00:00:%02X", a.IP.To4()[3]))
+		if err := h.LinkSetHardwareAddr(pl, mac); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, step := range []error{
 		h.LinkSetUp(lo),

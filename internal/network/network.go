@@ -19,11 +19,15 @@
 // All rules live in tables of our own, never anyone else's:
 //
 //	table ip smolvm {
+//		chain antispoof   { type filter hook prerouting priority raw; }   # per TAP: only the lease's MAC and IP get in
 //		chain prerouting  { type nat hook prerouting priority dstnat; }   # DNAT host port -> guest (other hosts)
 //		chain output      { type nat hook output priority -100; }         # DNAT host port -> guest (this host, incl. 127.0.0.1)
 //		chain postrouting { type nat hook postrouting priority srcnat; }  # masquerade guest egress; masquerade 127/8 towards guests
 //		chain input       { type filter hook input priority filter; }     # guests cannot reach host services
-//		chain forward     { type filter hook forward priority filter; }   # guests cannot reach each other; only forwards get in
+//		chain forward     { type filter hook forward priority filter; }   # guests cannot reach each other; only forwards get in; jump to egress-<vm>
+//		chain egress-<vm> { }                                             # the VM's egress policy (SetPolicy)
+//		set allow-<vm>    { type ipv4_addr; flags timeout; size 4096; }   # addresses of allowed domains (DNS forwarder)
+//		set deny-<vm>     { type ipv4_addr; flags timeout; size 4096; }   # addresses of denied domains (DNS forwarder)
 //	}
 //	table ip6 smolvm {
 //		chain input   { type filter hook input priority filter; }   # no IPv6 from guests to the host
@@ -49,6 +53,38 @@
 // forwarder may listen there). New connections into a guest are dropped
 // except the forwarded ports. IPv6 is disabled on every TAP and dropped by the
 // ip6 table, so link-local addresses are no way around these rules.
+//
+// # Anti-spoofing
+//
+// Before conntrack and NAT (prerouting, priority raw), a packet arriving on
+// a VM's TAP is dropped unless its Ethernet source is the lease's MAC and
+// its IPv4 source the lease's address, and a packet with the lease's
+// address as source arriving on any other interface is dropped. Strict
+// reverse-path filtering (rp_filter=1) on the TAP is a second layer. So a
+// guest's source address names it: the DNS forwarder relies on that. IPv6
+// from guests is dropped (above); ARP is not filtered, but a forged ARP
+// only touches the neighbour entries of the guest's own TAP, since every
+// guest is reached through a /32 route on its own TAP.
+//
+// # Egress policy
+//
+// Traffic from a guest leaving through a non-guest interface jumps to the
+// VM's chain egress-<vm>, which Policy describes (see its comment for the
+// order of the rules). Setup gives a new VM DefaultPolicy and keeps the
+// policy of a VM set up again; SetPolicy replaces it in one transaction and
+// then removes the conntrack entries of the guest's connections, so those
+// the new policy refuses stop at their next packet. Domain rules work
+// through the DNS forwarder (package dnsfwd), which adds the addresses
+// its answers carry to allow-<vm> or deny-<vm> with the records' TTL;
+// with domain rules the guest cannot use other resolvers (ports 53 and 853
+// elsewhere are dropped). The guest reaches the host (DNS and ping to its
+// gateway only) and other guests (never) whatever its policy says: those
+// rules come first.
+//
+// # Forwards
+//
+// A forward answers on 127.0.0.1 only unless its HostIP names another
+// address of the host (that one only) or 0.0.0.0 (every address).
 //
 // # Host-wide effects
 //
@@ -92,6 +128,9 @@ var (
 	// ErrPortInUse means a host port is already bound on this host or
 	// forwarded to another VM.
 	ErrPortInUse = errors.New("network: host port in use")
+	// ErrNotSetUp means the VM has no network here: Setup has not run, or
+	// Teardown has.
+	ErrNotSetUp = errors.New("network: vm network not set up")
 )
 
 // TAPPrefix is the name prefix every guest interface must have: the
@@ -114,6 +153,31 @@ type Forward struct {
 	GuestPort uint16     // GuestPort is the TCP port in the guest.
 	GuestIP   netip.Addr // GuestIP is the guest's IPv4 address.
 	VMID      string     // VMID names the VM the forward belongs to.
+	// HostIP is the host address the forward answers on. The zero value
+	// means 127.0.0.1 only (the safe default); 0.0.0.0 means every address
+	// of the host, loopback included; any other IPv4 address of the host
+	// means that address only.
+	HostIP netip.Addr
+}
+
+// loopbackIP is where forwards answer unless published elsewhere.
+var loopbackIP = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+
+// hostIP returns f.HostIP, or 127.0.0.1 when it is unset.
+func (f Forward) hostIP() netip.Addr {
+	if !f.HostIP.IsValid() {
+		return loopbackIP
+	}
+	return f.HostIP
+}
+
+// hostTag is the host= part of f's rule tags: "" for all addresses (the
+// tag of forwards made before HostIP existed), else the address.
+func (f Forward) hostTag() string {
+	if h := f.hostIP(); !h.IsUnspecified() {
+		return h.String()
+	}
+	return ""
 }
 
 // FieldError reports an invalid field of a Lease or Forward. It wraps ErrInvalid.
@@ -179,6 +243,16 @@ func (f Forward) Validate() error {
 	}
 	if f.GuestPort == 0 {
 		return fieldErr("GuestPort", "0", "must be between 1 and 65535")
+	}
+	if h := f.HostIP; h.IsValid() {
+		switch {
+		case !h.Is4():
+			return fieldErr("HostIP", h.String(), "must be an IPv4 address (IPv4 guests cannot be reached through IPv6 NAT)")
+		case h.IsLoopback() && h != loopbackIP:
+			return fieldErr("HostIP", h.String(), "must be 127.0.0.1 when it is a loopback address")
+		case h.IsMulticast(), h == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return fieldErr("HostIP", h.String(), "must be 0.0.0.0, 127.0.0.1 or a unicast address of this host")
+		}
 	}
 	return validateGuestIP("GuestIP", f.GuestIP)
 }

@@ -46,6 +46,7 @@ type state struct {
 	chains map[*nftables.Chain]bool             // chains of ours that exist
 	rules  map[*nftables.Chain][]*nftables.Rule // rules of our existing chains, in order
 	tags   map[*nftables.Rule]tag               // tags of the rules in rules
+	egress map[string]bool                      // ids of the VMs with an egress chain
 }
 
 // readState lists our tables, chains and rules. An existing chain of ours
@@ -56,6 +57,7 @@ func readState(c *nftables.Conn) (*state, error) {
 		chains: map[*nftables.Chain]bool{},
 		rules:  map[*nftables.Chain][]*nftables.Rule{},
 		tags:   map[*nftables.Rule]tag{},
+		egress: map[string]bool{},
 	}
 	ts, err := c.ListTables()
 	if err != nil {
@@ -75,6 +77,7 @@ func readState(c *nftables.Conn) (*state, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network: list nftables chains: %w", err)
 	}
+	s.egress = egressVMs(cs)
 	for _, have := range cs {
 		for _, want := range chains {
 			if have.Table.Name != want.Table.Name || have.Table.Family != want.Table.Family || have.Name != want.Name {

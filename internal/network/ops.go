@@ -68,6 +68,12 @@ func Setup(ctx context.Context, l Lease) (retErr error) {
 	if _, err := s.delWhere(c, func(t tag) bool { return t.VM == l.VMID && t.Port == 0 }); err != nil {
 		return err
 	}
+	if !s.egress[l.VMID] {
+		// A new VM gets the default policy; a VM set up again keeps its own.
+		if err := addEgress(c, l, DefaultPolicy()); err != nil {
+			return err
+		}
+	}
 	add(c, vmRules(l))
 	return flush(c, "setup "+l.VMID)
 }
@@ -88,13 +94,37 @@ func Teardown(ctx context.Context, l Lease) error {
 	}
 	unlock := lock()
 	defer unlock()
-	if err := deleteRules(func(t tag) bool { return t.VM == l.VMID }, "teardown "+l.VMID); err != nil {
+	if err := deleteVM(l.VMID); err != nil {
 		return err
 	}
 	if l.TAP != "" {
 		return deleteLink(l.TAP)
 	}
 	return nil
+}
+
+// deleteVM deletes, in one batch, every rule tagged with vm and its egress
+// chain and sets.
+func deleteVM(vm string) error {
+	op := "teardown " + vm
+	c, err := newConn()
+	if err != nil {
+		return fmt.Errorf("network: %s: nftables: %w", op, err)
+	}
+	s, err := readState(c)
+	if err != nil {
+		return err
+	}
+	deleted, err := s.delWhere(c, func(t tag) bool { return t.VM == vm })
+	if err != nil {
+		return err
+	}
+	if s.egress[vm] {
+		delEgress(c, vm)
+	} else if len(deleted) == 0 {
+		return nil
+	}
+	return flush(c, op)
 }
 
 // deleteRules deletes, in one batch, every rule of ours whose tag matches.
@@ -154,7 +184,7 @@ func AddForward(ctx context.Context, f Forward) error {
 			return fmt.Errorf("network: host port %d is already forwarded to vm %s: %w", f.HostPort, t.VM, ErrPortInUse)
 		}
 		mine = append(mine, r)
-		if dst, ok := dnatTarget(r); ok && dst != netip.AddrPortFrom(f.GuestIP, f.GuestPort) {
+		if dst, ok := dnatTarget(r); ok && dst != netip.AddrPortFrom(f.GuestIP, f.GuestPort) || t.Host != f.hostTag() {
 			same = false
 		}
 	}
@@ -165,6 +195,9 @@ func AddForward(ctx context.Context, f Forward) error {
 		if err := checkPortFree(f.HostPort); err != nil {
 			return err
 		}
+	}
+	if err := checkHostIP(f); err != nil {
+		return err
 	}
 	s.ensureChains(c)
 	if err := s.ensureShared(c); err != nil {
@@ -204,6 +237,27 @@ func RemoveForward(ctx context.Context, f Forward) error {
 	defer unlock()
 	return deleteRules(func(t tag) bool { return t.VM == f.VMID && t.Port == f.HostPort },
 		fmt.Sprintf("remove forward of host port %d from vm %s", f.HostPort, f.VMID))
+}
+
+// checkHostIP reports, as a *FieldError, whether f.HostIP is a specific
+// address that this host does not have.
+func checkHostIP(f Forward) error {
+	h := f.hostIP()
+	if h.IsUnspecified() || h.IsLoopback() {
+		return nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return fmt.Errorf("network: list host addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == h {
+				return nil
+			}
+		}
+	}
+	return fieldErr("HostIP", h.String(), "is not an address of this host (use 0.0.0.0 for all addresses, or leave it unset for 127.0.0.1)")
 }
 
 // checkPortFree reports, wrapping ErrPortInUse, whether something on this
@@ -265,23 +319,41 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	}
 
-	c, err := newConn()
-	if err != nil {
-		return removed, fmt.Errorf("network: cleanup: nftables: %w", err)
-	}
-	s, err := readState(c)
+	gone, err := cleanupRules(keep, kept)
 	if err != nil {
 		return removed, err
 	}
+	return append(removed, gone...), nil
+}
+
+// cleanupRules removes the rules, egress chains and sets of the VMs keep
+// refuses, or our tables entirely when no VM is kept (kept says whether a
+// link was), and describes what it removed.
+func cleanupRules(keep func(vmID string) bool, kept bool) ([]string, error) {
+	c, err := newConn()
+	if err != nil {
+		return nil, fmt.Errorf("network: cleanup: nftables: %w", err)
+	}
+	s, err := readState(c)
+	if err != nil {
+		return nil, err
+	}
 	decided := map[string]bool{} // vm id -> keep
+	vms := make([]string, 0, len(s.tags)+len(s.egress))
 	for _, t := range s.tags {
-		if t.VM == "" {
+		vms = append(vms, t.VM)
+	}
+	for vm := range s.egress {
+		vms = append(vms, vm)
+	}
+	for _, vm := range vms {
+		if vm == "" {
 			continue
 		}
-		if _, ok := decided[t.VM]; !ok {
-			decided[t.VM] = keep(t.VM)
+		if _, ok := decided[vm]; !ok {
+			decided[vm] = keep(vm)
 		}
-		if decided[t.VM] {
+		if decided[vm] {
 			kept = true
 		}
 	}
@@ -293,8 +365,15 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 				gone = append(gone, fmt.Sprintf("table %s %s", familyName(t.Family), TableName))
 			}
 		}
-	} else if _, err := s.delWhere(c, func(t tag) bool { return t.VM != "" && !decided[t.VM] }); err != nil {
-		return removed, err
+	} else {
+		if _, err := s.delWhere(c, func(t tag) bool { return t.VM != "" && !decided[t.VM] }); err != nil {
+			return nil, err
+		}
+		for vm := range s.egress {
+			if !decided[vm] {
+				delEgress(c, vm)
+			}
+		}
 	}
 	for vm, k := range decided {
 		if !k {
@@ -302,13 +381,13 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	}
 	if len(gone) == 0 {
-		return removed, nil
+		return nil, nil
 	}
 	if err := flush(c, "cleanup"); err != nil {
-		return removed, err
+		return nil, err
 	}
 	slices.Sort(gone)
-	return append(removed, gone...), nil
+	return gone, nil
 }
 
 // OrphanLinks lists the TAPs named like ours whose VM keep does not keep:

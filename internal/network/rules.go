@@ -2,6 +2,7 @@ package network
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -22,6 +23,7 @@ const (
 	chainPostrouting = "postrouting"
 	chainInput       = "input"
 	chainForward     = "forward"
+	chainAntispoof   = "antispoof"
 )
 
 var (
@@ -31,6 +33,7 @@ var (
 
 // chains lists every base chain we own, in creation order.
 var chains = []*nftables.Chain{
+	{Table: table4, Name: chainAntispoof, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw},
 	{Table: table4, Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
 	{Table: table4, Name: chainOutput, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
 	{Table: table4, Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
@@ -69,6 +72,10 @@ const (
 	kindInDNSTCP  = "in-dns-tcp" // ip input: tcp 53 to the gateway
 	kindMasqOut   = "masq-out"   // ip postrouting: guest -> non-guest interface: masquerade
 	kindMasqLocal = "masq-local" // ip postrouting: 127/8 -> guest: masquerade
+	kindSpoofMAC  = "spoof-mac"  // ip antispoof: from the TAP with another source MAC: drop
+	kindSpoofIP   = "spoof-ip"   // ip antispoof: from the TAP with another source IP: drop
+	kindSpoofIn   = "spoof-in"   // ip antispoof: the guest's IP from any other interface: drop
+	kindEgress    = "egress"     // ip forward: from the TAP to a non-guest interface: jump to the VM's egress chain
 
 	// Per-forward rules, made by AddForward; tagged with port=<host port>.
 	kindDNATPre  = "dnat-pre"    // ip prerouting
@@ -83,6 +90,8 @@ type tag struct {
 	VM   string
 	Kind string
 	Port uint16
+	Host string // forwards: the host address they answer on; "" means all
+	Sum  string // egress: a digest of the policy's domain lists
 }
 
 // String renders t as the rule comment, e.g. "smolvm vm=abc kind=dnat-pre port=2222".
@@ -95,6 +104,12 @@ func (t tag) String() string {
 	b.WriteString(" kind=" + t.Kind)
 	if t.Port != 0 {
 		b.WriteString(" port=" + strconv.Itoa(int(t.Port)))
+	}
+	if t.Host != "" {
+		b.WriteString(" host=" + t.Host)
+	}
+	if t.Sum != "" {
+		b.WriteString(" sum=" + t.Sum)
 	}
 	return b.String()
 }
@@ -126,6 +141,10 @@ func parseTag(ud []byte) (t tag, ok bool) {
 				return tag{}, false
 			}
 			t.Port = uint16(p)
+		case "host":
+			t.Host = v
+		case "sum":
+			t.Sum = v
 		}
 	}
 	return t, t.Kind != ""
@@ -184,7 +203,10 @@ func dport(port uint16) []expr.Any {
 }
 
 // ip4addr matches the IPv4 source (src=true) or destination address.
-func ip4addr(src bool, a netip.Addr) []expr.Any {
+func ip4addr(src bool, a netip.Addr) []expr.Any { return ip4addrOp(src, expr.CmpOpEq, a) }
+
+// ip4addrOp compares the IPv4 source (src=true) or destination address with a.
+func ip4addrOp(src bool, op expr.CmpOp, a netip.Addr) []expr.Any {
 	off := uint32(16)
 	if src {
 		off = 12
@@ -192,7 +214,7 @@ func ip4addr(src bool, a netip.Addr) []expr.Any {
 	b := a.As4()
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b[:]},
+		&expr.Cmp{Op: op, Register: 1, Data: b[:]},
 	}
 }
 
@@ -296,6 +318,8 @@ func vmRules(l Lease) []ruleSpec {
 	in4, post := chainOf(table4, chainInput), chainOf(table4, chainPostrouting)
 	t := func(kind string) tag { return tag{VM: l.VMID, Kind: kind} }
 	toGateway := cat(ifname(true, expr.CmpOpEq, l.TAP), ip4addr(false, l.Gateway))
+	spoof := chainOf(table4, chainAntispoof)
+	mac, _ := net.ParseMAC(l.MAC) // valid: checked by Validate
 	return []ruleSpec{
 		// Exception: ping the gateway.
 		{chain: in4, insert: true, tag: t(kindInICMP), exprs: cat(toGateway, l4proto(unix.IPPROTO_ICMP), []expr.Any{
@@ -310,6 +334,22 @@ func vmRules(l Lease) []ruleSpec {
 		{chain: post, tag: t(kindMasqOut), exprs: masqOutExprs(l)},
 		// Connections to 127.0.0.1:PORT, DNATed to the guest, leave with the gateway as source.
 		{chain: post, tag: t(kindMasqLocal), exprs: cat(ifname(false, expr.CmpOpEq, l.TAP), ip4prefix(true, loopback4), []expr.Any{&expr.Masq{}})},
+		// Anti-spoofing, before conntrack: only the lease's MAC and IP
+		// come in through the TAP, and the lease's IP through nothing else.
+		{chain: spoof, tag: t(kindSpoofMAC), exprs: cat(ifname(true, expr.CmpOpEq, l.TAP), etherSaddr(expr.CmpOpNeq, mac), []expr.Any{verdict(expr.VerdictDrop)})},
+		{chain: spoof, tag: t(kindSpoofIP), exprs: cat(ifname(true, expr.CmpOpEq, l.TAP), ip4addrOp(true, expr.CmpOpNeq, l.GuestIP), []expr.Any{verdict(expr.VerdictDrop)})},
+		{chain: spoof, tag: t(kindSpoofIn), exprs: cat(ifname(true, expr.CmpOpNeq, l.TAP), ip4addr(true, l.GuestIP), []expr.Any{verdict(expr.VerdictDrop)})},
+		// The egress policy, for everything leaving through a non-guest interface.
+		{chain: chainOf(table4, chainForward), insert: true, tag: t(kindEgress), exprs: cat(ifname(true, expr.CmpOpEq, l.TAP), ifname(false, expr.CmpOpNeq, TAPPrefix+"*"),
+			[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: egressChainName(l.VMID)}})},
+	}
+}
+
+// etherSaddr matches the Ethernet source address of the packet.
+func etherSaddr(op expr.CmpOp, mac net.HardwareAddr) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+		&expr.Cmp{Op: op, Register: 1, Data: []byte(mac)},
 	}
 }
 
@@ -319,23 +359,35 @@ func masqOutExprs(l Lease) []expr.Any {
 
 // forwardRules are the rules AddForward makes for one forward.
 func forwardRules(f Forward) []ruleSpec {
-	t := func(kind string) tag { return tag{VM: f.VMID, Kind: kind, Port: f.HostPort} }
+	host := f.hostIP()
+	t := func(kind string) tag { return tag{VM: f.VMID, Kind: kind, Port: f.HostPort, Host: f.hostTag()} }
 	tcp := l4proto(unix.IPPROTO_TCP)
 	guestsPrefix := TAPPrefix + "*"
-	return []ruleSpec{
+	// The destinations the forward answers on: every local address, or one.
+	dst := fibDaddrLocal()
+	if !host.IsUnspecified() {
+		dst = ip4addr(false, host)
+	}
+	var out []ruleSpec
+	if !host.IsLoopback() {
 		// From other hosts (and from namespaces routed through this one);
 		// never from guests, which must not reach each other this way.
-		{chain: chainOf(table4, chainPrerouting), tag: t(kindDNATPre), exprs: cat(ifname(true, expr.CmpOpNeq, guestsPrefix), fibDaddrLocal(), tcp, dport(f.HostPort), dnatTo(f.GuestIP, f.GuestPort))},
-		// From this host: 127.0.0.1 or any other local address.
-		{chain: chainOf(table4, chainOutput), tag: t(kindDNATOut), exprs: cat(fibDaddrLocal(), tcp, dport(f.HostPort), dnatTo(f.GuestIP, f.GuestPort))},
+		out = append(out, ruleSpec{chain: chainOf(table4, chainPrerouting), tag: t(kindDNATPre), exprs: cat(ifname(true, expr.CmpOpNeq, guestsPrefix), dst, tcp, dport(f.HostPort), dnatTo(f.GuestIP, f.GuestPort))})
+	}
+	out = append(out,
+		// From this host: 127.0.0.1 or another local address.
+		ruleSpec{chain: chainOf(table4, chainOutput), tag: t(kindDNATOut), exprs: cat(dst, tcp, dport(f.HostPort), dnatTo(f.GuestIP, f.GuestPort))},
 		// Let the DNATed connection through the forward chain's drop.
-		{chain: chainOf(table4, chainForward), insert: true, tag: t(kindFwdDNAT), exprs: cat(ifname(true, expr.CmpOpNeq, guestsPrefix), ip4addr(false, f.GuestIP), tcp, dport(f.GuestPort), ctStatusDNAT(), []expr.Any{verdict(expr.VerdictAccept)})},
+		ruleSpec{chain: chainOf(table4, chainForward), insert: true, tag: t(kindFwdDNAT), exprs: cat(ifname(true, expr.CmpOpNeq, guestsPrefix), ip4addr(false, f.GuestIP), tcp, dport(f.GuestPort), ctStatusDNAT(), []expr.Any{verdict(expr.VerdictAccept)})},
+	)
+	if host.IsLoopback() || host.IsUnspecified() {
 		// [::1]:port cannot be DNATed to IPv4: reset, so clients fall back to 127.0.0.1.
-		{chain: chainOf(table6, chainOutput), tag: t(kindV6Reject), exprs: cat([]expr.Any{
+		out = append(out, ruleSpec{chain: chainOf(table6, chainOutput), tag: t(kindV6Reject), exprs: cat([]expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: netip.IPv6Loopback().AsSlice()},
-		}, tcp, dport(f.HostPort), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})},
+		}, tcp, dport(f.HostPort), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})})
 	}
+	return out
 }
 
 // dnatTarget returns the guest address and port of a DNAT rule, if r is one.

@@ -25,7 +25,7 @@ var (
 		VMID: "vm-a", TAP: "smol0", MAC: "AA:FC:00:00:00:01",
 		GuestIP: netip.MustParseAddr("172.16.0.2"), Gateway: netip.MustParseAddr("172.16.0.1"), PrefixLen: 24,
 	}
-	testForward = Forward{HostPort: 2222, GuestPort: 22, GuestIP: netip.MustParseAddr("172.16.0.2"), VMID: "vm-a"}
+	testForward = Forward{HostPort: 2222, GuestPort: 22, GuestIP: netip.MustParseAddr("172.16.0.2"), VMID: "vm-a", HostIP: netip.IPv4Unspecified()}
 )
 
 // capture sends specs through a test netlink dial and returns the NEWRULE
