@@ -215,7 +215,7 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("%s left after stop", s)
 		}
 	}
-	if _, err := vm.Run(ctx, "true"); !errors.Is(err, ErrCommandUnavailable) {
+	if _, err := vm.Run(ctx, "true"); !errors.Is(err, ErrState) || errors.Is(err, ErrCommandUnavailable) {
 		t.Fatalf("run on a stopped VM: %v", err)
 	}
 	if err := vm.Start(ctx); err != nil {
@@ -339,7 +339,7 @@ func TestVMMKilledExternally(t *testing.T) {
 	if len(list) != 0 {
 		t.Fatalf("still listed as running: %+v", list)
 	}
-	if _, err := vm.Run(ctx, "true"); !errors.Is(err, ErrCommandUnavailable) {
+	if _, err := vm.Run(ctx, "true"); !errors.Is(err, ErrState) || errors.Is(err, ErrCommandUnavailable) {
 		t.Fatalf("run on a dead VM: %v", err)
 	}
 	if err := vm.Delete(ctx); err != nil {
