@@ -91,7 +91,6 @@ type createOp struct {
 // createSteps make a VM exist, in order; each undo removes what its step made.
 var createSteps = []step[*createOp]{
 	{name: "lock", do: func(ctx context.Context, s *createOp) error { return s.lock(ctx) }, undo: func(_ context.Context, c *createOp) {
-		os.Remove(c.h.lockPath(c.cfg.VMID)) // while held: lockers check they hold the live file
 		c.unlock()
 	}},
 	{name: "check-id", do: func(ctx context.Context, c *createOp) error {
@@ -99,6 +98,10 @@ var createSteps = []step[*createOp]{
 			return fmt.Errorf("%w: %w", errIDTaken, ErrAlreadyExists)
 		}
 		return nil
+	}, undo: func(_ context.Context, c *createOp) {
+		// The id is ours: its lock file goes, while still held (lockers
+		// check they hold the live file).
+		os.Remove(c.h.lockPath(c.cfg.VMID))
 	}},
 	{name: "host-network", do: func(ctx context.Context, c *createOp) error {
 		if c.cfg.NoNetwork {
