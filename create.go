@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 
 	"github.com/smolvm-go/smolvm/internal/image"
@@ -81,16 +82,22 @@ func (h *Host) New(ctx context.Context, cfg VMConfig, opts ...Option) (*VM, erro
 
 // createOp is the state of one Create as its steps run.
 type createOp struct {
-	h      *Host
-	cfg    VMConfig
-	o      callOptions
-	unlock func()
-	boot   boot
+	h       *Host
+	cfg     VMConfig
+	o       callOptions
+	unlock  func()
+	newLock bool // the lock file did not exist before this create
+	boot    boot
 }
 
 // createSteps make a VM exist, in order; each undo removes what its step made.
 var createSteps = []step[*createOp]{
 	{name: "lock", do: func(ctx context.Context, s *createOp) error { return s.lock(ctx) }, undo: func(_ context.Context, c *createOp) {
+		if c.newLock {
+			// Made by this create: it goes, while still held (lockers
+			// check they hold the live file). A taken id keeps its own.
+			os.Remove(c.h.lockPath(c.cfg.VMID))
+		}
 		c.unlock()
 	}},
 	{name: "check-id", do: func(ctx context.Context, c *createOp) error {
@@ -98,10 +105,6 @@ var createSteps = []step[*createOp]{
 			return fmt.Errorf("%w: %w", errIDTaken, ErrAlreadyExists)
 		}
 		return nil
-	}, undo: func(_ context.Context, c *createOp) {
-		// The id is ours: its lock file goes, while still held (lockers
-		// check they hold the live file).
-		os.Remove(c.h.lockPath(c.cfg.VMID))
 	}},
 	{name: "host-network", do: func(ctx context.Context, c *createOp) error {
 		if c.cfg.NoNetwork {
@@ -141,6 +144,8 @@ var createSteps = []step[*createOp]{
 func (c *createOp) lock(ctx context.Context) (err error) {
 	// Held for the whole creation, undo included, so Cleanup can tell an
 	// interrupted create (lock free) from one in progress.
+	_, statErr := os.Stat(c.h.lockPath(c.cfg.VMID))
+	c.newLock = errors.Is(statErr, fs.ErrNotExist)
 	c.unlock, err = c.h.lockVM(ctx, c.cfg.VMID)
 	return err
 }
