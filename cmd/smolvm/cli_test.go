@@ -105,8 +105,8 @@ func TestCLIListInfoDelete(t *testing.T) {
 	if inf["vm_id"] != "beta" || net["guest_ip"] != "172.16.0.3" || net["guest_mac"] != "AA:FC:00:00:00:02" || inf["config"].(map[string]any)["mem_size_mib"] != 512.0 {
 		t.Fatalf("info json: %s", r.stdout)
 	}
-	// Unknown ids: clear message, exit 1; bad ids: the rule; bad flags and arity: exit 2.
-	if r := cli(t, dir, "info", "nope"); r.code != 1 || !strings.Contains(r.stderr, "nope") || !strings.Contains(r.stderr, "no such VM") {
+	// Unknown ids: clear message, exit 3; bad ids: the rule; bad flags and arity: exit 2.
+	if r := cli(t, dir, "info", "nope"); r.code != 3 || !strings.Contains(r.stderr, "nope") || !strings.Contains(r.stderr, "no such VM") {
 		t.Fatalf("unknown id: %+v", r)
 	}
 	if r := cli(t, dir, "info", "NOPE"); r.code != 2 || !strings.Contains(r.stderr, "vm_id") {

@@ -80,7 +80,7 @@ func TestCLIVMLifecycle(t *testing.T) {
 	if fi, _ := os.Stat(back); fi == nil || fi.Mode().Perm() != 0o755 {
 		t.Fatalf("mode not kept: %v", fi)
 	}
-	if r := cli(t, dir, "file", "download", "c1", "/nope", back); r.code != 1 || !strings.Contains(r.stderr, "no such file") {
+	if r := cli(t, dir, "file", "download", "c1", "/nope", back); r.code != 3 || !strings.Contains(r.stderr, "no such file") {
 		t.Fatalf("download missing: %+v", r)
 	}
 	// Env vars.
