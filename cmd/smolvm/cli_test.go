@@ -123,7 +123,7 @@ func TestCLIListInfoDelete(t *testing.T) {
 	}
 	// Delete several; one unknown id fails the command but the others go.
 	r = cli(t, dir, "delete", "alpha", "ghost")
-	if r.code != 1 || !strings.Contains(r.stdout, "deleted alpha") || !strings.Contains(r.stderr, "ghost") {
+	if r.code != 3 || !strings.Contains(r.stdout, "deleted alpha") || !strings.Contains(r.stderr, "ghost") {
 		t.Fatalf("delete: %+v", r)
 	}
 	r = cli(t, dir, "list", "--json")
