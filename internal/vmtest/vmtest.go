@@ -36,25 +36,48 @@ const (
 // tests then call Require, which skips them unless in a namespace.
 func Main(m *testing.M) { MainWith(m, image.NameMinimal) }
 
-// MainWith is Main for a package that needs the named images built.
+// hostDirEnv is smolvm.HostDirEnv: the host-wide state (lease claims)
+// shared by every data directory.
+const hostDirEnv = "SMOLVM_HOST_DIR"
+
+// MainWith is Main for a package that needs the named images built. The
+// test binary, the namespace it re-runs in and the smolvm processes its
+// tests start share a private host-wide directory (lease claims), removed
+// at the end, so tests never write into the real host's.
 func MainWith(m *testing.M, images ...string) {
+	if os.Getenv(hostDirEnv) == "" {
+		d, err := os.MkdirTemp("", "smolvm-test-host-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vmtest:", err)
+			os.Exit(1)
+		}
+		os.Setenv(hostDirEnv, d)
+		code := runMain(m, images)
+		os.RemoveAll(d)
+		os.Exit(code)
+	}
+	os.Exit(runMain(m, images))
+}
+
+// runMain is MainWith without the host directory: it returns the exit code.
+func runMain(m *testing.M, images []string) int {
 	if os.Getenv(envInNetns) != "" || os.Geteuid() != 0 {
-		os.Exit(m.Run())
+		return m.Run()
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		fmt.Fprintln(os.Stderr, "vmtest: ip (iproute2) not found; running without a namespace, VM tests will skip")
-		os.Exit(m.Run())
+		return m.Run()
 	}
 	// Build what the tests need while the network is still reachable: the
 	// namespace has none.
 	if err := prepare(images); err != nil {
 		fmt.Fprintln(os.Stderr, "vmtest:", err)
-		os.Exit(1)
+		return 1
 	}
 	name := fmt.Sprintf("smolvm-test-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "vmtest: ip netns add: %v: %s\n", err, out)
-		os.Exit(1)
+		return 1
 	}
 	exec.Command("ip", "-n", name, "link", "set", "lo", "up").Run()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", name, os.Args[0]}, os.Args[1:]...)...)
@@ -75,7 +98,7 @@ func MainWith(m *testing.M, images ...string) {
 	if d := os.Getenv(binDirEnv); d != "" {
 		os.RemoveAll(d)
 	}
-	os.Exit(code)
+	return code
 }
 
 // prepare builds the binaries and the images in the shared cache.
