@@ -92,7 +92,7 @@ type createOp struct {
 
 // createSteps make a VM exist, in order; each undo removes what its step made.
 var createSteps = []step[*createOp]{
-	{name: "lock", do: func(ctx context.Context, s *createOp) error { return s.lock(ctx) }, undo: func(_ context.Context, c *createOp) {
+	{name: "lock", do: func(ctx context.Context, s *createOp) error { return s.lock(ctx) }, undo: func(_ context.Context, c *createOp, _ error) {
 		if c.newLock {
 			// Made by this create: it goes, while still held (lockers
 			// check they hold the live file). A taken id keeps its own.
@@ -106,7 +106,7 @@ var createSteps = []step[*createOp]{
 		}
 		return nil
 	}},
-	{name: "host-network", do: func(ctx context.Context, c *createOp) error {
+	{name: "host-network", kind: ErrNetwork, do: func(ctx context.Context, c *createOp) error {
 		if c.cfg.NoNetwork {
 			return nil
 		}
@@ -115,7 +115,7 @@ var createSteps = []step[*createOp]{
 		}
 		return nil
 	}},
-	{name: "boot-files", do: func(ctx context.Context, c *createOp) (err error) {
+	{name: "boot-files", kind: ErrImage, do: func(ctx context.Context, c *createOp) (err error) {
 		c.boot, err = c.h.resolveBoot(ctx, &c.cfg, c.o)
 		return err
 	}},
@@ -123,13 +123,13 @@ var createSteps = []step[*createOp]{
 		_, err := c.h.chooseBackend(ctx, c.cfg, c.boot)
 		return err
 	}},
-	{name: "record", do: func(ctx context.Context, s *createOp) error { return s.record(ctx) }, undo: func(ctx context.Context, c *createOp) {
+	{name: "record", do: func(ctx context.Context, s *createOp) error { return s.record(ctx) }, undo: func(ctx context.Context, c *createOp, _ error) {
 		c.h.st.DeleteVM(ctx, c.cfg.VMID)
 	}},
 	{name: "dir", do: func(ctx context.Context, c *createOp) error {
 		return os.MkdirAll(c.h.vmDir(c.cfg.VMID), 0o700)
-	}, undo: func(ctx context.Context, c *createOp) { c.h.removeFiles(c.cfg.VMID) }},
-	{name: "disk", do: func(ctx context.Context, c *createOp) error {
+	}, undo: func(ctx context.Context, c *createOp, _ error) { c.h.removeFiles(c.cfg.VMID) }},
+	{name: "disk", kind: ErrImage, do: func(ctx context.Context, c *createOp) error {
 		if c.cfg.DiskMode != DiskIsolated {
 			return nil
 		}

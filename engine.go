@@ -3,7 +3,6 @@ package smolvm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -13,20 +12,23 @@ import (
 // in reverse, so a failed operation leaves nothing behind.
 type step[T any] struct {
 	name string
+	// kind is the error kind of a failure of this step that carries none
+	// of its own; nil means the table's.
+	kind error
 	do   func(ctx context.Context, s T) error
-	undo func(ctx context.Context, s T)
+	// undo gets the operation's error, so the record can say why it failed.
+	undo func(ctx context.Context, s T, cause error)
 }
 
 // errInjected is what a step failed by HostOptions.failAt returns.
 var errInjected = errors.New("injected failure")
 
 // runSteps runs steps in order on state s. The error of a failed step is
-// "<step name>: <cause>", tagged with the cause's kind (or def). Undo runs on
-// a context the caller's cancellation cannot cut short, with its own
-// deadline.
+// "<step name>: <cause>" with one kind: the cause's, else the step's, else
+// def. Undo runs on a context the caller's cancellation cannot cut short,
+// with its own deadline.
 func runSteps[T any](ctx context.Context, h *Host, steps []step[T], s T, def error) error {
-	var done []step[T]
-	for _, st := range steps {
+	for i, st := range steps {
 		err := ctx.Err()
 		if err == nil && h.opts.failAt == st.name {
 			err = errInjected
@@ -34,34 +36,24 @@ func runSteps[T any](ctx context.Context, h *Host, steps []step[T], s T, def err
 		if err == nil {
 			err = st.do(ctx, s)
 		}
-		if err != nil {
-			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			for i := len(done) - 1; i >= 0; i-- {
-				if done[i].undo != nil {
-					done[i].undo(uctx, s)
-				}
-			}
-			cancel()
-			return &stepError{step: st.name, kind: kindOf(err, def), err: err}
+		if err == nil {
+			continue
 		}
-		done = append(done, st)
+		if st.kind != nil {
+			def = st.kind
+		}
+		failed := &opError{op: st.name, kind: kindOf(err, def), err: err}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for j := i - 1; j >= 0; j-- {
+			if steps[j].undo != nil {
+				steps[j].undo(uctx, s, failed)
+			}
+		}
+		return failed
 	}
 	return nil
 }
-
-// stepError names the failed step; it carries the step's kind so wrapErr
-// keeps it.
-type stepError struct {
-	step string
-	kind error
-	err  error
-}
-
-func (e *stepError) Error() string { return fmt.Sprintf("%s: %v", e.step, e.err) }
-
-func (e *stepError) Is(target error) bool { return target == e.kind }
-
-func (e *stepError) Unwrap() error { return maskKinds{e.err} }
 
 // stepNames lists the names of a step table, in order.
 func stepNames[T any](steps []step[T]) []string {

@@ -119,7 +119,7 @@ func (vm *VM) client(ctx context.Context) (*agent.Client, error) {
 	defer cancel()
 	c, err := vm.connectAgent(cctx, inst, be)
 	if err != nil {
-		return nil, wrapErr("connect", vm.id, ErrCommandUnavailable, err)
+		return nil, fmt.Errorf("connect to the agent: %w: %w", err, ErrCommandUnavailable)
 	}
 	return c, nil
 }

@@ -27,7 +27,7 @@ func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) erro
 		return err
 	}
 	if err := network.Setup(ctx, netLease(id, p)); err != nil {
-		return fmt.Errorf("set up %s: %w: %w", p.TAP, err, ErrNetwork)
+		return fmt.Errorf("set up %s: %w", p.TAP, err)
 	}
 	ports, err := h.st.Ports(ctx, id)
 	if err != nil {
@@ -35,7 +35,7 @@ func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) erro
 	}
 	for _, f := range ports {
 		if err := network.AddForward(ctx, netForward(id, p, f)); err != nil {
-			return fmt.Errorf("forward host port %d: %w", f.HostPort, netErr(err))
+			return fmt.Errorf("forward host port %d: %w", f.HostPort, err)
 		}
 	}
 	return nil
@@ -44,18 +44,7 @@ func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) erro
 // teardownNetwork removes a VM's TAP device and every rule of it. Missing
 // pieces count as removed, so it is safe to call at any point.
 func (h *Host) teardownNetwork(ctx context.Context, id string, p netplan.Plan) error {
-	return netErr(network.Teardown(ctx, netLease(id, p)))
-}
-
-// netErr tags a network error with ErrNetwork unless it has a kind.
-func netErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if k := kindOf(err, nil); k != nil {
-		return err
-	}
-	return fmt.Errorf("%w: %w", err, ErrNetwork)
+	return network.Teardown(ctx, netLease(id, p))
 }
 
 // PortInfo is a host TCP port forwarded to a guest port.
@@ -104,7 +93,7 @@ func (vm *VM) ExposeLocal(ctx context.Context, guestPort, hostPort int) (int, er
 	if vm.running(ctx) {
 		if err := network.AddForward(ctx, netForward(vm.id, plan, p)); err != nil {
 			vm.h.st.ReleasePort(context.WithoutCancel(ctx), p.HostPort)
-			return 0, wrapErr("expose", vm.id, ErrNetwork, netErr(err))
+			return 0, wrapErr("expose", vm.id, ErrNetwork, err)
 		}
 	}
 	return p.HostPort, nil
@@ -127,7 +116,7 @@ func (vm *VM) UnexposeLocal(ctx context.Context, hostPort int) error {
 		}
 		if plan, err := vm.h.plan(ctx, vm.id); err == nil {
 			if err := network.RemoveForward(ctx, netForward(vm.id, plan, p)); err != nil {
-				return wrapErr("unexpose", vm.id, ErrNetwork, netErr(err))
+				return wrapErr("unexpose", vm.id, ErrNetwork, err)
 			}
 		}
 		return wrapErr("unexpose", vm.id, ErrBackend, vm.h.st.ReleasePort(ctx, hostPort))

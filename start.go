@@ -46,25 +46,27 @@ func (s *startOp) h() *Host { return s.vm.h }
 // startSteps boot a VM, in order; each undo removes what its step made.
 var startSteps = []step[*startOp]{
 	{name: "check", do: func(ctx context.Context, s *startOp) error { return s.check(ctx) }},
-	{name: "runtime-dir", do: func(ctx context.Context, s *startOp) error { return s.runtimeDir(ctx) }, undo: func(ctx context.Context, s *startOp) {
-		// Undone last, after the VMM is gone: the record says the start failed.
+	{name: "runtime-dir", do: func(ctx context.Context, s *startOp) error { return s.runtimeDir(ctx) }, undo: func(ctx context.Context, s *startOp, cause error) {
+		// Undone last, after the VMM is gone: the record says why the
+		// start failed (the console tail stays in the log).
+		msg, _, _ := strings.Cut(cause.Error(), "\n")
 		s.h().st.UpdateVM(ctx, s.vm.id, func(v *store.VM) error {
-			v.Status, v.Error = string(StateError), "start failed"
+			v.Status, v.Error = string(StateError), "start: "+msg
 			v.PID, v.PIDStart, v.Control, v.Agent, v.VsockCID = 0, 0, "", "", 0
 			return nil
 		})
 	}},
-	{name: "network", do: func(ctx context.Context, s *startOp) error {
+	{name: "network", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
 		if s.rec.Config.NoNetwork {
 			return nil
 		}
 		return s.h().setupNetwork(ctx, s.vm.id, s.plan)
-	}, undo: func(ctx context.Context, s *startOp) {
+	}, undo: func(ctx context.Context, s *startOp, _ error) {
 		if !s.rec.Config.NoNetwork {
 			s.h().teardownNetwork(ctx, s.vm.id, s.plan)
 		}
 	}},
-	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launch(ctx) }, undo: func(ctx context.Context, s *startOp) {
+	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launch(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) {
 		s.backend.Kill(s.inst)
 		vmm.WaitExit(ctx, s.inst)
 		s.h().removeRuntimeFiles(s.vm.id, s.backend)
@@ -81,8 +83,8 @@ var startSteps = []step[*startOp]{
 	{name: "wait-vmm", do: func(ctx context.Context, s *startOp) error {
 		return s.bootErr(s.backend.WaitReady(s.bootCtx, s.inst))
 	}},
-	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error { return s.waitAgent(ctx) }, undo: func(ctx context.Context, s *startOp) { s.vm.dropClient() }},
-	{name: "guest-setup", do: func(ctx context.Context, s *startOp) error { return s.guestSetup(ctx) }},
+	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error { return s.waitAgent(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) { s.vm.dropClient() }},
+	{name: "guest-setup", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error { return s.guestSetup(ctx) }},
 }
 
 // Start boots the VM and waits until its agent answers. On failure
@@ -100,15 +102,6 @@ func (vm *VM) Start(ctx context.Context) error {
 	defer cancel()
 	s := &startOp{vm: vm, bootCtx: bootCtx}
 	if err := runSteps(ctx, h, startSteps, s, ErrBackend); err != nil {
-		if s.row.ID != "" { // the record exists: say why it failed
-			msg, _, _ := strings.Cut(err.Error(), "\n") // the console tail is in the log
-			h.st.UpdateVM(context.WithoutCancel(ctx), vm.id, func(v *store.VM) error {
-				if v.Status == string(StateError) {
-					v.Error = "start: " + msg
-				}
-				return nil
-			})
-		}
 		vm.Refresh(context.WithoutCancel(ctx))
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}
@@ -175,12 +168,12 @@ func (s *startOp) waitAgent(ctx context.Context) error {
 func (s *startOp) guestSetup(ctx context.Context) error {
 	if !s.rec.Config.NoNetwork {
 		if err := s.h().installSSHKey(s.bootCtx, s.client); err != nil {
-			return fmt.Errorf("%w: %w", err, ErrCommandUnavailable)
+			return err
 		}
 	}
 	if len(s.rec.Config.EnvVars) > 0 {
 		if err := s.client.SetEnv(s.bootCtx, s.rec.Config.EnvVars, false); err != nil {
-			return fmt.Errorf("set env vars: %w: %w", err, ErrCommandUnavailable)
+			return fmt.Errorf("set env vars: %w", err)
 		}
 	}
 	return nil
@@ -265,11 +258,10 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 	spec := vmm.Spec{
 		ID: id, Dir: h.vmDir(id), Kernel: kernel, Initrd: rec.Boot.Initrd,
 		VCPUs: cfg.VCPUCount, MemoryMiB: cfg.MemSizeMiB,
-		Disks:          []vmm.Disk{{Path: rec.Boot.Disk}},
-		ConsoleLog:     h.logPath(id),
-		Accel:          vmm.Accel(cfg.Accel),
-		VsockCID:       p.CID, // every VM has one; the backend uses it where vsock exists
-		AgentVsockPort: proto.DefaultVsockPort,
+		Disks:      []vmm.Disk{{Path: rec.Boot.Disk}},
+		ConsoleLog: h.logPath(id),
+		Accel:      vmm.Accel(cfg.Accel),
+		VsockCID:   p.CID, // every VM has one; the backend uses it where vsock exists
 	}
 	// The guest agent also listens on vsock; the backend attaches a vsock
 	// device only where the host supports it.

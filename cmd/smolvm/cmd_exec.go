@@ -213,7 +213,11 @@ An image whose inputs did not change is not rebuilt.`,
 				return usageError{fmt.Errorf("image %q: must be default or minimal", name)}
 			}
 			start := time.Now()
-			img, err := g.buildImage(c.Context(), name, smolvm.ImageBuildOptions{KernelPath: kernel, Force: force, Progress: smolvm.ProgressWriter(c.ErrOrStderr())})
+			h, err := g.host(c.Context())
+			if err != nil {
+				return err
+			}
+			img, err := h.BuildImage(c.Context(), name, smolvm.ImageBuildOptions{KernelPath: kernel, Force: force, Progress: smolvm.ProgressWriter(c.ErrOrStderr())})
 			if err != nil {
 				return err
 			}
@@ -232,7 +236,11 @@ An image whose inputs did not change is not rebuilt.`,
 		Short: "List built images",
 		Args:  args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			imgs, err := g.images(c.Context())
+			h, err := g.host(c.Context())
+			if err != nil {
+				return err
+			}
+			imgs, err := h.Images(c.Context())
 			if err != nil {
 				return err
 			}
@@ -256,9 +264,13 @@ An image whose inputs did not change is not rebuilt.`,
 		Short: "Remove built images",
 		Args:  args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
+			h, err := g.host(c.Context())
+			if err != nil {
+				return err
+			}
 			var failed []error
 			for _, n := range a {
-				if err := g.removeImage(c.Context(), n); err != nil {
+				if err := h.RemoveImage(c.Context(), n); err != nil {
 					failed = append(failed, err)
 					continue
 				}

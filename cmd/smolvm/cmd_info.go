@@ -51,7 +51,11 @@ func newListCmd(g *globals) *cobra.Command {
 				}
 				lo.Status = st
 			}
-			vms, err := g.list(c.Context(), lo)
+			h, err := g.host(c.Context())
+			if err != nil {
+				return err
+			}
+			vms, err := h.List(c.Context(), lo)
 			if err != nil {
 				return err
 			}

@@ -26,10 +26,11 @@ agent. Exit code 1 on a failure; with --strict on a warning too.
 			default:
 				return usageError{fmt.Errorf("--backend %q: must be auto, qemu or firecracker", backend)}
 			}
-			checks, err := g.doctor(c.Context(), smolvm.DoctorOptions{Backend: smolvm.BackendKind(backend)})
+			h, err := g.host(c.Context())
 			if err != nil {
 				return err
 			}
+			checks := h.Doctor(c.Context(), smolvm.DoctorOptions{Backend: smolvm.BackendKind(backend)})
 			fails, warns := 0, 0
 			for _, ch := range checks {
 				switch ch.Status {
@@ -76,7 +77,11 @@ creation was interrupted, and TAP devices and nftables rules of ours that no run
 --all deletes every VM too. --dry-run lists and touches nothing.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			rep, err := g.cleanup(c.Context(), co)
+			h, err := g.host(c.Context())
+			if err != nil {
+				return err
+			}
+			rep, err := h.Cleanup(c.Context(), co)
 			if g.jsonOut {
 				if jerr := writeJSON(c.OutOrStdout(), rep); jerr != nil {
 					return jerr

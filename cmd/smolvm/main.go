@@ -115,54 +115,6 @@ func (g *globals) get(ctx context.Context, id string) (*smolvm.VM, error) {
 	return h.Get(ctx, id)
 }
 
-func (g *globals) list(ctx context.Context, lo smolvm.ListOptions) ([]smolvm.VMInfo, error) {
-	h, err := g.host(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return h.List(ctx, lo)
-}
-
-func (g *globals) buildImage(ctx context.Context, name string, bo smolvm.ImageBuildOptions) (smolvm.ImageInfo, error) {
-	h, err := g.host(ctx)
-	if err != nil {
-		return smolvm.ImageInfo{}, err
-	}
-	return h.BuildImage(ctx, name, bo)
-}
-
-func (g *globals) images(ctx context.Context) ([]smolvm.ImageInfo, error) {
-	h, err := g.host(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return h.Images(ctx)
-}
-
-func (g *globals) removeImage(ctx context.Context, name string) error {
-	h, err := g.host(ctx)
-	if err != nil {
-		return err
-	}
-	return h.RemoveImage(ctx, name)
-}
-
-func (g *globals) doctor(ctx context.Context, do smolvm.DoctorOptions) ([]smolvm.Check, error) {
-	h, err := g.host(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return h.Doctor(ctx, do), nil
-}
-
-func (g *globals) cleanup(ctx context.Context, co smolvm.CleanupOptions) (smolvm.CleanupReport, error) {
-	h, err := g.host(ctx)
-	if err != nil {
-		return smolvm.CleanupReport{}, err
-	}
-	return h.Cleanup(ctx, co)
-}
-
 func newRoot() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{

@@ -196,11 +196,7 @@ func SetPolicy(ctx context.Context, l Lease, p Policy) error {
 func replacePolicy(l Lease, p Policy, op string) error {
 	unlock := lock()
 	defer unlock()
-	c, err := newConn()
-	if err != nil {
-		return fmt.Errorf("network: %s: nftables: %w", op, err)
-	}
-	s, err := readState(c)
+	c, s, err := current(op)
 	if err != nil {
 		return err
 	}

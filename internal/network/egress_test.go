@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/smolvm-go/smolvm/internal/network/netnstest"
 )
 
 // newWorld makes the fake outside world: a namespace behind ext0 (host
@@ -99,7 +101,7 @@ func TestEgressPolicy(t *testing.T) {
 
 	// A connection open before a policy change is judged by the new policy.
 	var c net.Conn
-	if err := do(g.ns, func() (err error) { c, err = net.DialTimeout("tcp", "203.0.113.20:80", 2*time.Second); return err }); err != nil {
+	if err := netnstest.Do(g.ns, func() (err error) { c, err = net.DialTimeout("tcp", "203.0.113.20:80", 2*time.Second); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
@@ -244,7 +246,7 @@ func TestEgressRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ln net.Listener
-	if err := do(w.ns, func() (err error) { ln, err = net.Listen("tcp4", "203.0.113.10:9000"); return err }); err != nil {
+	if err := netnstest.Do(w.ns, func() (err error) { ln, err = net.Listen("tcp4", "203.0.113.10:9000"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -262,7 +264,7 @@ func TestEgressRate(t *testing.T) {
 	}()
 	send := func() int64 {
 		var c net.Conn
-		if err := do(g.ns, func() (err error) { c, err = net.DialTimeout("tcp", "203.0.113.10:9000", 2*time.Second); return err }); err != nil {
+		if err := netnstest.Do(g.ns, func() (err error) { c, err = net.DialTimeout("tcp", "203.0.113.10:9000", 2*time.Second); return err }); err != nil {
 			t.Fatal(err)
 		}
 		buf := make([]byte, 32<<10)
@@ -312,7 +314,7 @@ func TestAntiSpoofing(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pc net.PacketConn
-	if err := do(w.ns, func() (err error) { pc, err = net.ListenPacket("udp4", "203.0.113.10:7000"); return err }); err != nil {
+	if err := netnstest.Do(w.ns, func() (err error) { pc, err = net.ListenPacket("udp4", "203.0.113.10:7000"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
@@ -335,7 +337,7 @@ func TestAntiSpoofing(t *testing.T) {
 	// world received it.
 	arrives := func(src, msg string) bool {
 		t.Helper()
-		err := do(g.ns, func() error {
+		err := netnstest.Do(g.ns, func() error {
 			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(src)}, &net.UDPAddr{IP: net.ParseIP("203.0.113.10"), Port: 7000})
 			if err != nil {
 				return err

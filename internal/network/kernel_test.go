@@ -17,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/smolvm-go/smolvm/internal/network/netnstest"
 )
 
 func netipAddr(a, b, c, d byte) netip.Addr { return netip.AddrFrom4([4]byte{a, b, c, d}) }
@@ -311,7 +313,7 @@ func TestForwardTraffic(t *testing.T) {
 	// works only masqueraded; the server sees the host's address.
 	var srcSeen string
 	var extLn net.Listener
-	if err := do(ext.ns, func() (err error) { extLn, err = net.Listen("tcp4", "192.0.2.2:8080"); return err }); err != nil {
+	if err := netnstest.Do(ext.ns, func() (err error) { extLn, err = net.Listen("tcp4", "192.0.2.2:8080"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer extLn.Close()
@@ -327,7 +329,7 @@ func TestForwardTraffic(t *testing.T) {
 		c.Close()
 	}()
 	var c net.Conn
-	if err := do(guest.ns, func() (err error) { c, err = net.DialTimeout("tcp", "192.0.2.2:8080", 5*time.Second); return err }); err != nil {
+	if err := netnstest.Do(guest.ns, func() (err error) { c, err = net.DialTimeout("tcp", "192.0.2.2:8080", 5*time.Second); return err }); err != nil {
 		t.Fatalf("guest -> other host: %v", err)
 	}
 	c.Close()

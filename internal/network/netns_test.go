@@ -3,18 +3,18 @@ package network
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/smolvm-go/smolvm/internal/network/netnstest"
 )
 
 // peerNS is a network namespace, inside the test namespace, standing in for
@@ -29,7 +29,7 @@ type peerNS struct {
 // gw unless gw is empty. The namespace and the veth are removed when t ends.
 func newPeerNS(t *testing.T, hostIf, addr, gw string) *peerNS {
 	t.Helper()
-	ns, err := makeNS()
+	ns, err := netnstest.New()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,66 +118,6 @@ func (p *peerNS) addRoute(t *testing.T, dst, gw string) {
 	}
 }
 
-// makeNS creates a new network namespace without moving the caller into it.
-func makeNS() (netns.NsHandle, error) {
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New() // moves this thread into ns
-		if err == nil {
-			if serr := netns.Set(orig); serr != nil {
-				// Leave the thread locked: it dies with this goroutine.
-				ch <- result{err: serr}
-				return
-			}
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ns, err}
-	}()
-	r := <-ch
-	return r.ns, r.err
-}
-
-// do runs f on a thread inside ns. Sockets f creates belong to ns and may be
-// used from any goroutine afterwards.
-func do(ns netns.NsHandle, f func() error) error {
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			ch <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			ch <- errors.Join(ferr, err) // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- ferr
-	}()
-	return <-ch
-}
-
 // echoServer listens on addr and answers each line with prefix + line.
 func echoServer(t *testing.T, ln net.Listener, prefix string) {
 	t.Helper()
@@ -216,7 +156,7 @@ func listenIn(t *testing.T, p *peerNS, network, addr, prefix string) {
 	if p == nil {
 		err = listen()
 	} else {
-		err = do(p.ns, listen)
+		err = netnstest.Do(p.ns, listen)
 	}
 	if err != nil {
 		t.Fatalf("listen %s %s: %v", network, addr, err)
@@ -237,7 +177,7 @@ func exchange(p *peerNS, addr string, timeout time.Duration) (string, error) {
 	if p == nil {
 		err = dial()
 	} else {
-		err = do(p.ns, dial)
+		err = netnstest.Do(p.ns, dial)
 	}
 	if err != nil {
 		return "", err

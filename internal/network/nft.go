@@ -51,6 +51,19 @@ type state struct {
 
 // readState lists our tables, chains and rules. An existing chain of ours
 // with another type, hook or priority is an error: we do not guess whose it is.
+// current connects to nf_tables and reads our tables, for operation op.
+func current(op string) (*nftables.Conn, *state, error) {
+	c, err := newConn()
+	if err != nil {
+		return nil, nil, fmt.Errorf("network: %s: nftables: %w", op, err)
+	}
+	s, err := readState(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, s, nil
+}
+
 func readState(c *nftables.Conn) (*state, error) {
 	s := &state{
 		tables: map[*nftables.Table]bool{},

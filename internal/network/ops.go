@@ -53,11 +53,7 @@ func Setup(ctx context.Context, l Lease) (retErr error) {
 	if err := ctxErr(ctx, "setup"); err != nil {
 		return err
 	}
-	c, err := newConn()
-	if err != nil {
-		return fmt.Errorf("network: setup: nftables: %w", err)
-	}
-	s, err := readState(c)
+	c, s, err := current("setup")
 	if err != nil {
 		return err
 	}
@@ -107,11 +103,7 @@ func Teardown(ctx context.Context, l Lease) error {
 // chain and sets.
 func deleteVM(vm string) error {
 	op := "teardown " + vm
-	c, err := newConn()
-	if err != nil {
-		return fmt.Errorf("network: %s: nftables: %w", op, err)
-	}
-	s, err := readState(c)
+	c, s, err := current(op)
 	if err != nil {
 		return err
 	}
@@ -129,11 +121,7 @@ func deleteVM(vm string) error {
 
 // deleteRules deletes, in one batch, every rule of ours whose tag matches.
 func deleteRules(match func(tag) bool, op string) error {
-	c, err := newConn()
-	if err != nil {
-		return fmt.Errorf("network: %s: nftables: %w", op, err)
-	}
-	s, err := readState(c)
+	c, s, err := current(op)
 	if err != nil {
 		return err
 	}
@@ -165,11 +153,7 @@ func AddForward(ctx context.Context, f Forward) error {
 	defer unlock()
 	op := fmt.Sprintf("forward host port %d to vm %s", f.HostPort, f.VMID)
 
-	c, err := newConn()
-	if err != nil {
-		return fmt.Errorf("network: %s: nftables: %w", op, err)
-	}
-	s, err := readState(c)
+	c, s, err := current(op)
 	if err != nil {
 		return err
 	}
@@ -330,11 +314,7 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 // refuses, or our tables entirely when no VM is kept (kept says whether a
 // link was), and describes what it removed.
 func cleanupRules(keep func(vmID string) bool, kept bool) ([]string, error) {
-	c, err := newConn()
-	if err != nil {
-		return nil, fmt.Errorf("network: cleanup: nftables: %w", err)
-	}
-	s, err := readState(c)
+	c, s, err := current("cleanup")
 	if err != nil {
 		return nil, err
 	}

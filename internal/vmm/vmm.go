@@ -79,8 +79,6 @@ type Spec struct {
 	Accel Accel
 	// Machine is the QEMU machine type ("microvm" or "q35"); empty means microvm.
 	Machine string
-	// AgentVsockPort is the vsock port the guest agent listens on.
-	AgentVsockPort uint32
 }
 
 // Instance is a launched VM: what the caller must record to control it later,

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/smolvm-go/smolvm/internal/network"
+	"github.com/smolvm-go/smolvm/internal/network/netnstest"
 )
 
 // fakeDNS is the world's resolver: A records from a map, TTL 1 s, and a
@@ -90,7 +91,7 @@ func newTestWorld(t *testing.T) *world {
 			t.Fatal(err)
 		}
 		var ln net.Listener
-		if err := do(w.ns, func() (err error) { ln, err = net.Listen("tcp4", addr+":80"); return err }); err != nil {
+		if err := netnstest.Do(w.ns, func() (err error) { ln, err = net.Listen("tcp4", addr+":80"); return err }); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ln.Close() })
@@ -118,7 +119,7 @@ func newTestWorld(t *testing.T) *world {
 		"slow.example.test.": "203.0.113.10",
 	}, asked: map[string]int{}}
 	var pc net.PacketConn
-	if err := do(w.ns, func() (err error) { pc, err = net.ListenPacket("udp4", "192.0.2.2:53"); return err }); err != nil {
+	if err := netnstest.Do(w.ns, func() (err error) { pc, err = net.ListenPacket("udp4", "192.0.2.2:53"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	srv := &dns.Server{PacketConn: pc, Handler: fd}
@@ -145,7 +146,7 @@ func (w *world) query(t *testing.T, name string) (rcode int, addrs []string) {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
 	var resp *dns.Msg
-	err := do(w.guest.ns, func() (err error) {
+	err := netnstest.Do(w.guest.ns, func() (err error) {
 		resp, _, err = (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, "172.16.0.1:53")
 		return err
 	})
@@ -179,7 +180,7 @@ func (w *world) mustRefuse(t *testing.T, name string) {
 // "" if the guest cannot reach it.
 func (w *world) connect(ip string) string {
 	var c net.Conn
-	if err := do(w.guest.ns, func() (err error) { c, err = net.DialTimeout("tcp", ip+":80", 700*time.Millisecond); return err }); err != nil {
+	if err := netnstest.Do(w.guest.ns, func() (err error) { c, err = net.DialTimeout("tcp", ip+":80", 700*time.Millisecond); return err }); err != nil {
 		return ""
 	}
 	defer c.Close()
@@ -292,7 +293,7 @@ func TestForwarder(t *testing.T) {
 
 	// TCP works too.
 	m.SetQuestion("api.example.test.", dns.TypeA)
-	err = do(w.guest.ns, func() (err error) {
+	err = netnstest.Do(w.guest.ns, func() (err error) {
 		resp, _, err = (&dns.Client{Net: "tcp", Timeout: 2 * time.Second}).Exchange(m, "172.16.0.1:53")
 		return err
 	})
@@ -307,7 +308,7 @@ func TestForwarder(t *testing.T) {
 		wg.Go(func() {
 			m := new(dns.Msg)
 			m.SetQuestion("slow.example.test.", dns.TypeA)
-			_ = do(w.guest.ns, func() error {
+			_ = netnstest.Do(w.guest.ns, func() error {
 				r, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, "172.16.0.1:53")
 				if err == nil && r.Rcode == dns.RcodeServerFailure {
 					servfail.Add(1)
@@ -364,7 +365,7 @@ func TestForwarderLatency(t *testing.T) {
 		return d
 	}
 	here := func(f func() error) error { return f() }
-	inGuest := func(f func() error) error { return do(w.guest.ns, f) }
+	inGuest := func(f func() error) error { return netnstest.Do(w.guest.ns, f) }
 	direct := measure(here, "192.0.2.2:53", "api.example.test.")
 	through := measure(inGuest, "172.16.0.1:53", "api.example.test.")
 	t.Logf("per query: %v direct to the upstream, %v through the forwarder (cached answer + nftables set refresh): %v added",

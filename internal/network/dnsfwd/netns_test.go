@@ -8,13 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/smolvm-go/smolvm/internal/network/netnstest"
 )
 
 // childEnv marks the test binary re-executed in its own network namespace;
@@ -81,7 +82,7 @@ type peer struct {
 // if not empty, default route via gw if not empty), removed when t ends.
 func newPeer(t *testing.T, hostIf, addr, mac, gw string) *peer {
 	t.Helper()
-	ns, err := makeNS()
+	ns, err := netnstest.New()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,63 +140,6 @@ func newPeer(t *testing.T, hostIf, addr, mac, gw string) *peer {
 		t.Fatal(err)
 	}
 	return &peer{ns: ns}
-}
-
-func makeNS() (netns.NsHandle, error) {
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New()
-		if err == nil {
-			if serr := netns.Set(orig); serr != nil {
-				ch <- result{err: serr} // the thread stays locked and dies
-				return
-			}
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ns, err}
-	}()
-	r := <-ch
-	return r.ns, r.err
-}
-
-// do runs f on a thread inside ns; sockets made there belong to ns.
-func do(ns netns.NsHandle, f func() error) error {
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			ch <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			ch <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- ferr
-	}()
-	return <-ch
 }
 
 func tempDir(t *testing.T) string {

@@ -43,14 +43,13 @@ func New(o vmm.Options) vmm.Backend { return &Backend{Binary: o.Binary, Probe: o
 func (b *Backend) Kind() vmm.Kind { return Kind }
 
 // Usable implements vmm.Backend: QEMU runs wherever its binary does (under
-// TCG without KVM).
+// TCG without KVM), so only the binary is looked for.
 func (b *Backend) Usable(ctx context.Context) (bool, string) {
 	bin, err := b.binary()
 	if err != nil {
 		return false, err.Error()
 	}
-	accel, reason := b.Probe.Resolve(vmm.AccelAuto)
-	return true, fmt.Sprintf("%s with %s (%s)", bin, accel, reason)
+	return true, "qemu at " + bin
 }
 
 // Requirements implements vmm.Backend.
