@@ -12,25 +12,8 @@ import (
 
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
-
-// fakeProbe describes a host's KVM situation with files the test makes:
-// "intel" (hardware KVM), "pvm" (/dev/kvm of a paravirtual kvm_pvm),
-// "pvm-nodev" (kvm_pvm, no /dev/kvm), "none".
-func fakeProbe(t *testing.T, hw string) vmm.Probe {
-	t.Helper()
-	dir := t.TempDir()
-	p := vmm.Probe{DevKVM: filepath.Join(dir, "kvm"), SysModule: filepath.Join(dir, "module"), CPUInfo: filepath.Join(dir, "cpuinfo")}
-	mods := map[string][]string{"intel": {"kvm", "kvm_intel"}, "pvm": {"kvm", "kvm_pvm"}, "pvm-nodev": {"kvm", "kvm_pvm"}}[hw]
-	for _, m := range mods {
-		os.MkdirAll(filepath.Join(p.SysModule, m), 0o755)
-	}
-	if hw == "intel" || hw == "pvm" {
-		os.WriteFile(p.DevKVM, nil, 0o600)
-	}
-	os.WriteFile(p.CPUInfo, []byte("flags\t: fpu vmx constant_tsc\ncpu MHz\t: 2000\n"), 0o644)
-	return p
-}
 
 // TestDoctor runs doctor for each KVM situation (a table row each, the
 // machine's own situation does not matter) and checks its findings.
@@ -47,7 +30,7 @@ func TestDoctor(t *testing.T) {
 		{"none", "tcg", CheckWarn, []string{"unusable", "TCG"}},
 	} {
 		t.Run(tc.hw, func(t *testing.T) {
-			h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = fakeProbe(t, tc.hw) })
+			h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = vmtest.KVMProbe(t, tc.hw) })
 			checks := h.Doctor(context.Background(), DoctorOptions{})
 			byName := map[string]Check{}
 			for _, c := range checks {
@@ -91,7 +74,7 @@ func TestDoctor(t *testing.T) {
 		})
 	}
 	// Asked for explicitly, a backend that cannot run is a failure.
-	h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = fakeProbe(t, "pvm") })
+	h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = vmtest.KVMProbe(t, "pvm") })
 	for _, c := range h.Doctor(context.Background(), DoctorOptions{Backend: BackendFirecracker}) {
 		if c.Name == "firecracker" && c.Status != CheckFail {
 			t.Errorf("firecracker asked for on a kvm_pvm host: %+v", c)
@@ -208,7 +191,7 @@ func TestBackendChoice(t *testing.T) {
 	}{{"pvm", "qemu"}, {"pvm-nodev", "qemu"}, {"none", "qemu"}} {
 		t.Run(tc.hw, func(t *testing.T) {
 			dir := t.TempDir()
-			h := testHost(t, dir, func(o *HostOptions) { o.probe = fakeProbe(t, tc.hw) })
+			h := testHost(t, dir, func(o *HostOptions) { o.probe = vmtest.KVMProbe(t, tc.hw) })
 			_, err := h.Create(ctx, bootFiles(t, VMConfig{VMID: "fc", Backend: BackendFirecracker, NoNetwork: true}))
 			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "firecracker") || !strings.Contains(err.Error(), "hardware KVM") || !strings.Contains(err.Error(), "backend") {
 				t.Fatalf("firecracker on a host that cannot run it: %v", err)
@@ -226,7 +209,7 @@ func TestBackendChoice(t *testing.T) {
 	// for a VM that has a vmlinux, and QEMU for one that has not.
 	bin := filepath.Join(t.TempDir(), "firecracker")
 	os.WriteFile(bin, []byte("#!/bin/sh\necho Firecracker v1.12.0\n"), 0o755)
-	h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = fakeProbe(t, "intel"); o.FirecrackerBinary = bin })
+	h := testHost(t, t.TempDir(), func(o *HostOptions) { o.probe = vmtest.KVMProbe(t, "intel"); o.FirecrackerBinary = bin })
 	if b, err := h.chooseBackend(ctx, VMConfig{}.WithDefaults(), boot{Kernel: "/k", Vmlinux: "/v"}); err != nil || b.Kind() != "firecracker" {
 		t.Fatalf("auto with KVM and a vmlinux: %v %v", b, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/image"
+	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
 // Environment variables the re-executed test binary sees.
@@ -226,4 +227,32 @@ func ProcessesOf(s string) []int {
 		}
 	}
 	return pids
+}
+
+// KVMProbe describes one KVM situation to acceleration detection with files
+// made in a temp dir, so tests do not depend on the machine's own:
+// "intel" (hardware KVM), "pvm" (/dev/kvm of a paravirtual kvm_pvm),
+// "pvm-nodev" (kvm_pvm loaded, no /dev/kvm), "none" (neither).
+func KVMProbe(t testing.TB, situation string) vmm.Probe {
+	t.Helper()
+	dir := t.TempDir()
+	p := vmm.Probe{DevKVM: filepath.Join(dir, "kvm"), SysModule: filepath.Join(dir, "module"), CPUInfo: filepath.Join(dir, "cpuinfo")}
+	mods, ok := map[string][]string{"intel": {"kvm", "kvm_intel"}, "pvm": {"kvm", "kvm_pvm"}, "pvm-nodev": {"kvm", "kvm_pvm"}, "none": nil}[situation]
+	if !ok {
+		t.Fatalf("vmtest: unknown KVM situation %q", situation)
+	}
+	for _, m := range mods {
+		if err := os.MkdirAll(filepath.Join(p.SysModule, m), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if situation == "intel" || situation == "pvm" {
+		if err := os.WriteFile(p.DevKVM, nil, 0o600); err != nil { // a regular file opens read-write like a working device
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(p.CPUInfo, []byte("flags\t: fpu vmx constant_tsc\ncpu MHz\t: 2000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

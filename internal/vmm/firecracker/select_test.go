@@ -3,11 +3,11 @@ package firecracker
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/smolvm-go/smolvm/internal/vmm"
+	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
 
 func TestBinaryLookup(t *testing.T) {
@@ -63,30 +63,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// probe describes a host to the backend: hw is "intel" (hardware KVM),
-// "pvm" (a paravirtual kvm_pvm with /dev/kvm), "pvm-nodev" (kvm_pvm and no
-// /dev/kvm) or "none" (no /dev/kvm, no module).
-func probe(t *testing.T, hw string) vmm.Probe {
-	t.Helper()
-	dir := t.TempDir()
-	p := vmm.Probe{DevKVM: filepath.Join(dir, "kvm"), SysModule: filepath.Join(dir, "module"), CPUInfo: filepath.Join(dir, "cpuinfo")}
-	mods := map[string][]string{"intel": {"kvm", "kvm_intel"}, "pvm": {"kvm", "kvm_pvm"}, "pvm-nodev": {"kvm", "kvm_pvm"}}[hw]
-	for _, m := range mods {
-		if err := os.MkdirAll(filepath.Join(p.SysModule, m), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if hw == "intel" || hw == "pvm" {
-		if err := os.WriteFile(p.DevKVM, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(p.CPUInfo, []byte("flags\t: fpu vmx\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestUsable covers each KVM situation as a table row: only hardware KVM
 // with a binary makes the backend usable, and the reason says why not.
 func TestUsable(t *testing.T) {
@@ -102,7 +78,7 @@ func TestUsable(t *testing.T) {
 		{"none", false, []string{"needs hardware KVM", "unusable"}},
 	} {
 		t.Run(tc.hw, func(t *testing.T) {
-			b := &Backend{Binary: bin, Probe: probe(t, tc.hw)}
+			b := &Backend{Binary: bin, Probe: vmtest.KVMProbe(t, tc.hw)}
 			ok, reason := b.Usable(testCtx(t))
 			if ok != tc.ok {
 				t.Errorf("Usable = %v (%s), want %v", ok, reason, tc.ok)
@@ -116,7 +92,7 @@ func TestUsable(t *testing.T) {
 	}
 	t.Setenv("PATH", t.TempDir())
 	t.Setenv(EnvBinary, "")
-	if ok, reason := (&Backend{Probe: probe(t, "intel")}).Usable(testCtx(t)); ok || !strings.Contains(reason, "firecracker not found") {
+	if ok, reason := (&Backend{Probe: vmtest.KVMProbe(t, "intel")}).Usable(testCtx(t)); ok || !strings.Contains(reason, "firecracker not found") {
 		t.Errorf("without a binary: %v, %q", ok, reason)
 	}
 }
@@ -130,7 +106,7 @@ func TestNeedsKVM(t *testing.T) {
 	}{{vmm.AccelTCG, "intel"}, {vmm.AccelAuto, "pvm"}, {vmm.AccelAuto, "pvm-nodev"}, {vmm.AccelAuto, "none"}} {
 		e := newEnv(t)
 		b := e.backend(t, "firecracker", nil)
-		b.Probe = probe(t, tc.hw)
+		b.Probe = vmtest.KVMProbe(t, tc.hw)
 		s := e.spec
 		s.Accel = tc.accel
 		_, err := b.Launch(testCtx(t), s)
