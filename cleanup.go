@@ -133,6 +133,26 @@ func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, e
 		}
 	}
 
+	// Host-wide lease claims nothing backs: this data directory's whose VM
+	// is gone (a claim of work in progress is backed by its VM's lock), and
+	// those of data directories that were removed.
+	pruned, err := h.claims.Prune(h.dir, func(i int, id string) bool {
+		l, err := h.st.LeaseOf(ctx, id)
+		switch {
+		case err == nil:
+			return l.Index == i || h.lockBusy(id)
+		case errors.Is(err, store.ErrNotFound):
+			return h.lockBusy(id)
+		}
+		return true // unsure: keep it
+	}, co.DryRun)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, i := range pruned {
+		note(fmt.Sprintf("lease claim %d", i))
+	}
+
 	// TAP devices and rules of ours that no running VM owns.
 	running := map[string]bool{}
 	rows, err = h.st.ListVMs(ctx)

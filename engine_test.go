@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -298,4 +299,50 @@ func assertNoLink(t *testing.T, name string) {
 	if _, err := os.Stat("/sys/class/net/" + name); err == nil {
 		t.Errorf("link %s left", name)
 	}
+}
+
+// TestCleanupPrunesClaims: cleanup removes host-wide lease claims that
+// nothing backs (a VM of its own data dir that is gone, a data dir that was
+// removed) and keeps live ones, its own and another data dir's.
+func TestCleanupPrunesClaims(t *testing.T) {
+	ctx := context.Background()
+	hostDir := t.TempDir()
+	shared := func(o *HostOptions) { o.HostDir = hostDir }
+	h1 := testHost(t, t.TempDir(), shared)
+	other := t.TempDir()
+	h2 := testHost(t, other, shared)
+	if _, err := h1.Create(ctx, fakeVM(t, "live")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h2.Create(ctx, fakeVM(t, "theirs")); err != nil {
+		t.Fatal(err)
+	}
+	claims := netplan.Claims{Dir: filepath.Join(hostDir, "leases")}
+	gone := t.TempDir()
+	for i, o := range map[int]netplan.Owner{7: {DataDir: h1.DataDir(), VMID: "ghost"}, 8: {DataDir: gone, VMID: "x"}} {
+		if err := claims.Claim(i, o, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.RemoveAll(gone)
+	rep, err := h1.Cleanup(ctx, CleanupOptions{DryRun: true})
+	if err != nil || !slices.Contains(rep.Removed, "lease claim 7") || !slices.Contains(rep.Removed, "lease claim 8") {
+		t.Fatalf("dry run: %+v %v", rep, err)
+	}
+	if ents, _ := os.ReadDir(claims.Dir); len(ents) != 4 {
+		t.Fatalf("a dry run removed claims: %v", ents)
+	}
+	if _, err := h1.Cleanup(ctx, CleanupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	ents, _ := os.ReadDir(claims.Dir)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if strings.Join(left, ",") != "0,1" {
+		t.Fatalf("claims left %v, want the two live ones (0, 1)", left)
+	}
+	h1.Cleanup(ctx, CleanupOptions{All: true})
+	h2.Cleanup(ctx, CleanupOptions{All: true})
 }

@@ -98,6 +98,7 @@ type Host struct {
 	dir      string
 	imageDir string
 	st       *store.Store
+	claims   netplan.Claims // host-wide lease claims, shared with the store
 	opts     HostOptions
 
 	mu       sync.Mutex
@@ -134,11 +135,12 @@ func Open(ctx context.Context, o HostOptions) (*Host, error) {
 	if imageDir == "" {
 		imageDir = filepath.Join(dir, "images")
 	}
-	st, err := store.OpenWith(ctx, dir, store.Options{Claims: netplan.Claims{Dir: filepath.Join(o.HostDir, "leases")}})
+	claims := netplan.Claims{Dir: filepath.Join(o.HostDir, "leases")}
+	st, err := store.OpenWith(ctx, dir, store.Options{Claims: claims})
 	if err != nil {
 		return nil, wrapErr("open", "", ErrBackend, fmt.Errorf("state in %s: %w", dir, err))
 	}
-	return &Host{dir: dir, imageDir: imageDir, st: st, opts: o, backends: map[vmm.Kind]vmm.Backend{}}, nil
+	return &Host{dir: dir, imageDir: imageDir, st: st, claims: claims, opts: o, backends: map[vmm.Kind]vmm.Backend{}}, nil
 }
 
 // DataDir returns the host's data directory.

@@ -153,3 +153,42 @@ func dbExists(dataDir string) bool {
 	_, err := os.Stat(filepath.Join(dataDir, "smolvm.db"))
 	return err == nil
 }
+
+// Prune removes stale claims: those of dataDir whose VM holds the index
+// no more (holds says which do, and should count work in progress), and
+// those of data directories that no longer have a database. It returns
+// the indexes removed (or, with dryRun, that would be).
+func (c Claims) Prune(dataDir string, holds func(index int, vmID string) bool, dryRun bool) ([]int, error) {
+	if c.Dir == "" {
+		return nil, nil
+	}
+	ents, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, e := range ents {
+		i, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		o, err := c.owner(i)
+		if err != nil {
+			continue
+		}
+		stale := (o.DataDir == dataDir && !holds(i, o.VMID)) || (o.DataDir != dataDir && !dbExists(o.DataDir))
+		if !stale {
+			continue
+		}
+		if !dryRun {
+			if err := os.Remove(c.path(i)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return out, err
+			}
+		}
+		out = append(out, i)
+	}
+	return out, nil
+}
