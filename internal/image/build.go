@@ -37,8 +37,15 @@ const (
 
 // BuildOptions says which image to build and from what.
 type BuildOptions struct {
-	// Name is the image to build: NameMinimal or NameDefault.
+	// Name is the image to build: NameMinimal or NameDefault, or with
+	// Spec a user image's name (see CheckName).
 	Name string
+	// Spec, when set, builds the user image Name from it: its base, files,
+	// environment and run configuration. Its run: steps are not executed
+	// here; they are recorded in the manifest for the SDK (Manifest.Config).
+	Spec *Spec
+	// Import bounds the import of an oci: or tar: base.
+	Import ImportOptions
 	// CacheDir is the directory holding built images; it is created if needed.
 	CacheDir string
 	// KernelPath is a kernel of the user's own (bzImage or ELF vmlinux);
@@ -99,6 +106,8 @@ type Manifest struct {
 	BuiltAt time.Time `json:"built_at"`
 	// BuildSeconds is how long the build took.
 	BuildSeconds float64 `json:"build_seconds"`
+	// Config says how to run a user image; nil for built-in images.
+	Config *RunConfig `json:"config,omitempty"`
 }
 
 // Inputs are everything a build depends on.
@@ -125,6 +134,13 @@ type Inputs struct {
 	Modules []string `json:"modules"`
 	// Compression is the initramfs compression.
 	Compression Compression `json:"compression"`
+	// Spec is a user image's spec.
+	Spec *Spec `json:"spec,omitempty"`
+	// SpecFilesSHA256 covers the names, sizes and times of the spec's files.
+	SpecFilesSHA256 string `json:"spec_files_sha256,omitempty"`
+	// BaseDigest identifies a user image's base: the imported archive's or
+	// layout's digest, or the base image's fingerprint.
+	BaseDigest string `json:"base_digest,omitempty"`
 }
 
 // FileInfo is one file of an image.
@@ -193,8 +209,8 @@ type builder struct {
 // newBuilder checks opts, fills defaults, makes sure the cache is writable
 // and reads the agent.
 func newBuilder(opts BuildOptions) (*builder, error) {
-	if opts.Name != NameMinimal && opts.Name != NameDefault {
-		return nil, fmt.Errorf("unknown image %q (want %s or %s)", opts.Name, NameMinimal, NameDefault)
+	if err := checkBuildName(opts); err != nil {
+		return nil, err
 	}
 	if opts.CacheDir == "" {
 		return nil, errors.New("image cache directory not set")
@@ -216,6 +232,20 @@ func newBuilder(opts BuildOptions) (*builder, error) {
 		return nil, err
 	}
 	return &builder{opts: opts, start: time.Now(), apt: &apt{progress: opts.Progress}, agent: agent}, nil
+}
+
+// checkBuildName checks the image name (and the spec of a user image).
+func checkBuildName(opts BuildOptions) error {
+	if opts.Spec != nil {
+		if err := CheckName(opts.Name); err != nil {
+			return err
+		}
+		return opts.Spec.Validate()
+	}
+	if opts.Name != NameMinimal && opts.Name != NameDefault {
+		return fmt.Errorf("unknown image %q (want %s or %s, or a spec)", opts.Name, NameMinimal, NameDefault)
+	}
+	return nil
 }
 
 // progress reports a stage to opts.Progress, if set.

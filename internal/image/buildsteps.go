@@ -59,7 +59,16 @@ func (b *builder) resolveKernel(ctx context.Context, in *Inputs) error {
 
 // resolveRootfs records what the root filesystem is made from.
 func (b *builder) resolveRootfs(ctx context.Context, in *Inputs) error {
-	switch b.opts.Name {
+	if b.opts.Spec != nil {
+		return b.resolveUser(ctx, in)
+	}
+	return b.resolveBuiltin(ctx, in, b.opts.Name)
+}
+
+// resolveBuiltin records the packages a built-in root filesystem (or a
+// user image's built-in base) is made from.
+func (b *builder) resolveBuiltin(ctx context.Context, in *Inputs, name string) error {
+	switch name {
 	case NameMinimal:
 		bb, err := b.apt.show(ctx, "busybox-static")
 		if err != nil {
@@ -173,10 +182,12 @@ func (b *builder) initramfsStep(ctx context.Context) error {
 func (b *builder) rootfsStep(ctx context.Context) error {
 	rootDir := filepath.Join(b.work, "rootfs")
 	var err error
-	switch b.opts.Name {
-	case NameMinimal:
+	switch {
+	case b.opts.Spec != nil:
+		err = b.userTree(ctx, rootDir)
+	case b.opts.Name == NameMinimal:
 		err = b.minimalTree(ctx, rootDir)
-	case NameDefault:
+	case b.opts.Name == NameDefault:
 		err = b.defaultTree(ctx, rootDir)
 	}
 	if err != nil {
@@ -214,7 +225,7 @@ func (b *builder) minimalTree(ctx context.Context, rootDir string) error {
 // defaultTree fills rootDir with Debian by mmdebstrap.
 func (b *builder) defaultTree(ctx context.Context, rootDir string) error {
 	b.progress("rootfs: mmdebstrap "+debianSuite, 0, 1)
-	if err := defaultRootfs(ctx, rootDir, b.m.Inputs.Sources, b.agent); err != nil {
+	if err := defaultRootfs(ctx, rootDir, b.m.Inputs.Sources, b.m.Inputs.Packages, b.agent); err != nil {
 		return fmt.Errorf("default rootfs: %w", err)
 	}
 	b.progress("rootfs: mmdebstrap "+debianSuite, 1, 1)
