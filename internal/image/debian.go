@@ -258,3 +258,48 @@ func deb822(stanza string) map[string]string {
 	}
 	return m
 }
+
+// cachedDownload returns a .deb from <cacheDir>/.debs, downloading it with
+// apt when it is missing or its checksum differs from apt's. Older
+// versions of the same package are removed.
+func (a *apt) cachedDownload(ctx context.Context, cacheDir string, p debPackage) (string, error) {
+	dir := filepath.Join(cacheDir, ".debs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	want := filepath.Join(dir, p.Name+"_"+strings.ReplaceAll(p.Version, ":", "%3a")+"_amd64.deb")
+	if fi, err := fileInfo(want); err == nil && (p.SHA256 == "" || fi.SHA256 == p.SHA256) {
+		return want, nil
+	}
+	tmp, err := os.MkdirTemp(dir, ".dl-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", err
+	}
+	deb, err := a.download(ctx, p, tmp)
+	if err != nil {
+		return "", err
+	}
+	if p.SHA256 != "" {
+		fi, err := fileInfo(deb)
+		if err != nil {
+			return "", err
+		}
+		if fi.SHA256 != p.SHA256 {
+			return "", fmt.Errorf("download %s: checksum %s, apt says %s", p.Name, fi.SHA256, p.SHA256)
+		}
+	}
+	old, _ := filepath.Glob(filepath.Join(dir, p.Name+"_*.deb"))
+	for _, o := range old {
+		if o != want {
+			os.Remove(o)
+		}
+	}
+	if err := os.Rename(deb, want); err != nil {
+		return "", err
+	}
+	return want, nil
+}

@@ -163,12 +163,12 @@ if [ -t 0 ]; then
 fi
 `
 
-// defaultRootfs fills dir with Debian minbase plus DefaultPackages, built by
-// mmdebstrap from the host's own apt sources.
-func defaultRootfs(ctx context.Context, dir string, sources []string, agent []byte) error {
+// defaultRootfs fills dir with Debian minbase plus packages (DefaultPackages
+// for the default image), built by mmdebstrap from the host's own apt sources.
+func defaultRootfs(ctx context.Context, dir string, sources, packages []string, agent []byte) error {
 	args := []string{
 		"--variant=minbase",
-		"--include=" + strings.Join(DefaultPackages, ","),
+		"--include=" + strings.Join(packages, ","),
 		"--dpkgopt=path-exclude=/usr/share/man/*",
 		"--dpkgopt=path-exclude=/usr/share/doc/*",
 		"--dpkgopt=path-include=/usr/share/doc/*/copyright",

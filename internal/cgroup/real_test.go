@@ -1,0 +1,184 @@
+package cgroup
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRealGroup uses this machine's cgroups: it makes a group nested under
+// the test's own cgroup, runs a real shell in it, sees the shell's child
+// in the group, reads the group's stats, shows that a pids limit stops a
+// fork, then kills and removes the group and checks nothing is left.
+func TestRealGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	h := Host{Nest: true}
+	mode, err := h.Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := h.Controllers()
+	t.Logf("mode %s, controllers %v", mode, cs)
+	if !slices.Contains(cs, Pids) {
+		t.Skipf("no pids controller here (mode %s)", mode)
+	}
+	name := fmt.Sprintf("test-%d", os.Getpid())
+	lim := Limits{Pids: 2}
+	if slices.Contains(cs, Memory) {
+		lim.MemoryBytes = 64 << 20
+	}
+	if slices.Contains(cs, CPU) {
+		lim.CPUs = 0.5
+	}
+	g, err := h.Create(name, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("group dirs %v", g.Paths())
+	defer g.Destroy(context.Background())
+
+	sh := exec.Command("/bin/sh")
+	stdin, _ := sh.StdinPipe()
+	stdout, _ := sh.StdoutPipe()
+	var stderr lockedBuffer
+	sh.Stderr = &stderr
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := false
+	defer func() {
+		if !exited {
+			sh.Process.Kill()
+			sh.Wait()
+		}
+	}()
+	if err := g.Add(sh.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewReader(stdout)
+	// say sends the shell a command and returns the line it prints, or ""
+	// when the shell exits first; it gives up after 10 s.
+	say := func(cmd string) string {
+		t.Helper()
+		if _, err := io.WriteString(stdin, cmd+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 1)
+		go func() {
+			l, _ := lines.ReadString('\n')
+			got <- strings.TrimSpace(l)
+		}()
+		select {
+		case l := <-got:
+			return l
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no answer in 10 s (stderr %q)", cmd, stderr.String())
+			return ""
+		}
+	}
+	// The shell forks a sleep: two processes, the limit.
+	sleepPid := say("sleep 60 >/dev/null 2>&1 & echo $!")
+	procs, err := g.Procs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(procs, sh.Process.Pid) || !slices.Contains(procs, atoi(t, sleepPid)) {
+		t.Fatalf("group procs %v, want the shell %d and its sleep %s", procs, sh.Process.Pid, sleepPid)
+	}
+	st, err := g.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stats: %+v", st)
+	if st.Pids != 2 {
+		t.Errorf("pids.current %d, want 2", st.Pids)
+	}
+	if slices.Contains(cs, Memory) && st.MemoryBytes <= 0 {
+		t.Errorf("memory use %d after a fork and exec in the group", st.MemoryBytes)
+	}
+	if back, err := g.Limits(); err != nil || back.Pids != 2 || back.MemoryBytes != lim.MemoryBytes || back.CPUs != lim.CPUs {
+		t.Errorf("Limits() = %+v %v, want %+v", back, err, lim)
+	}
+	// A third process is over the limit: the fork fails, and a script
+	// shell that cannot fork reports it and exits.
+	if out := say("/bin/true; echo rc=$?"); out != "" {
+		t.Fatalf("a fork beyond pids.max=2: shell said %q, want it to fail", out)
+	}
+	werr := sh.Wait() // also waits for stderr to be copied
+	exited = true
+	if werr == nil {
+		t.Error("the shell that could not fork exited 0")
+	}
+	if !strings.Contains(strings.ToLower(stderr.String()), "fork") {
+		t.Errorf("shell's stderr does not report the failed fork: %q", stderr.String())
+	}
+	t.Logf("fork beyond the limit, shell's stderr: %q", stderr.String())
+	if err := g.SetLimits(Limits{Pids: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if lim, err := g.Limits(); err != nil || lim.Pids != 10 {
+		t.Errorf("after raising: Limits() = %+v %v, want pids 10", lim, err)
+	}
+	if p, _ := g.Procs(); !slices.Equal(p, []int{atoi(t, sleepPid)}) {
+		t.Errorf("procs %v after the shell exited, want only the sleep %s", p, sleepPid)
+	}
+
+	if err := g.Remove(); err == nil {
+		t.Fatal("Remove succeeded with processes in the group")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range g.Paths() {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after Destroy (%v)", p, err)
+		}
+	}
+	names, err := h.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(names, name) {
+		t.Errorf("List still shows %s: %v", name, names)
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
+		t.Fatalf("not a pid: %q", s)
+	}
+	return n
+}
+
+// lockedBuffer is a strings.Builder safe for the writer goroutine of
+// exec.Cmd and the test reading it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

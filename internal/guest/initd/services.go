@@ -1,0 +1,100 @@
+package initd
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// run starts a program through the reaper and waits for it.
+func (in *Init) run(argv ...string) (unix.WaitStatus, error) {
+	_, ch, err := in.reaper.Start(argv, in.procAttr())
+	if err != nil {
+		return 0, fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	return <-ch, nil
+}
+
+func (in *Init) procAttr() *syscall.ProcAttr {
+	return &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   childEnv,
+		Files: []uintptr{0, 1, 2},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+}
+
+// startSSHD generates missing host keys, then runs sshd in the foreground
+// as a child of the init.
+func (in *Init) startSSHD() error {
+	keys, _ := filepath.Glob("/etc/ssh/ssh_host_*_key")
+	if len(keys) == 0 {
+		// Only Ed25519 and ECDSA: an RSA key takes many seconds on an
+		// emulated (TCG) CPU, and every current client speaks Ed25519.
+		for _, typ := range []string{"ed25519", "ecdsa"} {
+			key := "/etc/ssh/ssh_host_" + typ + "_key"
+			ws, err := in.run("/usr/bin/ssh-keygen", "-q", "-t", typ, "-N", "", "-C", "root@"+in.params.ID, "-f", key)
+			if err != nil || ws.ExitStatus() != 0 {
+				return fmt.Errorf("ssh-keygen -t %s: %v (%s)", typ, err, waitString(ws))
+			}
+		}
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		return err
+	}
+	// Name the keys that exist, so sshd does not complain about the rest.
+	argv := []string{"/usr/sbin/sshd", "-D"}
+	keys, _ = filepath.Glob("/etc/ssh/ssh_host_*_key")
+	for _, k := range keys {
+		argv = append(argv, "-h", k)
+	}
+	_, ch, err := in.reaper.Start(argv, in.procAttr())
+	if err != nil {
+		return fmt.Errorf("start sshd: %w", err)
+	}
+	go func() {
+		ws := <-ch
+		in.logf("sshd exited: %v", waitString(ws))
+	}()
+	return nil
+}
+
+// superviseServer runs the agent server and restarts it when it dies,
+// backing off, unless it exits with ExitUnavailable.
+func (in *Init) superviseServer() {
+	defer func() {
+		if r := recover(); r != nil {
+			in.logf("agent server supervisor: panic: %v", r)
+		}
+	}()
+	backoff := 500 * time.Millisecond
+	for {
+		started := time.Now()
+		ws, err := in.run(in.opts.ServeArgs...)
+		if err != nil {
+			in.logf("agent server: %v", err)
+		} else {
+			if ws.Exited() && ws.ExitStatus() == ExitUnavailable {
+				in.logf("agent server unavailable (exit %d); not restarting", ExitUnavailable)
+				return
+			}
+			in.logf("agent server exited (%s); restarting", waitString(ws))
+		}
+		if time.Since(started) > time.Minute {
+			backoff = 500 * time.Millisecond
+		}
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func waitString(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("exit %d", ws.ExitStatus())
+}
