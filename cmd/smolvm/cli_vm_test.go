@@ -125,7 +125,7 @@ func TestCLIVMLifecycle(t *testing.T) {
 	if r := cli(t, dir, "list", "--all"); !strings.Contains(r.stdout, "stopped") {
 		t.Fatalf("list --all: %s", r.stdout)
 	}
-	if r := cli(t, dir, "exec", "c1", "--", "true"); r.code != 1 || !strings.Contains(r.stderr, "not running") {
+	if r := cli(t, dir, "exec", "c1", "--", "true"); r.code != 4 || !strings.Contains(r.stderr, "not running") {
 		t.Fatalf("exec on stopped: %+v", r)
 	}
 	if r := cli(t, dir, "start", "c1"); r.code != 0 || !strings.HasPrefix(r.stdout, "started c1") {

@@ -17,14 +17,13 @@ import (
 // passes through; a timeout is reported and keeps the code (137).
 func exitOf(c *cobra.Command, st smolvm.ExitStatus, err error) error {
 	if err != nil && !st.TimedOut {
-		code := exitRunFailed
 		switch {
 		case errors.Is(err, smolvm.ErrNotFound):
-			code = exitNotFoundCmd // the program does not exist in the guest
-		case errors.Is(err, smolvm.ErrInvalidConfig), errors.Is(err, fs.ErrPermission):
-			code = exitCannotRun
+			return guestCmdError{err: err, code: exitNotFoundCmd} // the program does not exist in the guest
+		case errors.Is(err, fs.ErrPermission):
+			return guestCmdError{err: err, code: exitCannotRun}
 		}
-		return guestCmdError{err: err, code: code}
+		return err // the code of its kind (125 for an unclassified failure)
 	}
 	if err != nil {
 		fmt.Fprintln(c.ErrOrStderr(), "smolvm: "+err.Error())

@@ -16,8 +16,9 @@ import (
 )
 
 // Exit codes of the CLI, by error kind. run and exec pass the guest
-// command's own code through and use the container conventions (125, 126,
-// 127) for their own failures.
+// command's own code through; their own failures keep the code of their
+// kind, and 1 becomes the container conventions' 125 (126 and 127 when the
+// guest command cannot be run or is not found).
 const (
 	exitOK          = 0
 	exitError       = 1 // any other failure
@@ -55,7 +56,8 @@ Exit codes: 0 success; 1 other failure; 2 bad flags, arguments or configuration;
 3 no such VM, image or snapshot; 4 wrong state (e.g. exec on a stopped VM);
 5 the host lacks something (QEMU, /dev/net/tun, CAP_NET_ADMIN, KVM); 6 timed out.
 run and exec pass the guest command's exit code through; their own failures
-are 125 (smolvm failed), 126 (command could not be run), 127 (command not found).`
+keep these codes, except that 1 becomes 125 (smolvm failed), and 126 (command
+could not be run) and 127 (command not found) come from the guest command.`
 
 // usageError marks bad flags or arguments: exit code 2.
 type usageError struct{ err error }
@@ -191,10 +193,11 @@ func run(ctx context.Context, root *cobra.Command, argv []string) int {
 	if errors.As(err, &ge) {
 		return ge.code
 	}
-	if cmd, _, ferr := root.Find(argv); ferr == nil && (cmd.Name() == "run" || cmd.Name() == "exec") {
-		// Their exit code is the guest command's; smolvm's own failures
-		// use the container convention.
+	code := exitCodeFor(err)
+	if cmd, _, ferr := root.Find(argv); ferr == nil && (cmd.Name() == "run" || cmd.Name() == "exec") && code == exitError {
+		// Their exit code is the guest command's: a failure of smolvm's
+		// own that has no code of its kind uses the container convention.
 		return exitRunFailed
 	}
-	return exitCodeFor(err)
+	return code
 }
