@@ -52,6 +52,10 @@ type stream struct {
 	in     *proto.Inbox  // host-to-guest data
 	out    *proto.Window // guest-to-host send window
 	after  func()        // run after the response is written, if set
+
+	// control applies CONTROL frames; nil until the handler has something
+	// to control.
+	control atomic.Pointer[controller]
 }
 
 // abort stops the stream's handler.
@@ -90,8 +94,28 @@ func (s *session) handle(f proto.Frame) {
 		st.out.Add(int(n))
 	case proto.TypeCancel:
 		st.cancel()
+	case proto.TypeControl:
+		s.controlFrame(st, f.Payload)
 	default:
 		s.srv.opts.Logf("agent: stream %d: unexpected %s frame", f.Stream, f.Type)
+	}
+}
+
+// controlFrame applies a CONTROL frame to st's command. It only issues an
+// ioctl or a kill, so it does not block the read loop.
+func (s *session) controlFrame(st *stream, payload []byte) {
+	k := st.control.Load()
+	if k == nil {
+		s.srv.opts.Logf("agent: stream %d: CONTROL frame with nothing to control", st.id)
+		return
+	}
+	var c proto.Control
+	if err := json.Unmarshal(payload, &c); err != nil {
+		s.srv.opts.Logf("agent: stream %d: bad CONTROL frame: %v", st.id, err)
+		return
+	}
+	if err := k.apply(c); err != nil {
+		s.srv.opts.Logf("agent: stream %d: control: %v", st.id, err)
 	}
 }
 
