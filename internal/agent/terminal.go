@@ -26,8 +26,8 @@ type PtyOptions struct {
 // merged, as the terminal produces them); Write types raw input. Read and
 // Write may run concurrently with each other and with Resize and Signal.
 type Terminal struct {
-	c   *Client
-	cl  *call
+	c    *Client
+	cl   *call
 	ctx  context.Context // the context given to StartTerminal
 	stop func() bool     // stops the cancellation hook on ctx
 

@@ -171,4 +171,3 @@ func lookPath(name, pathEnv string) (string, error) {
 	}
 	return "", fmt.Errorf("%w: executable %q in PATH %q", proto.ErrNotFound, name, pathEnv)
 }
-
