@@ -17,7 +17,8 @@ const (
 	// MethodProcInput writes bytes to a process's stdin and may close it;
 	// args ProcInputArgs.
 	MethodProcInput = "proc.input"
-	// MethodProcSignal signals a process's group; args ProcSignalArgs.
+	// MethodProcSignal signals a process's group or resizes its terminal;
+	// args ProcSignalArgs.
 	MethodProcSignal = "proc.signal"
 	// MethodProcWait waits for a process to exit and reaps its entry;
 	// args PidArgs, result ProcExit.
@@ -116,8 +117,11 @@ const MaxInputBytes = 32 << 10
 type ProcSignalArgs struct {
 	// Pid is the process id returned by MethodProcStart.
 	Pid int `json:"pid"`
-	// Signal is a name ("SIGTERM", "TERM") or a number ("15").
-	Signal string `json:"signal"`
+	// Signal is a name ("SIGTERM", "TERM") or a number ("15"); may be
+	// empty when Resize is set.
+	Signal string `json:"signal,omitempty"`
+	// Resize sets the window size of the process's terminal.
+	Resize *WindowSize `json:"resize,omitempty"`
 }
 
 // PortWaitArgs are the arguments of MethodPortWait.

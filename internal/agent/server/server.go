@@ -53,6 +53,15 @@ type Options struct {
 	VirtioWait time.Duration
 	// VsockPort is the vsock port Run listens on; 0 disables vsock.
 	VsockPort uint32
+	// MaxProcs bounds the background processes tracked at once, running or
+	// exited; default DefaultMaxProcs.
+	MaxProcs int
+	// MaxExitedProcs bounds the exited processes kept until waited for;
+	// older ones are reaped first. Default DefaultMaxExitedProcs.
+	MaxExitedProcs int
+	// ProcBufferBytes is the default output ring size per stream of a
+	// background process; default DefaultProcBufferBytes.
+	ProcBufferBytes int
 }
 
 // Server serves agent requests. Create it with New; one Server may serve many
@@ -61,6 +70,7 @@ type Server struct {
 	opts    Options
 	started time.Time
 	envMu   sync.Mutex // serialises reads and writes of opts.EnvFile
+	procs   procTable  // background processes, shared by all connections
 }
 
 // New returns a Server using opts, with defaults filled in.
@@ -86,7 +96,16 @@ func New(opts Options) *Server {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	return &Server{opts: opts, started: time.Now()}
+	if opts.MaxProcs <= 0 {
+		opts.MaxProcs = DefaultMaxProcs
+	}
+	if opts.MaxExitedProcs <= 0 {
+		opts.MaxExitedProcs = DefaultMaxExitedProcs
+	}
+	if opts.ProcBufferBytes <= 0 {
+		opts.ProcBufferBytes = DefaultProcBufferBytes
+	}
+	return &Server{opts: opts, started: time.Now(), procs: procTable{procs: map[int]*bgProc{}}}
 }
 
 // Serve serves one stream with a new Server; see Server.Serve.

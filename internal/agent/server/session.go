@@ -168,6 +168,23 @@ var handlers = map[string]handler{
 	proto.MethodHealth:   (*Server).health,
 	proto.MethodSync:     (*Server).sync,
 	proto.MethodPowerOff: (*Server).powerOff,
+
+	proto.MethodProcStart:  (*Server).procStart,
+	proto.MethodProcList:   (*Server).procList,
+	proto.MethodProcAttach: (*Server).procAttach,
+	proto.MethodProcInput:  (*Server).procInput,
+	proto.MethodProcSignal: (*Server).procSignal,
+	proto.MethodProcWait:   (*Server).procWait,
+	proto.MethodPortWait:   (*Server).portWait,
+
+	proto.MethodFsStat:      (*Server).fsStat,
+	proto.MethodFsList:      (*Server).fsList,
+	proto.MethodFsMkdir:     (*Server).fsMkdir,
+	proto.MethodFsMove:      (*Server).fsMove,
+	proto.MethodFsRemove:    (*Server).fsRemove,
+	proto.MethodFsWatch:     (*Server).fsWatch,
+	proto.MethodDirUpload:   (*Server).dirUpload,
+	proto.MethodDirDownload: (*Server).dirDownload,
 }
 
 // dispatch decodes a request and runs its handler, turning panics into
@@ -225,4 +242,35 @@ func (st *stream) grant(n int) {
 	if err != nil && !errors.Is(err, proto.ErrUnavailable) {
 		st.sess.srv.opts.Logf("agent: stream %d: window: %v", st.id, err)
 	}
+}
+
+// lineWriter sends JSON lines on ChanOut, batched into chunks.
+type lineWriter struct {
+	st  *stream
+	buf []byte
+}
+
+func newLineWriter(st *stream) *lineWriter { return &lineWriter{st: st} }
+
+// encode queues v as one line, sending a chunk when enough has queued.
+func (w *lineWriter) encode(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("%w: encode: %v", proto.ErrInternal, err)
+	}
+	w.buf = append(append(w.buf, b...), '\n')
+	if len(w.buf) >= proto.ChunkSize {
+		return w.flush()
+	}
+	return nil
+}
+
+// flush sends what is queued.
+func (w *lineWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.st.send(proto.ChanOut, w.buf)
+	w.buf = w.buf[:0]
+	return err
 }
