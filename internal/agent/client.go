@@ -3,6 +3,17 @@
 // the transports that reach it (a QEMU virtio-serial chardev socket,
 // Firecracker's hybrid vsock, and AF_VSOCK).
 //
+// Beyond Exec, Upload and Download the Client runs commands on guest
+// terminals (StartTerminal), manages background processes that outlive the
+// connection (StartProcess, ListProcesses, AttachProcess, WriteProcess,
+// SignalProcess, WaitProcess), calls the guest file system (Stat, List,
+// Mkdir, Move, Remove, ReadFile, WriteFile, Watch), moves directory trees as
+// tar streams (UploadDir, DownloadDir, with ExtractTar refusing entries that
+// would escape the target) and waits for guest ports (WaitPort). Every byte
+// from the guest is bounded: by flow-control windows, by explicit limits
+// (MaxOutputBytes, ListOptions.MaxEntries, ReadFile's bound, TarLimits), and
+// by ending the session on protocol violations.
+//
 // Errors carry the kinds of package proto (proto.ErrNotFound,
 // proto.ErrUnavailable, ...); check them with errors.Is.
 package agent

@@ -129,6 +129,13 @@ func (c *Client) DownloadDir(ctx context.Context, guestDir, hostDir string, lim 
 	extracted := make(chan result, 1)
 	go func() {
 		st, err := ExtractTar(ctx, pr, target, lim)
+		if err == nil {
+			// Take the end blocks and padding; a guest sending more than
+			// that after the end of the archive is cut off.
+			if n, _ := io.Copy(io.Discard, io.LimitReader(pr, maxTrailer+1)); n > maxTrailer {
+				err = fmt.Errorf("%w: more than %d bytes after the end of the archive", proto.ErrProtocol, maxTrailer)
+			}
+		}
 		pr.CloseWithError(fmt.Errorf("extraction stopped: %w", errOr(err, io.ErrClosedPipe)))
 		extracted <- result{st, err}
 	}()
@@ -151,6 +158,9 @@ func (c *Client) DownloadDir(ctx context.Context, guestDir, hostDir string, lim 
 	}
 	return x.st, nil
 }
+
+// maxTrailer bounds the bytes accepted after a downloaded archive's end.
+const maxTrailer = 1 << 20
 
 // errOr returns err, or def when err is nil.
 func errOr(err, def error) error {

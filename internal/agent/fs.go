@@ -242,4 +242,3 @@ func (w *Watcher) Close() error {
 	w.c.cancel(w.cl)
 	return nil
 }
-

@@ -2,7 +2,7 @@ package agent
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"io"
 	"time"
 

@@ -45,7 +45,7 @@ func runCommand(st *stream, cmd *exec.Cmd, a proto.ExecArgs) (proto.ExecResult, 
 	var pumps sync.WaitGroup
 	outs := make([]*output, len(ch.outs))
 	for i, f := range ch.outs {
-		outs[i] = &output{f: f}
+		outs[i] = &output{f: f, tty: ch.ctl.tty != nil}
 		channel := proto.ChanOut + proto.Channel(i)
 		pumps.Go(func() {
 			outs[i].pump(func(p []byte) error { return st.send(channel, p) })
@@ -54,7 +54,7 @@ func runCommand(st *stream, cmd *exec.Cmd, a proto.ExecArgs) (proto.ExecResult, 
 	if ch.stdin != nil {
 		stdin := ch.stdin
 		ch.stdin = nil // feedStdin closes it
-		go feedStdin(st, stdin)
+		go feedStdin(st, stdin, ch.sharedIn)
 	}
 	res, waitErr := ch.wait(st.ctx.Done(), a.TimeoutMillis)
 	for _, o := range outs {

@@ -35,11 +35,13 @@ type bgProc struct {
 	tag   string
 	start time.Time
 	ctl   controller
-	outs  []*ring     // ChanOut, ChanErr (one ring for a terminal)
+	outs  []*ring       // ChanOut, ChanErr (one ring for a terminal)
 	done  chan struct{} // closed once exited and its output collected
 
 	inMu  chan struct{} // 1-buffered semaphore over stdin
 	stdin *os.File      // guarded by inMu; nil once closed or never opened
+	// sharedIn: stdin is the terminal controller, closed with the output.
+	sharedIn bool
 
 	mu       sync.Mutex
 	result   proto.ExecResult // guarded by mu; valid once exited
@@ -127,6 +129,7 @@ func (s *Server) procStart(_ *stream, raw json.RawMessage) (any, error) {
 	p := &bgProc{
 		pid: ch.ctl.pgid, argv: cmd.Args, tag: a.Tag, start: time.Now(), ctl: ch.ctl,
 		done: make(chan struct{}), inMu: make(chan struct{}, 1), stdin: ch.stdin,
+		sharedIn: ch.sharedIn,
 	}
 	if a.Exec.Pty != nil {
 		p.argv = append([]string{cmd.Path}, cmd.Args[1:]...)
@@ -145,7 +148,7 @@ func (s *Server) supervise(p *bgProc, ch *child, timeoutMillis int64) {
 	var pumps sync.WaitGroup
 	outs := make([]*output, len(ch.outs))
 	for i, f := range ch.outs {
-		outs[i] = &output{f: f}
+		outs[i] = &output{f: f, tty: ch.ctl.tty != nil}
 		r := p.outs[i]
 		pumps.Go(func() {
 			outs[i].pump(func(b []byte) error { r.write(b); return nil })
@@ -180,10 +183,10 @@ func (s *Server) supervise(p *bgProc, ch *child, timeoutMillis int64) {
 func (p *bgProc) closeStdin() {
 	p.inMu <- struct{}{}
 	defer func() { <-p.inMu }()
-	if p.stdin != nil {
+	if p.stdin != nil && !p.sharedIn {
 		p.stdin.Close()
-		p.stdin = nil
 	}
+	p.stdin = nil
 }
 
 // writeStdin writes data to p's stdin, giving up when st ends.

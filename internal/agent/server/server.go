@@ -2,6 +2,12 @@
 // VM as part of the PID-1 agent binary and serves the protocol of package
 // proto on virtio-serial and vsock streams.
 //
+// Background processes (proc.* methods) belong to the Server, not to a
+// session: they keep running when the connection that started them closes,
+// their output is kept in bounded ring buffers, and any connection served by
+// the same Server can attach. Terminals come from internal/guest/pty and
+// file watches from internal/guest/fswatch.
+//
 // The package must not import net (directly or transitively) so that the
 // agent binary links statically even with cgo enabled: vsock is used through
 // golang.org/x/sys/unix, the virtio-serial port is a plain file, and users are

@@ -20,6 +20,11 @@ import (
 // (held by background children) before the agent stops reading them.
 const outputGrace = 200 * time.Millisecond
 
+// ttyPoll is how long a terminal controller's read waits before retrying
+// after EIO while the command still runs (the kernel reports EIO when the
+// count of terminal-side openers drops, which can happen transiently).
+const ttyPoll = 100 * time.Millisecond
+
 // Default terminal size when the host gives none.
 const (
 	defaultRows = 24
@@ -29,9 +34,13 @@ const (
 // child is a started command with the agent's ends of its I/O.
 type child struct {
 	cmd   *exec.Cmd
-	stdin *os.File   // write end of its stdin, or nil
-	outs  []*os.File // read ends: stdout and stderr, or the terminal controller
-	ctl   controller // resizes and signals
+	stdin *os.File // write end of its stdin, or nil
+	term  *os.File // the agent's copy of the terminal side, closed after exit
+	// sharedIn reports that stdin is the terminal controller, also in outs:
+	// closing the input must not close it.
+	sharedIn bool
+	outs     []*os.File // read ends: stdout and stderr, or the terminal controller
+	ctl      controller // resizes and signals
 }
 
 // controller applies CONTROL frames to a child.
@@ -86,6 +95,9 @@ func spawn(cmd *exec.Cmd, a proto.ExecArgs) (*child, error) {
 	var theirs []io.Closer // the child's ends, closed once it has started
 	ch := &child{cmd: cmd}
 	fail := func(err error) (*child, error) {
+		if ch.term != nil {
+			ch.term.Close()
+		}
 		for _, c := range theirs {
 			c.Close()
 		}
@@ -97,7 +109,11 @@ func spawn(cmd *exec.Cmd, a proto.ExecArgs) (*child, error) {
 		if err != nil {
 			return fail(err)
 		}
-		theirs = append(theirs, term)
+		// The agent keeps its own copy of the terminal side open while the
+		// command runs: if the count of openers falls to the last one, the
+		// kernel flags the controller as closed and reads fail with EIO
+		// although the command still writes (seen under load with dash).
+		ch.term = term
 		ch.outs = []*os.File{ctl}
 		ch.ctl.tty = ctl
 		size := pty.Size{Rows: cmp0(a.Pty.Rows, defaultRows), Cols: cmp0(a.Pty.Cols, defaultCols)}
@@ -107,11 +123,8 @@ func spawn(cmd *exec.Cmd, a proto.ExecArgs) (*child, error) {
 		if cr := cmd.SysProcAttr.Credential; cr != nil {
 			_ = term.Chown(int(cr.Uid), -1) // tools like sudo check the terminal's owner
 		}
-		in, err := dupFile(ctl)
-		if err != nil {
-			return fail(err)
-		}
-		ch.stdin = in
+		ch.stdin = ctl
+		ch.sharedIn = true
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = term, term, term
 		cmd.SysProcAttr.Setpgid = false
 		cmd.SysProcAttr.Setsid = true
@@ -155,27 +168,9 @@ func cmp0(v, def uint16) uint16 {
 	return v
 }
 
-// dupFile returns a second file for f's open file description, so the
-// terminal's input can be closed apart from its output.
-func dupFile(f *os.File) (*os.File, error) {
-	conn, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	nfd := -1
-	var derr error
-	if err := conn.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("dup terminal: %w", derr)
-	}
-	return os.NewFile(uintptr(nfd), f.Name()), nil
-}
-
 // close closes the agent's ends of the child's I/O.
 func (ch *child) close() {
-	if ch.stdin != nil {
+	if ch.stdin != nil && !ch.sharedIn {
 		ch.stdin.Close()
 	}
 	for _, f := range ch.outs {
@@ -210,6 +205,9 @@ wait:
 			cancel = nil
 		}
 	}
+	if ch.term != nil {
+		ch.term.Close() // output now ends once the last holder closes it
+	}
 	var exitErr *exec.ExitError
 	if waitErr != nil && !errors.As(waitErr, &exitErr) {
 		return res, fmt.Errorf("exec: wait: %w", waitErr)
@@ -228,6 +226,7 @@ wait:
 // terminal controller.
 type output struct {
 	f    *os.File
+	tty  bool        // f is a terminal controller: see ttyPoll
 	done atomic.Bool // set when the command has exited
 }
 
@@ -253,6 +252,10 @@ func (o *output) pump(sink func([]byte) error) {
 				return
 			}
 		}
+		if err != nil && o.tty && !o.done.Load() && errors.Is(err, syscall.EIO) {
+			time.Sleep(ttyPoll) // see ttyPoll
+			continue
+		}
 		if err != nil {
 			return
 		}
@@ -262,8 +265,10 @@ func (o *output) pump(sink func([]byte) error) {
 // feedStdin copies the host's ChanIn data to the command's stdin and closes
 // it at EOF. Data the command does not read is discarded, but still granted
 // back so the host never waits for window.
-func feedStdin(st *stream, w *os.File) {
-	defer w.Close()
+func feedStdin(st *stream, w *os.File, shared bool) {
+	if !shared {
+		defer w.Close()
+	}
 	broken := false
 	for {
 		c, err := st.in.Pop(st.ctx)
