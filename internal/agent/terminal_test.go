@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ type termSession struct {
 	term *agent.Terminal
 	out  lockedBuffer
 	eof  chan error
+	mark int // output before mark was matched already
 }
 
 func startTerm(t *testing.T, c *agent.Client, req agent.ExecRequest, pty agent.PtyOptions) *termSession {
@@ -39,23 +39,39 @@ func startTerm(t *testing.T, c *agent.Client, req agent.ExecRequest, pty agent.P
 	return s
 }
 
-// typeLine types text and waits until the output matches re, returning the match.
+// typeLine waits for the shell's prompt, types text and waits until the
+// output that follows matches re, returning the match. Typing before the
+// prompt would interleave the echo, the prompt and the output.
 func (s *termSession) typeLine(text string, re *regexp.Regexp) []string {
 	s.t.Helper()
+	s.expect(regexp.MustCompile(`[#$] $`))
 	if _, err := s.term.Write([]byte(text)); err != nil {
 		s.t.Fatalf("Write: %v", err)
 	}
 	return s.expect(re)
 }
 
+// expect waits until the output after the last match matches re.
 func (s *termSession) expect(re *regexp.Regexp) []string {
 	s.t.Helper()
-	var m []string
-	waitFor(s.t, 20*time.Second, fmt.Sprintf("output matching %q (have %q)", re, s.out.String()), func() bool {
-		m = re.FindStringSubmatch(s.out.String())
-		return m != nil
-	})
-	return m
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out := s.out.String()
+		if loc := re.FindStringSubmatchIndex(out[s.mark:]); loc != nil {
+			m := make([]string, len(loc)/2)
+			for i := range m {
+				if loc[2*i] >= 0 {
+					m[i] = out[s.mark+loc[2*i] : s.mark+loc[2*i+1]]
+				}
+			}
+			s.mark += loc[1]
+			return m
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("timed out waiting for output matching %q after %q (all: %q)", re, out[s.mark:], out)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // sessionMember returns the pid of a process named comm in session sid, or 0.
