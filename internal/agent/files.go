@@ -18,7 +18,7 @@ import (
 // upload is aborted and guestPath is left unchanged.
 func (c *Client) Upload(ctx context.Context, guestPath string, r io.Reader, mode os.FileMode, mkdirParents bool) error {
 	args := proto.UploadArgs{Path: guestPath, Mode: proto.ModeToWire(mode), MkdirParents: mkdirParents}
-	cl, err := c.start(proto.MethodUpload, args)
+	cl, err := c.start(ctx, proto.MethodUpload, args)
 	if err != nil {
 		return fmt.Errorf("agent upload %s: %w", guestPath, err)
 	}
@@ -39,7 +39,7 @@ func (c *Client) Upload(ctx context.Context, guestPath string, r io.Reader, mode
 // its permission bits. A missing file fails with proto.ErrNotFound before
 // anything is written.
 func (c *Client) Download(ctx context.Context, guestPath string, w io.Writer) (os.FileMode, error) {
-	cl, err := c.start(proto.MethodDownload, proto.DownloadArgs{Path: guestPath})
+	cl, err := c.start(ctx, proto.MethodDownload, proto.DownloadArgs{Path: guestPath})
 	if err != nil {
 		return 0, fmt.Errorf("agent download %s: %w", guestPath, err)
 	}

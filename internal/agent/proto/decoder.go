@@ -7,9 +7,12 @@ import (
 )
 
 // Decoder reads frames from a byte stream, skipping any bytes that do not
-// form a valid frame (wrong magic, bad checksums, oversized length). Its
-// memory is bounded: one buffer of twice MaxFrameSize plus the payload it
-// returns.
+// form a valid frame (wrong magic, bad header checksum, oversized length). A
+// header whose checksum holds but whose payload checksum fails makes the
+// decoder skip the whole claimed frame (at most MaxFrameSize bytes). Lengths
+// above MaxPayload are refused from the header, before anything is waited
+// for or allocated. Its memory is bounded: one buffer of twice MaxFrameSize
+// plus the payload it returns.
 type Decoder struct {
 	r          io.Reader
 	buf        []byte
@@ -69,7 +72,10 @@ func (d *Decoder) parse() (Frame, bool) {
 		}
 		payload := b[HeaderSize:total]
 		if crc32.Checksum(payload, castagnoli) != h.crc {
-			d.discard(1)
+			// A valid header with a bad payload: skip the whole claimed
+			// frame, so frames nested in its payload are not parsed and
+			// each checksum costs at least the bytes it skips.
+			d.discard(total)
 			continue
 		}
 		f := Frame{Type: h.typ, Channel: h.channel, Stream: h.stream}

@@ -2,7 +2,9 @@ package proto
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
 	"testing"
 	"testing/iotest"
@@ -44,6 +46,10 @@ func TestDecoder(t *testing.T) {
 	oversized := mustFrame(t, empty)
 	oversized[12] = 0xff // length > MaxPayload; header CRC also wrong
 	cut := mustFrame(t, big)[:1000]
+	// A frame whose payload is a valid frame, with its payload checksum broken.
+	nested := mustFrame(t, Frame{Type: TypeData, Channel: ChanOut, Stream: 9, Payload: valid})
+	nested[19] ^= 1
+	binary.BigEndian.PutUint32(nested[20:24], crc32.Checksum(nested[:20], castagnoli))
 
 	tests := []struct {
 		name  string
@@ -59,7 +65,8 @@ func TestDecoder(t *testing.T) {
 		{"header checksum mismatch", [][]byte{badHeader, mustFrame(t, empty)}, []Frame{empty}},
 		{"oversized length", [][]byte{oversized, valid}, []Frame{data}},
 		{"cut frame then resync and hello", [][]byte{cut, AppendResync(nil), mustFrame(t, hello)}, []Frame{hello}},
-		{"frame nested in a cut frame's payload", [][]byte{mustFrame(t, big)[:HeaderSize+10], valid, AppendResync(nil)}, []Frame{data}},
+		{"frame nested in a cut frame's payload is skipped", [][]byte{mustFrame(t, big)[:HeaderSize+10], valid, AppendResync(nil), mustFrame(t, empty)}, []Frame{empty}},
+		{"frame nested in a bad payload is skipped", [][]byte{nested, mustFrame(t, empty)}, []Frame{empty}},
 		{"truncated at end", [][]byte{valid, valid[:20]}, []Frame{data}},
 		{"nothing", nil, nil},
 	}

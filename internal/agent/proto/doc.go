@@ -34,4 +34,21 @@
 // frame a previous host left half-written, so the HELLO is always found. The
 // server abandons the previous session, writes its own zero run and a
 // HELLO_ACK echoing the nonce; the host ignores every byte before that ACK.
+//
+// # Hostile peers
+//
+// A decoder skips a frame whose header is valid but whose payload checksum
+// fails as a whole (frames nested in its payload are never parsed), and
+// refuses lengths above MaxPayload from the header alone. The host treats
+// every guest frame that would cost memory outside a flow-control window as
+// a protocol error ending the session: empty DATA frames, DATA on a channel
+// other than ChanOut or ChanErr, data beyond the window, frame types only
+// hosts send. An Inbox coalesces data per channel, so its memory is the
+// window plus a constant however small the frames.
+//
+// # Compatibility
+//
+// New methods are added to Capabilities; an older agent answers them with
+// ErrUnsupported. CONTROL frames (terminal resize, signals) are ignored by
+// agents that predate them (capability "frame.control").
 package proto

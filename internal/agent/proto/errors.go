@@ -28,6 +28,9 @@ var (
 	ErrUnavailable = errors.New("agent unavailable")
 	// ErrUnsupported: the agent does not implement the request.
 	ErrUnsupported = errors.New("unsupported")
+	// ErrResourceExhausted: a limit was reached (tracked processes, a size
+	// bound on data from the guest).
+	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrProtocol: the peer violated the protocol.
 	ErrProtocol = errors.New("protocol error")
 	// ErrInternal: anything else.
@@ -44,6 +47,7 @@ const (
 	kindCanceled        = "canceled"
 	kindUnavailable     = "unavailable"
 	kindUnsupported     = "unsupported"
+	kindExhausted       = "resource_exhausted"
 	kindProtocol        = "protocol"
 	kindInternal        = "internal"
 )
@@ -60,6 +64,7 @@ var kinds = []struct {
 	{kindCanceled, ErrCanceled},
 	{kindUnavailable, ErrUnavailable},
 	{kindUnsupported, ErrUnsupported},
+	{kindExhausted, ErrResourceExhausted},
 	{kindProtocol, ErrProtocol},
 	{kindInternal, ErrInternal},
 }
@@ -112,6 +117,10 @@ func KindOf(err error) error {
 		return ErrInvalidArgument
 	case errors.Is(err, syscall.EROFS):
 		return ErrPermission
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		return ErrResourceExhausted
+	case errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.EXDEV), errors.Is(err, syscall.ELOOP):
+		return ErrInvalidArgument
 	}
 	return ErrInternal
 }

@@ -83,18 +83,27 @@ type Chunk struct {
 	Data []byte
 }
 
-// Inbox is the receive side of a stream's flow control: a queue of chunks
-// that holds at most the window the receiver granted. The connection's read
-// loop pushes without blocking; a consumer pops, delivers, and then grants the
-// delivered bytes back to the sender. It is safe for concurrent use.
+// numChannels bounds the Channel values an Inbox accepts.
+const numChannels = int(ChanErr) + 1
+
+// Inbox is the receive side of a stream's flow control. It holds at most
+// the window the receiver granted, and its memory is that many bytes plus a
+// constant: data is coalesced into one buffer per channel, so many tiny
+// frames cost no more than one large one. Order is kept within a channel;
+// across channels, Pop returns the channel whose oldest pending byte arrived
+// first. The connection's read loop pushes without blocking; a consumer
+// pops, delivers, and then grants the delivered bytes back to the sender. It
+// is safe for concurrent use.
 type Inbox struct {
 	mu    sync.Mutex
-	queue []Chunk       // guarded by mu
-	size  int           // guarded by mu; bytes in queue
-	limit int           // bytes the sender may have in flight
-	eof   bool          // guarded by mu; set by CloseWrite
-	err   error         // guarded by mu; set by Abort
-	wake  chan struct{} // guarded by mu
+	bufs  [numChannels][]byte // guarded by mu; pending bytes per channel
+	since [numChannels]uint64 // guarded by mu; arrival number of each buffer's first byte
+	seq   uint64              // guarded by mu; arrival counter
+	size  int                 // guarded by mu; bytes pending or popped and not granted
+	limit int                 // bytes the sender may have in flight
+	eof   bool                // guarded by mu; set by CloseWrite
+	err   error               // guarded by mu; set by Abort
+	wake  chan struct{}       // guarded by mu
 }
 
 // NewInbox returns an inbox that accepts limit bytes beyond those popped
@@ -103,20 +112,33 @@ func NewInbox(limit int) *Inbox {
 	return &Inbox{limit: limit, wake: make(chan struct{})}
 }
 
-// Push queues c. It fails with ErrProtocol if the sender exceeded its window
-// or sent after EOF; it never blocks.
+// Push queues c. It fails with ErrProtocol if c is empty (an empty DATA
+// frame costs the receiver work without using window), names an unknown
+// channel, exceeds the sender's window, or follows EOF. It never blocks.
 func (b *Inbox) Push(c Chunk) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
 	case b.err != nil:
 		return nil // aborted: drop silently
+	case len(c.Data) == 0:
+		return fmt.Errorf("%w: empty DATA frame", ErrProtocol)
+	case c.Channel == 0 || int(c.Channel) >= numChannels:
+		return fmt.Errorf("%w: DATA on unknown channel %d", ErrProtocol, c.Channel)
 	case b.eof:
 		return fmt.Errorf("%w: data after EOF", ErrProtocol)
 	case b.size+len(c.Data) > b.limit:
 		return fmt.Errorf("%w: peer exceeded its window (%d+%d > %d)", ErrProtocol, b.size, len(c.Data), b.limit)
 	}
-	b.queue = append(b.queue, c)
+	buf := b.bufs[c.Channel]
+	if len(buf) == 0 {
+		b.seq++
+		b.since[c.Channel] = b.seq
+		buf = c.Data[:len(c.Data):len(c.Data)] // adopt; a later append copies
+	} else {
+		buf = append(buf, c.Data...)
+	}
+	b.bufs[c.Channel] = buf
 	b.size += len(c.Data)
 	b.signal()
 	return nil
@@ -145,7 +167,7 @@ func (b *Inbox) Abort(err error) {
 	defer b.mu.Unlock()
 	if b.err == nil {
 		b.err = err
-		b.queue = nil
+		b.bufs = [numChannels][]byte{}
 		b.signal()
 	}
 }
@@ -156,23 +178,34 @@ func (b *Inbox) signal() {
 	b.wake = make(chan struct{})
 }
 
-// Pop returns the next chunk, waiting for one. The popped bytes still count
-// against the window until the consumer calls Grant.
+// oldest returns the channel with the oldest pending data, or 0; b.mu must be held.
+func (b *Inbox) oldest() Channel {
+	best := 0
+	for ch := 1; ch < numChannels; ch++ {
+		if len(b.bufs[ch]) > 0 && (best == 0 || b.since[ch] < b.since[best]) {
+			best = ch
+		}
+	}
+	return Channel(best)
+}
+
+// Pop returns the pending data of one channel, waiting for some. The popped
+// bytes still count against the window until the consumer calls Grant.
 func (b *Inbox) Pop(ctx context.Context) (Chunk, error) {
 	for {
 		b.mu.Lock()
-		switch {
-		case b.err != nil:
+		if b.err != nil {
 			err := b.err
 			b.mu.Unlock()
 			return Chunk{}, err
-		case len(b.queue) > 0:
-			c := b.queue[0]
-			b.queue[0] = Chunk{}
-			b.queue = b.queue[1:]
+		}
+		if ch := b.oldest(); ch != 0 {
+			c := Chunk{Channel: ch, Data: b.bufs[ch]}
+			b.bufs[ch] = nil
 			b.mu.Unlock()
 			return c, nil
-		case b.eof:
+		}
+		if b.eof {
 			b.mu.Unlock()
 			return Chunk{}, io.EOF
 		}

@@ -50,22 +50,22 @@ func TestInbox(t *testing.T) {
 	if err := b.Push(Chunk{Channel: ChanOut, Data: make([]byte, 6)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Push(Chunk{Data: make([]byte, 5)}); !errors.Is(err, ErrProtocol) {
+	if err := b.Push(Chunk{Channel: ChanOut, Data: make([]byte, 5)}); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("over window: %v", err)
 	}
 	c, err := b.Pop(ctx)
 	if err != nil || len(c.Data) != 6 || c.Channel != ChanOut {
 		t.Fatalf("Pop = %+v, %v", c, err)
 	}
-	if err := b.Push(Chunk{Data: make([]byte, 5)}); !errors.Is(err, ErrProtocol) {
+	if err := b.Push(Chunk{Channel: ChanOut, Data: make([]byte, 5)}); !errors.Is(err, ErrProtocol) {
 		t.Fatal("popped but not granted bytes must still count")
 	}
 	b.Grant(6)
-	if err := b.Push(Chunk{Data: make([]byte, 10)}); err != nil {
+	if err := b.Push(Chunk{Channel: ChanErr, Data: make([]byte, 10)}); err != nil {
 		t.Fatalf("after Grant: %v", err)
 	}
 	b.CloseWrite()
-	if err := b.Push(Chunk{Data: []byte{1}}); !errors.Is(err, ErrProtocol) {
+	if err := b.Push(Chunk{Channel: ChanOut, Data: []byte{1}}); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("after EOF: %v", err)
 	}
 	if c, _ := b.Pop(ctx); len(c.Data) != 10 {
@@ -77,6 +77,50 @@ func TestInbox(t *testing.T) {
 	b.Abort(ErrCanceled)
 	if _, err := b.Pop(ctx); !errors.Is(err, ErrCanceled) {
 		t.Fatalf("Pop after Abort: %v", err)
+	}
+}
+
+func TestInboxRefusesFreeFrames(t *testing.T) {
+	b := NewInbox(10)
+	for _, c := range []Chunk{{Channel: ChanOut}, {Channel: ChanOut, Data: []byte{}}, {Channel: 0, Data: []byte{1}}, {Channel: 9, Data: []byte{1}}} {
+		if err := b.Push(c); !errors.Is(err, ErrProtocol) {
+			t.Errorf("Push(%+v) = %v, want ErrProtocol", c, err)
+		}
+	}
+}
+
+func TestInboxCoalesces(t *testing.T) {
+	ctx := context.Background()
+	b := NewInbox(1 << 20)
+	// Many one-byte chunks, interleaved across channels: two buffers result.
+	const n = 100000
+	for i := range n {
+		ch := ChanOut
+		if i%2 == 1 {
+			ch = ChanErr
+		}
+		if err := b.Push(Chunk{Channel: ch, Data: []byte{byte('a' + i%2)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := b.Pop(ctx)
+	if err != nil || out.Channel != ChanOut || len(out.Data) != n/2 || out.Data[0] != 'a' || out.Data[n/2-1] != 'a' {
+		t.Fatalf("first Pop = channel %d, %d bytes, %v", out.Channel, len(out.Data), err)
+	}
+	errc, err := b.Pop(ctx)
+	if err != nil || errc.Channel != ChanErr || len(errc.Data) != n/2 || errc.Data[0] != 'b' {
+		t.Fatalf("second Pop = channel %d, %d bytes, %v", errc.Channel, len(errc.Data), err)
+	}
+	// Order across channels follows the first pending byte.
+	b.Grant(n)
+	b.Push(Chunk{Channel: ChanErr, Data: []byte("1")})
+	b.Push(Chunk{Channel: ChanOut, Data: []byte("2")})
+	b.Push(Chunk{Channel: ChanErr, Data: []byte("3")})
+	if c, _ := b.Pop(ctx); c.Channel != ChanErr || string(c.Data) != "13" {
+		t.Fatalf("Pop = %d %q, want stderr \"13\"", c.Channel, c.Data)
+	}
+	if c, _ := b.Pop(ctx); c.Channel != ChanOut || string(c.Data) != "2" {
+		t.Fatalf("Pop = %d %q, want stdout \"2\"", c.Channel, c.Data)
 	}
 }
 

@@ -53,6 +53,9 @@ const (
 	TypeCancel
 	// TypeBye ends the session (host to guest): the guest abandons it.
 	TypeBye
+	// TypeControl changes a running stream (host to guest); payload: JSON
+	// Control (terminal size, signals). Guests that predate it ignore it.
+	TypeControl
 )
 
 var typeNames = [...]string{
@@ -65,6 +68,7 @@ var typeNames = [...]string{
 	TypeWindow:   "WINDOW",
 	TypeCancel:   "CANCEL",
 	TypeBye:      "BYE",
+	TypeControl:  "CONTROL",
 }
 
 // String returns the protocol name of t.

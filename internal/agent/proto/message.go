@@ -27,12 +27,20 @@ const (
 	MethodPowerOff = "poweroff"
 )
 
-// Capabilities returns the methods this protocol version defines.
+// Capabilities returns the methods this protocol version defines. A host
+// checks a method's presence before relying on it: agents built before a
+// method existed answer it with ErrUnsupported.
 func Capabilities() []string {
 	return []string{
 		MethodExec, MethodUpload, MethodDownload,
 		MethodEnvSet, MethodEnvUnset, MethodEnvList,
 		MethodHealth, MethodSync, MethodPowerOff,
+		MethodProcStart, MethodProcList, MethodProcAttach, MethodProcInput,
+		MethodProcSignal, MethodProcWait,
+		MethodFsStat, MethodFsList, MethodFsMkdir, MethodFsMove, MethodFsRemove, MethodFsWatch,
+		MethodDirUpload, MethodDirDownload,
+		MethodPortWait,
+		CapabilityPty, CapabilityControl,
 	}
 }
 
@@ -69,6 +77,39 @@ type ExecArgs struct {
 	// Stdin reports whether the host sends stdin on ChanIn; otherwise the
 	// command reads /dev/null.
 	Stdin bool `json:"stdin,omitempty"`
+	// Pty, if set, runs the command on a new pseudo-terminal; see PtyArgs.
+	Pty *PtyArgs `json:"pty,omitempty"`
+}
+
+// PtyArgs ask for a command on a pseudo-terminal. The terminal is the
+// controlling terminal of a new session whose leader is the command, so
+// job control and Ctrl-C (byte 0x03 on ChanIn) work. Output (stdout and
+// stderr merged by the terminal) arrives on ChanOut; ChanIn is the raw
+// keyboard. With neither Argv nor Shell, the user's login shell runs as a
+// login shell. The host resizes the terminal with CONTROL frames.
+type PtyArgs struct {
+	// Rows and Cols are the initial window size; 0 means 24x80.
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+	// Term is the TERM variable; empty means "xterm-256color".
+	Term string `json:"term,omitempty"`
+}
+
+// Control is the payload of a CONTROL frame: a change to a running stream.
+type Control struct {
+	// Resize sets a terminal's window size.
+	Resize *WindowSize `json:"resize,omitempty"`
+	// Signal sends a signal (a name like "SIGINT" or a number) to the
+	// stream's process group.
+	Signal string `json:"signal,omitempty"`
+}
+
+// WindowSize is a terminal's size in characters.
+type WindowSize struct {
+	// Rows is the number of lines.
+	Rows uint16 `json:"rows"`
+	// Cols is the number of columns.
+	Cols uint16 `json:"cols"`
 }
 
 // ExecResult is the result of MethodExec.

@@ -1,30 +1,21 @@
 package server
 
 import (
+	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
 )
 
 // defaultPath is the PATH of commands whose environment sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// outputGrace is how long a finished command's output pipes may stay open
-// (held by background children) before the agent stops reading them.
-const outputGrace = 200 * time.Millisecond
 
 // exec runs a command (proto.MethodExec).
 func (s *Server) exec(st *stream, raw json.RawMessage) (any, error) {
@@ -39,14 +30,54 @@ func (s *Server) exec(st *stream, raw json.RawMessage) (any, error) {
 	return runCommand(st, cmd, a)
 }
 
+// runCommand starts cmd (on a terminal if a asks for one), streams its
+// stdin, stdout and stderr over st, obeys CONTROL frames, and waits for it.
+// A timeout or a canceled stream kills the whole process group.
+func runCommand(st *stream, cmd *exec.Cmd, a proto.ExecArgs) (proto.ExecResult, error) {
+	ch, err := spawn(cmd, a)
+	if err != nil {
+		return proto.ExecResult{}, err
+	}
+	defer ch.close()
+	st.control.Store(&ch.ctl)
+	defer st.control.Store(nil)
+
+	var pumps sync.WaitGroup
+	outs := make([]*output, len(ch.outs))
+	for i, f := range ch.outs {
+		outs[i] = &output{f: f, tty: ch.ctl.tty != nil}
+		channel := proto.ChanOut + proto.Channel(i)
+		pumps.Go(func() {
+			outs[i].pump(func(p []byte) error { return st.send(channel, p) })
+		})
+	}
+	if ch.stdin != nil {
+		stdin := ch.stdin
+		ch.stdin = nil // feedStdin closes it
+		go feedStdin(st, stdin, ch.sharedIn)
+	}
+	res, waitErr := ch.wait(st.ctx.Done(), a.TimeoutMillis)
+	for _, o := range outs {
+		o.exited()
+	}
+	pumps.Wait()
+	if st.ctx.Err() != nil {
+		return res, fmt.Errorf("exec: %w", proto.ErrCanceled)
+	}
+	return res, waitErr
+}
+
 // command validates a and builds the command it describes.
-func (s *Server) command(a proto.ExecArgs) (*exec.Cmd, error) {
+func (s *Server) command(a proto.ExecArgs) (cmd *exec.Cmd, err error) {
 	argv := a.Argv
+	loginShell := false
 	switch {
 	case len(a.Argv) > 0 && a.Shell != "":
 		return nil, fmt.Errorf("%w: exec: both argv and shell given", proto.ErrInvalidArgument)
 	case a.Shell != "":
 		argv = []string{s.opts.Shell, "-lc", a.Shell}
+	case len(a.Argv) == 0 && a.Pty != nil:
+		loginShell = true
 	case len(a.Argv) == 0:
 		return nil, fmt.Errorf("%w: exec: no command", proto.ErrInvalidArgument)
 	}
@@ -82,6 +113,25 @@ func (s *Server) command(a proto.ExecArgs) (*exec.Cmd, error) {
 		env[k] = v
 	}
 
+	if a.Pty != nil {
+		env["TERM"] = cmp.Or(a.Pty.Term, "xterm-256color")
+		if t, ok := a.Env["TERM"]; ok {
+			env["TERM"] = t
+		}
+	}
+	if loginShell {
+		// By convention a login shell is started with "-" before its name.
+		sh := s.opts.Shell
+		if fi, err := os.Stat(acct.shell); err == nil && filepath.IsAbs(acct.shell) && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			sh = acct.shell
+		}
+		argv = []string{sh}
+		defer func() {
+			if cmd != nil {
+				cmd.Args = []string{"-" + filepath.Base(sh)}
+			}
+		}()
+	}
 	path, err := lookPath(argv[0], env["PATH"])
 	if err != nil {
 		return nil, fmt.Errorf("exec: %w", err)
@@ -93,7 +143,7 @@ func (s *Server) command(a proto.ExecArgs) (*exec.Cmd, error) {
 			dir = acct.home
 		}
 	}
-	cmd := &exec.Cmd{Path: path, Args: argv, Dir: dir, SysProcAttr: &syscall.SysProcAttr{Setpgid: true}}
+	cmd = &exec.Cmd{Path: path, Args: argv, Dir: dir, SysProcAttr: &syscall.SysProcAttr{Setpgid: true}}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -120,161 +170,4 @@ func lookPath(name, pathEnv string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%w: executable %q in PATH %q", proto.ErrNotFound, name, pathEnv)
-}
-
-// runCommand starts cmd in its own process group, streams its stdin, stdout
-// and stderr over st, and waits for it. A timeout or a canceled stream kills
-// the whole process group.
-func runCommand(st *stream, cmd *exec.Cmd, a proto.ExecArgs) (proto.ExecResult, error) {
-	var res proto.ExecResult
-	var closers []io.Closer
-	defer func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	}()
-	pipe := func() (r, w *os.File, err error) {
-		r, w, err = os.Pipe()
-		if err == nil {
-			closers = append(closers, r, w)
-		}
-		return r, w, err
-	}
-	outR, outW, err := pipe()
-	if err != nil {
-		return res, fmt.Errorf("exec: %w", err)
-	}
-	errR, errW, err := pipe()
-	if err != nil {
-		return res, fmt.Errorf("exec: %w", err)
-	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	var inR, inW *os.File
-	if a.Stdin {
-		if inR, inW, err = pipe(); err != nil {
-			return res, fmt.Errorf("exec: %w", err)
-		}
-		cmd.Stdin = inR
-	}
-	err = cmd.Start()
-	// The child holds its own copies of these ends.
-	outW.Close()
-	errW.Close()
-	if inR != nil {
-		inR.Close()
-	}
-	if err != nil {
-		return res, fmt.Errorf("exec: start %s: %w", cmd.Path, err)
-	}
-	pgid := cmd.Process.Pid
-
-	out := &output{f: outR}
-	errOut := &output{f: errR}
-	var pumps sync.WaitGroup
-	pumps.Add(2)
-	go func() { defer pumps.Done(); out.pump(st, proto.ChanOut) }()
-	go func() { defer pumps.Done(); errOut.pump(st, proto.ChanErr) }()
-	if inW != nil {
-		go feedStdin(st, inW)
-	}
-
-	waitDone := make(chan error, 1)
-	go func() { waitDone <- cmd.Wait() }()
-	var timeout <-chan time.Time
-	if a.TimeoutMillis > 0 {
-		t := time.NewTimer(time.Duration(a.TimeoutMillis) * time.Millisecond)
-		defer t.Stop()
-		timeout = t.C
-	}
-	done := st.ctx.Done()
-	var waitErr error
-wait:
-	for {
-		select {
-		case waitErr = <-waitDone:
-			break wait
-		case <-timeout:
-			res.TimedOut = true
-			_ = unix.Kill(-pgid, unix.SIGKILL)
-			timeout = nil
-		case <-done:
-			_ = unix.Kill(-pgid, unix.SIGKILL)
-			done = nil
-		}
-	}
-	if inW != nil {
-		inW.Close() // unblocks feedStdin; later stdin is discarded
-	}
-	out.exited()
-	errOut.exited()
-	pumps.Wait()
-	if st.ctx.Err() != nil {
-		return res, fmt.Errorf("exec: %w", proto.ErrCanceled)
-	}
-
-	var exitErr *exec.ExitError
-	if waitErr != nil && !errors.As(waitErr, &exitErr) {
-		return res, fmt.Errorf("exec: wait: %w", waitErr)
-	}
-	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if ws.Signaled() {
-		res.ExitCode = 128 + int(ws.Signal())
-		res.Signal = unix.SignalName(ws.Signal())
-	} else {
-		res.ExitCode = ws.ExitStatus()
-	}
-	return res, nil
-}
-
-// output is the read end of a command's stdout or stderr pipe.
-type output struct {
-	f    *os.File
-	done atomic.Bool // set when the command has exited
-}
-
-// exited switches the pump to idle-timeout mode: background children may
-// hold the pipe open, so once the command has exited the pump stops after
-// outputGrace without data. Waiting for the host's window is not idle time.
-func (o *output) exited() {
-	o.done.Store(true)
-	_ = o.f.SetReadDeadline(time.Now().Add(outputGrace))
-}
-
-// pump sends everything read from the pipe on channel ch of st.
-func (o *output) pump(st *stream, ch proto.Channel) {
-	buf := make([]byte, proto.ChunkSize)
-	for {
-		if o.done.Load() {
-			_ = o.f.SetReadDeadline(time.Now().Add(outputGrace))
-		}
-		n, err := o.f.Read(buf)
-		if n > 0 {
-			if err := st.send(ch, buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// feedStdin copies the host's ChanIn data to the command's stdin and closes
-// it at EOF. Data the command does not read is discarded, but still granted
-// back so the host never waits for window.
-func feedStdin(st *stream, w *os.File) {
-	defer w.Close()
-	broken := false
-	for {
-		c, err := st.in.Pop(st.ctx)
-		if err != nil {
-			return
-		}
-		if !broken {
-			if _, err := w.Write(c.Data); err != nil {
-				broken = true
-			}
-		}
-		st.grant(len(c.Data))
-	}
 }

@@ -2,6 +2,12 @@
 // VM as part of the PID-1 agent binary and serves the protocol of package
 // proto on virtio-serial and vsock streams.
 //
+// Background processes (proc.* methods) belong to the Server, not to a
+// session: they keep running when the connection that started them closes,
+// their output is kept in bounded ring buffers, and any connection served by
+// the same Server can attach. Terminals come from internal/guest/pty and
+// file watches from internal/guest/fswatch.
+//
 // The package must not import net (directly or transitively) so that the
 // agent binary links statically even with cgo enabled: vsock is used through
 // golang.org/x/sys/unix, the virtio-serial port is a plain file, and users are
@@ -53,6 +59,15 @@ type Options struct {
 	VirtioWait time.Duration
 	// VsockPort is the vsock port Run listens on; 0 disables vsock.
 	VsockPort uint32
+	// MaxProcs bounds the background processes tracked at once, running or
+	// exited; default DefaultMaxProcs.
+	MaxProcs int
+	// MaxExitedProcs bounds the exited processes kept until waited for;
+	// older ones are reaped first. Default DefaultMaxExitedProcs.
+	MaxExitedProcs int
+	// ProcBufferBytes is the default output ring size per stream of a
+	// background process; default DefaultProcBufferBytes.
+	ProcBufferBytes int
 }
 
 // Server serves agent requests. Create it with New; one Server may serve many
@@ -61,6 +76,7 @@ type Server struct {
 	opts    Options
 	started time.Time
 	envMu   sync.Mutex // serialises reads and writes of opts.EnvFile
+	procs   procTable  // background processes, shared by all connections
 }
 
 // New returns a Server using opts, with defaults filled in.
@@ -86,7 +102,16 @@ func New(opts Options) *Server {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	return &Server{opts: opts, started: time.Now()}
+	if opts.MaxProcs <= 0 {
+		opts.MaxProcs = DefaultMaxProcs
+	}
+	if opts.MaxExitedProcs <= 0 {
+		opts.MaxExitedProcs = DefaultMaxExitedProcs
+	}
+	if opts.ProcBufferBytes <= 0 {
+		opts.ProcBufferBytes = DefaultProcBufferBytes
+	}
+	return &Server{opts: opts, started: time.Now(), procs: procTable{procs: map[int]*bgProc{}}}
 }
 
 // Serve serves one stream with a new Server; see Server.Serve.

@@ -52,6 +52,10 @@ type stream struct {
 	in     *proto.Inbox  // host-to-guest data
 	out    *proto.Window // guest-to-host send window
 	after  func()        // run after the response is written, if set
+
+	// control applies CONTROL frames; nil until the handler has something
+	// to control.
+	control atomic.Pointer[controller]
 }
 
 // abort stops the stream's handler.
@@ -90,8 +94,28 @@ func (s *session) handle(f proto.Frame) {
 		st.out.Add(int(n))
 	case proto.TypeCancel:
 		st.cancel()
+	case proto.TypeControl:
+		s.controlFrame(st, f.Payload)
 	default:
 		s.srv.opts.Logf("agent: stream %d: unexpected %s frame", f.Stream, f.Type)
+	}
+}
+
+// controlFrame applies a CONTROL frame to st's command. It only issues an
+// ioctl or a kill, so it does not block the read loop.
+func (s *session) controlFrame(st *stream, payload []byte) {
+	k := st.control.Load()
+	if k == nil {
+		s.srv.opts.Logf("agent: stream %d: CONTROL frame with nothing to control", st.id)
+		return
+	}
+	var c proto.Control
+	if err := json.Unmarshal(payload, &c); err != nil {
+		s.srv.opts.Logf("agent: stream %d: bad CONTROL frame: %v", st.id, err)
+		return
+	}
+	if err := k.apply(c); err != nil {
+		s.srv.opts.Logf("agent: stream %d: control: %v", st.id, err)
 	}
 }
 
@@ -144,6 +168,23 @@ var handlers = map[string]handler{
 	proto.MethodHealth:   (*Server).health,
 	proto.MethodSync:     (*Server).sync,
 	proto.MethodPowerOff: (*Server).powerOff,
+
+	proto.MethodProcStart:  (*Server).procStart,
+	proto.MethodProcList:   (*Server).procList,
+	proto.MethodProcAttach: (*Server).procAttach,
+	proto.MethodProcInput:  (*Server).procInput,
+	proto.MethodProcSignal: (*Server).procSignal,
+	proto.MethodProcWait:   (*Server).procWait,
+	proto.MethodPortWait:   (*Server).portWait,
+
+	proto.MethodFsStat:      (*Server).fsStat,
+	proto.MethodFsList:      (*Server).fsList,
+	proto.MethodFsMkdir:     (*Server).fsMkdir,
+	proto.MethodFsMove:      (*Server).fsMove,
+	proto.MethodFsRemove:    (*Server).fsRemove,
+	proto.MethodFsWatch:     (*Server).fsWatch,
+	proto.MethodDirUpload:   (*Server).dirUpload,
+	proto.MethodDirDownload: (*Server).dirDownload,
 }
 
 // dispatch decodes a request and runs its handler, turning panics into
@@ -201,4 +242,35 @@ func (st *stream) grant(n int) {
 	if err != nil && !errors.Is(err, proto.ErrUnavailable) {
 		st.sess.srv.opts.Logf("agent: stream %d: window: %v", st.id, err)
 	}
+}
+
+// lineWriter sends JSON lines on ChanOut, batched into chunks.
+type lineWriter struct {
+	st  *stream
+	buf []byte
+}
+
+func newLineWriter(st *stream) *lineWriter { return &lineWriter{st: st} }
+
+// encode queues v as one line, sending a chunk when enough has queued.
+func (w *lineWriter) encode(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("%w: encode: %v", proto.ErrInternal, err)
+	}
+	w.buf = append(append(w.buf, b...), '\n')
+	if len(w.buf) >= proto.ChunkSize {
+		return w.flush()
+	}
+	return nil
+}
+
+// flush sends what is queued.
+func (w *lineWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.st.send(proto.ChanOut, w.buf)
+	w.buf = w.buf[:0]
+	return err
 }
