@@ -39,19 +39,42 @@ type CleanupReport struct {
 // It touches a VM's things only while holding that VM's lock, so work in
 // progress in another process (a create, a start) is left alone.
 func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, error) {
-	rep := CleanupReport{DryRun: co.DryRun, Removed: []string{}}
-	var errs []error
-	note := func(s string) { rep.Removed = append(rep.Removed, s) }
-	fail := func(err error) (CleanupReport, error) {
-		sort.Strings(rep.Removed)
-		return rep, wrapErr("cleanup", "", ErrBackend, errors.Join(append(errs, err)...))
+	c := &cleaner{h: h, co: co, rep: CleanupReport{DryRun: co.DryRun, Removed: []string{}}}
+	for _, stage := range []func(context.Context) error{c.vms, c.processes, c.files, c.claims, c.network} {
+		if err := stage(ctx); err != nil {
+			c.errs = append(c.errs, err)
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			c.errs = append(c.errs, err)
+			break
+		}
 	}
+	sort.Strings(c.rep.Removed)
+	if len(c.errs) > 0 {
+		return c.rep, wrapErr("cleanup", "", ErrBackend, errors.Join(c.errs...))
+	}
+	return c.rep, nil
+}
 
-	// VMs to delete: every one with All; else those whose create or delete
-	// was interrupted (and whose lock is free: not in progress).
+// cleaner is one Cleanup: its options, what it removed and the errors that
+// did not stop it.
+type cleaner struct {
+	h    *Host
+	co   CleanupOptions
+	rep  CleanupReport
+	errs []error
+}
+
+func (c *cleaner) note(s string) { c.rep.Removed = append(c.rep.Removed, s) }
+
+// vms deletes every VM with All; else those whose create or delete was
+// interrupted (and whose lock is free: not in progress).
+func (c *cleaner) vms(ctx context.Context) error {
+	h := c.h
 	rows, err := h.st.ListVMs(ctx)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	for _, row := range rows {
 		unlock, err := h.tryLockVM(row.ID)
@@ -59,62 +82,62 @@ func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, e
 			continue
 		}
 		if err != nil {
-			errs = append(errs, err)
+			c.errs = append(c.errs, err)
 			continue
 		}
 		row, err := h.st.GetVM(ctx, row.ID) // again, under the lock
 		if err == nil {
 			row, err = h.reconcile(ctx, row)
 		}
-		if err != nil {
-			unlock()
+		switch {
+		case err != nil:
 			if !errors.Is(err, store.ErrNotFound) {
-				errs = append(errs, err)
+				c.errs = append(c.errs, err)
 			}
-			continue
-		}
-		if co.All || row.Op == store.OpCreating || row.Op == store.OpDeleting {
-			note("vm " + row.ID)
-			if !co.DryRun {
+		case c.co.All || row.Op == store.OpCreating || row.Op == store.OpDeleting:
+			c.note("vm " + row.ID)
+			if !c.co.DryRun {
 				vm := &VM{h: h, id: row.ID}
 				if err := vm.deleteLocked(ctx, true); err != nil && !errors.Is(err, ErrNotFound) {
-					errs = append(errs, err)
+					c.errs = append(c.errs, err)
 				}
 			}
 		}
 		unlock()
 	}
-	if ctx.Err() != nil {
-		return fail(ctx.Err())
-	}
+	return nil
+}
 
-	// VMM processes of ours that their VM's record does not own.
+// processes kills VMM processes of ours that their VM's record does not own.
+func (c *cleaner) processes(ctx context.Context) error {
+	h := c.h
 	for pid, id := range h.vmmProcesses() {
 		unlock, err := h.tryLockVM(id)
 		if err != nil {
 			continue // busy: a start is under way
 		}
-		if r, err := h.st.GetVM(ctx, id); err == nil && r.PID == pid {
-			unlock()
-			continue
-		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
-			unlock()
-			errs = append(errs, err)
-			continue
-		}
-		note(fmt.Sprintf("process %d (vm %s)", pid, id))
-		if !co.DryRun {
-			if err := vmm.KillProcess(pid, 0); err != nil {
-				errs = append(errs, err)
+		r, err := h.st.GetVM(ctx, id)
+		switch {
+		case err == nil && r.PID == pid:
+		case err != nil && !errors.Is(err, store.ErrNotFound):
+			c.errs = append(c.errs, err)
+		default:
+			c.note(fmt.Sprintf("process %d (vm %s)", pid, id))
+			if !c.co.DryRun {
+				if err := vmm.KillProcess(pid, 0); err != nil {
+					c.errs = append(c.errs, err)
+				}
 			}
 		}
 		unlock()
 	}
-	if ctx.Err() != nil {
-		return fail(ctx.Err())
-	}
+	return nil
+}
 
-	// Files of VMs that do not exist; sockets of VMs that do not run.
+// files removes the files of VMs that do not exist and the runtime files
+// of VMs that do not run.
+func (c *cleaner) files(ctx context.Context) error {
+	h := c.h
 	for _, f := range []struct{ dir, suffix string }{
 		{filepath.Join(h.dir, "vms"), ""}, {filepath.Join(h.dir, "logs"), ".log"}, {filepath.Join(h.dir, "locks"), ".lock"},
 	} {
@@ -128,14 +151,18 @@ func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, e
 			if err != nil {
 				continue // busy: work in progress
 			}
-			h.cleanFiles(ctx, id, filepath.Join(f.dir, e.Name()), f.suffix == "", co.DryRun, note, &errs)
+			c.cleanFiles(ctx, id, filepath.Join(f.dir, e.Name()), f.suffix == "")
 			unlock()
 		}
 	}
+	return nil
+}
 
-	// Host-wide lease claims nothing backs: this data directory's whose VM
-	// is gone (a claim of work in progress is backed by its VM's lock), and
-	// those of data directories that were removed.
+// claims prunes host-wide lease claims nothing backs: this data
+// directory's whose VM is gone (a claim of work in progress is backed by
+// its VM's lock), and those of data directories that were removed.
+func (c *cleaner) claims(ctx context.Context) error {
+	h := c.h
 	pruned, err := h.claims.Prune(h.dir, func(i int, id string) bool {
 		l, err := h.st.LeaseOf(ctx, id)
 		switch {
@@ -145,19 +172,23 @@ func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, e
 			return h.lockBusy(id)
 		}
 		return true // unsure: keep it
-	}, co.DryRun)
+	}, c.co.DryRun)
 	if err != nil {
-		errs = append(errs, err)
+		c.errs = append(c.errs, err)
 	}
 	for _, i := range pruned {
-		note(fmt.Sprintf("lease claim %d", i))
+		c.note(fmt.Sprintf("lease claim %d", i))
 	}
+	return nil
+}
 
-	// TAP devices and rules of ours that no running VM owns.
+// network removes TAP devices and rules of ours that no running VM owns.
+func (c *cleaner) network(ctx context.Context) error {
+	h := c.h
 	running := map[string]bool{}
-	rows, err = h.st.ListVMs(ctx)
+	rows, err := h.st.ListVMs(ctx)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	for _, r := range rows {
 		if (r.Status == string(StateRunning) || r.Status == string(StatePaused)) && vmm.Alive(r.PID, r.PIDStart) {
@@ -167,39 +198,36 @@ func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, e
 	// A VM that runs keeps its TAP and rules, and so does one whose lock is
 	// held: a start in progress has made them and not recorded the VMM yet.
 	keep := func(id string) bool { return running[id] || (id != "" && h.lockBusy(id)) }
-	if co.DryRun {
+	if c.co.DryRun {
 		if links, err := network.OrphanLinks(keep); err == nil {
-			rep.Removed = append(rep.Removed, links...)
+			c.rep.Removed = append(c.rep.Removed, links...)
 		}
 	} else if network.Check() == nil {
 		removed, err := network.Cleanup(ctx, keep)
-		rep.Removed = append(rep.Removed, removed...)
+		c.rep.Removed = append(c.rep.Removed, removed...)
 		if err != nil {
-			errs = append(errs, err)
+			c.errs = append(c.errs, err)
 		}
 	}
-	sort.Strings(rep.Removed)
-	if len(errs) > 0 {
-		return rep, wrapErr("cleanup", "", ErrBackend, errors.Join(errs...))
-	}
-	return rep, nil
+	return nil
 }
 
 // cleanFiles removes path (a VM directory, log or lock of id) when no VM id
 // is recorded, or the sockets in id's directory when id does not run. The
 // VM's lock must be held.
-func (h *Host) cleanFiles(ctx context.Context, id, path string, isDir, dryRun bool, note func(string), errs *[]error) {
+func (c *cleaner) cleanFiles(ctx context.Context, id, path string, isDir bool) {
+	h, dryRun, note := c.h, c.co.DryRun, c.note
 	row, err := h.st.GetVM(ctx, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		note(path)
 		if !dryRun {
 			if err := os.RemoveAll(path); err != nil {
-				*errs = append(*errs, err)
+				c.errs = append(c.errs, err)
 			}
 		}
 	case err != nil:
-		*errs = append(*errs, err)
+		c.errs = append(c.errs, err)
 	case isDir && !vmm.Alive(row.PID, row.PIDStart):
 		be, err := h.backendOf(row)
 		if err != nil {
