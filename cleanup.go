@@ -52,7 +52,11 @@ func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, e
 	}
 	sort.Strings(c.rep.Removed)
 	if len(c.errs) > 0 {
-		return c.rep, wrapErr("cleanup", "", ErrBackend, errors.Join(c.errs...))
+		wrapped := make([]error, len(c.errs))
+		for i, err := range c.errs {
+			wrapped[i] = wrapErr("cleanup", "", ErrBackend, err) // each keeps its kind
+		}
+		return c.rep, errors.Join(wrapped...)
 	}
 	return c.rep, nil
 }

@@ -145,21 +145,11 @@ func (m maskKinds) Is(target error) bool {
 func (m maskKinds) As(target any) bool { return errors.As(m.err, target) }
 
 // wrapErr returns err annotated with op and id, with the kind kindOf finds
-// in it, or def. A joined error (several failures) keeps each part's kind.
+// in it, or def. To report several failures with their kinds, join errors
+// that were wrapped one by one.
 func wrapErr(op, id string, def, err error) error {
 	if err == nil {
 		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		if _, isOp := err.(*opError); !isOp {
-			var parts []error
-			for _, e := range j.Unwrap() {
-				parts = append(parts, wrapErr(op, id, def, e))
-			}
-			if len(parts) > 1 {
-				return errors.Join(parts...)
-			}
-		}
 	}
 	return &opError{op: op, id: id, kind: kindOf(err, def), err: err}
 }

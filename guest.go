@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
@@ -204,9 +205,16 @@ func (vm *VM) dropClient() {
 	}
 }
 
-// agentErr tags an agent error with its kind (ErrCommandUnavailable by default).
-func agentErr(op, id string, err error) error {
-	return wrapErr(op, id, ErrCommandUnavailable, err)
+// agentErr tags an agent error with its kind (ErrCommandUnavailable by
+// default). A channel that broke because the VMM is gone is the VM's
+// state, not the channel's: ErrState, as for a VM found stopped.
+func (vm *VM) agentErr(ctx context.Context, op string, err error) error {
+	if errors.Is(err, proto.ErrUnavailable) && !vm.running(context.WithoutCancel(ctx)) {
+		vm.dropClient()
+		vm.Refresh(context.WithoutCancel(ctx))
+		err = fmt.Errorf("the VM is not running (status %s): %w: %w", vm.Info().Status, err, ErrState)
+	}
+	return wrapErr(op, vm.id, ErrCommandUnavailable, err)
 }
 
 // ExecOptions describes a command to run in the guest. Exactly one of Argv
@@ -262,7 +270,7 @@ func (vm *VM) Exec(ctx context.Context, eo ExecOptions) (ExitStatus, error) {
 		eo.Stdin, eo.Stdout, eo.Stderr)
 	st := ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}
 	if err != nil {
-		return st, agentErr("exec", vm.id, err)
+		return st, vm.agentErr(ctx, "exec", err)
 	}
 	if st.TimedOut {
 		return st, wrapErr("exec", vm.id, ErrTimeout, fmt.Errorf("command killed after %v", eo.Timeout))
@@ -305,7 +313,7 @@ func (vm *VM) Upload(ctx context.Context, guestPath string, r io.Reader, mode os
 		return wrapErr("upload", vm.id, ErrCommandUnavailable, err)
 	}
 	defer release()
-	return agentErr("upload", vm.id, c.Upload(ctx, guestPath, r, mode, true))
+	return vm.agentErr(ctx, "upload", c.Upload(ctx, guestPath, r, mode, true))
 }
 
 // Download streams the guest file guestPath (absolute) into w and returns its mode.
@@ -316,7 +324,7 @@ func (vm *VM) Download(ctx context.Context, guestPath string, w io.Writer) (os.F
 	}
 	defer release()
 	m, err := c.Download(ctx, guestPath, w)
-	return m, agentErr("download", vm.id, err)
+	return m, vm.agentErr(ctx, "download", err)
 }
 
 // UploadFile copies the host file localPath to guestPath, keeping its mode.
@@ -387,7 +395,7 @@ func (vm *VM) setEnv(ctx context.Context, vars map[string]string, replace bool) 
 		return wrapErr("set env", vm.id, ErrCommandUnavailable, err)
 	}
 	defer release()
-	return agentErr("set env", vm.id, c.SetEnv(ctx, vars, replace))
+	return vm.agentErr(ctx, "set env", c.SetEnv(ctx, vars, replace))
 }
 
 // UnsetEnvVars removes persisted environment variables from the guest.
@@ -402,7 +410,7 @@ func (vm *VM) UnsetEnvVars(ctx context.Context, keys ...string) error {
 		return wrapErr("unset env", vm.id, ErrCommandUnavailable, err)
 	}
 	defer release()
-	return agentErr("unset env", vm.id, c.UnsetEnv(ctx, keys))
+	return vm.agentErr(ctx, "unset env", c.UnsetEnv(ctx, keys))
 }
 
 // ListEnvVars returns the guest's persisted environment variables.
@@ -413,5 +421,5 @@ func (vm *VM) ListEnvVars(ctx context.Context) (map[string]string, error) {
 	}
 	defer release()
 	m, err := c.ListEnv(ctx)
-	return m, agentErr("list env", vm.id, err)
+	return m, vm.agentErr(ctx, "list env", err)
 }
