@@ -188,4 +188,3 @@ func newEnvCmd(g *globals) *cobra.Command {
 	c.AddCommand(set, unset, list)
 	return c
 }
-
