@@ -119,6 +119,7 @@ var createSteps = []step[*createOp]{
 		c.boot, err = c.h.resolveBoot(ctx, &c.cfg, c.o)
 		return err
 	}},
+	{name: "mounts", do: func(ctx context.Context, c *createOp) error { return checkMountSources(c.cfg.Mounts) }},
 	{name: "backend", do: func(ctx context.Context, c *createOp) error {
 		_, err := c.h.chooseBackend(ctx, c.cfg, c.boot)
 		return err
@@ -272,6 +273,9 @@ func (h *Host) chooseBackend(ctx context.Context, cfg VMConfig, b boot) (vmm.Bac
 	accel, reason := h.opts.probe.Resolve(vmm.Accel(cfg.Accel))
 	fits := func(be vmm.Backend) error {
 		req := be.Requirements()
+		if len(cfg.Mounts) > 0 && !req.HostFolders {
+			return fmt.Errorf("host folders (mounts) are not supported by the %s backend (virtio-fs needs QEMU): %w", be.Kind(), vmm.ErrUnavailable)
+		}
 		if req.NeedsKVM && accel != vmm.AccelKVM {
 			if cfg.Accel == AccelTCG {
 				return configErr("accel", string(cfg.Accel), fmt.Sprintf("the %s backend runs only with KVM", be.Kind()))

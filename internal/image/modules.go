@@ -22,6 +22,7 @@ import (
 var GuestModules = []string{
 	"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
 	"vsock", "vmw_vsock_virtio_transport", "ext4", "virtio_balloon",
+	"virtiofs", // host folders (VMConfig.Mounts)
 }
 
 // errModuleMissing is wrapped when a wanted module is neither a module file
