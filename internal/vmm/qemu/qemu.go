@@ -306,7 +306,13 @@ func (b *Backend) Stop(ctx context.Context, inst vmm.Instance) error {
 }
 
 // Kill implements vmm.Backend.
-func (b *Backend) Kill(inst vmm.Instance) error { return vmm.KillProcess(inst.PID, inst.PIDStart) }
+func (b *Backend) Kill(inst vmm.Instance) error {
+	err := vmm.KillProcess(inst.PID, inst.PIDStart)
+	if inst.Control != "" {
+		killShares(filepath.Dir(inst.Control))
+	}
+	return err
+}
 
 // Pause implements vmm.Backend.
 func (b *Backend) Pause(ctx context.Context, inst vmm.Instance) error {

@@ -1,11 +1,13 @@
 package qemu
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -148,4 +150,26 @@ func shareArgs(spec vmm.Spec, dev func(string) string) []string {
 			"-device", fmt.Sprintf("%s,chardev=fs%d,tag=%s", dev("vhost-user-fs"), i, sh.Tag))
 	}
 	return a
+}
+
+// killShares kills the virtio-fs daemons of the VM whose runtime directory
+// is dir. A daemon ends by itself when QEMU disconnects; one that QEMU never
+// reached (QEMU died at launch) would wait forever.
+func killShares(dir string) {
+	if dir == "" || dir == "." {
+		return
+	}
+	marker := []byte("--socket-path=" + filepath.Join(dir, "fs-"))
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmd, marker) {
+			continue
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
