@@ -106,6 +106,7 @@ var createSteps = []step[*createOp]{
 		}
 		return nil
 	}},
+	{name: "mounts", do: func(ctx context.Context, c *createOp) error { return checkMountSources(c.cfg.Mounts) }},
 	{name: "host-network", kind: ErrNetwork, do: func(ctx context.Context, c *createOp) error {
 		if c.cfg.NoNetwork {
 			return nil
@@ -119,7 +120,6 @@ var createSteps = []step[*createOp]{
 		c.boot, err = c.h.resolveBoot(ctx, &c.cfg, c.o)
 		return err
 	}},
-	{name: "mounts", do: func(ctx context.Context, c *createOp) error { return checkMountSources(c.cfg.Mounts) }},
 	{name: "backend", do: func(ctx context.Context, c *createOp) error {
 		_, err := c.h.chooseBackend(ctx, c.cfg, c.boot)
 		return err

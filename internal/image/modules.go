@@ -16,7 +16,8 @@ import (
 
 // GuestModules are the kernel modules the guest init needs, in the order it
 // wants them: virtio transports (mmio for microvm and Firecracker, pci for
-// q35), the block, net and console drivers, and vsock over virtio. Modules
+// q35), the block, net and console drivers, vsock over virtio, and virtio-fs
+// for host folders (Debian's cloud kernel has no 9p). Modules
 // the kernel has built in (ext4 in Debian's cloud kernel) are skipped, as are
 // their dependencies' duplicates.
 var GuestModules = []string{
