@@ -2,7 +2,6 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"io"
 	"sync"
 	"syscall"
@@ -34,6 +33,7 @@ type process struct {
 	exitStatus uint32
 	exitedAt   time.Time
 	stdinFifo  io.ReadCloser // nil once closed
+	stdinDone  chan struct{} // closed when the stdin copy has ended; nil without stdin
 }
 
 func newProcess(execID string, spec *specs.Process, io stdio) *process {
@@ -86,16 +86,20 @@ func (p *process) openOutputs(ctx context.Context) (stdout, stderr io.WriteClose
 }
 
 // openStdin opens the stdin FIFO for reading, or returns nil when none.
-func (p *process) openStdin(ctx context.Context) (io.ReadCloser, error) {
+// The open completes in the background when containerd's client opens the
+// write end, which may be after Start returns: it is not tied to a call's
+// context.
+func (p *process) openStdin() (io.ReadCloser, error) {
 	if p.io.stdin == "" {
 		return nil, nil
 	}
-	f, err := fifo.OpenFifo(ctx, p.io.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := fifo.OpenFifo(context.Background(), p.io.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
 	p.stdinFifo = f
+	p.stdinDone = make(chan struct{})
 	p.mu.Unlock()
 	return f, nil
 }
@@ -112,5 +116,23 @@ func (p *process) closeStdin() {
 	}
 }
 
-// errClosed tells a stdin copy that ended because CloseIO closed the FIFO.
-var errClosed = errors.New("stdin closed")
+// stdinDrain bounds how long CloseIO lets the stdin copy drain what the
+// client wrote before it closed its end.
+const stdinDrain = 2 * time.Second
+
+// closeInput is CloseIO: the client has closed its end of the stdin FIFO,
+// so the copy reads what is left and ends at EOF; a copy that does not end
+// soon (another writer holds the FIFO open) is cut.
+func (p *process) closeInput() {
+	p.mu.Lock()
+	done := p.stdinDone
+	p.mu.Unlock()
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(stdinDrain):
+		p.closeStdin()
+	}
+}

@@ -199,6 +199,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		defer cancel()
 		vm.ForceDelete(dctx)
 	})
+	if err := vm.Start(ctx); err != nil {
+		return nil, errGRPC(err)
+	}
 	g := &guest{vm: vm}
 	if spec.Hostname != "" {
 		s.setHostname(ctx, g, spec.Hostname)
@@ -262,7 +265,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			stderr.Close()
 		}
 	}
-	stdin, err := p.openStdin(ctx)
+	stdin, err := p.openStdin()
 	if err != nil {
 		closeOut()
 		return nil, errGRPC(fmt.Errorf("open stdin: %w", err))
@@ -306,15 +309,22 @@ func (s *service) copyStdin(c *agent.Client, p *process, gpid int, in io.Reader)
 		n, err := in.Read(buf)
 		if n > 0 {
 			if werr := c.WriteProcess(ctx, gpid, buf[:n]); werr != nil {
+				log.G(ctx).WithError(werr).WithField("exec", p.execID).Debug("stdin: write to the guest")
 				break
 			}
 		}
 		if err != nil {
+			log.G(ctx).WithError(err).WithField("exec", p.execID).Debug("stdin: end")
 			break
 		}
 	}
 	p.closeStdin()
-	c.CloseProcessStdin(ctx, gpid)
+	if err := c.CloseProcessStdin(ctx, gpid); err != nil {
+		log.G(ctx).WithError(err).WithField("exec", p.execID).Debug("stdin: close in the guest")
+	}
+	p.mu.Lock()
+	close(p.stdinDone)
+	p.mu.Unlock()
 }
 
 // follow copies the process's output to its FIFOs until it exits, then
@@ -337,6 +347,7 @@ func (s *service) follow(c *agent.Client, p *process, gpid int, stdout, stderr i
 		}
 	}
 	code := res.ExitCode
+	log.G(ctx).WithField("exec", p.execID).WithField("code", code).Debug("process exited")
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("exec", p.execID).Warn("lost the process: reporting it as killed")
 		code = 128 + 9
@@ -625,7 +636,7 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 		return nil, errGRPC(err)
 	}
 	if r.Stdin {
-		p.closeStdin()
+		p.closeInput()
 	}
 	return &ptypes.Empty{}, nil
 }
