@@ -83,6 +83,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		d.teardown()
 		d.cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- d.cmd.Wait() }()
@@ -110,6 +111,44 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		time.Sleep(200 * time.Millisecond)
 	}
 	return d
+}
+
+// shims lists the pids of this daemon's shims.
+func (d *daemon) shims() []int {
+	var out []int
+	for _, pid := range vmtest.ProcessesOf(d.sock) {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), "containerd-shim-smolvm-v2") {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// teardown removes what a failed test may have left: containers, their
+// shims (by pid), sockets and VMs.
+func (d *daemon) teardown() {
+	ctx := context.Background()
+	if out, err := d.ctr(ctx, "", "container", "ls", "-q"); err == nil {
+		for _, id := range strings.Fields(out) {
+			d.ctr(ctx, "", "task", "kill", "-s", "SIGKILL", id)
+			d.ctr(ctx, "", "task", "delete", "-f", id)
+			d.ctr(ctx, "", "container", "rm", id)
+		}
+	}
+	for _, pid := range d.shims() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	filepath.WalkDir(filepath.Join(d.dir, "state"), func(p string, e os.DirEntry, err error) error {
+		if err == nil && e.Name() == "address" {
+			if b, err := os.ReadFile(p); err == nil {
+				os.Remove(strings.TrimPrefix(strings.TrimSpace(string(b)), "unix://"))
+			}
+		}
+		return nil
+	})
+	cleanup := exec.Command(d.smolvm, "cleanup", "--all")
+	cleanup.Env = d.env
+	cleanup.Run()
 }
 
 func grepLines(s string, subs ...string) string {
@@ -318,6 +357,41 @@ func TestContainerd(t *testing.T) {
 		d.mustCtr("container", "rm", "t-long")
 		if l := d.leftovers(t); len(l) > 0 {
 			t.Errorf("after task delete and container rm: left behind %q (delete said %q)", l, out)
+		}
+	})
+
+	t.Run("shim-sigkill", func(t *testing.T) {
+		// A shim killed with SIGKILL: containerd runs the shim's delete
+		// command, which removes the VM; smolvm cleanup finds nothing more.
+		d.mustCtr("run", "-d", "--runtime", runtimeName, "--rootfs", rootfs, "t-kill", "sleep", "100000")
+		var shimPid int
+		for _, pid := range d.shims() {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), "\x00t-kill\x00") {
+				shimPid = pid
+			}
+		}
+		if shimPid == 0 {
+			t.Fatal("the shim of t-kill is not running")
+		}
+		if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for strings.Contains(d.mustCtr("task", "ls"), "t-kill") || len(d.leftovers(t)) > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("after the shim's SIGKILL: task ls %q, left behind %q", d.mustCtr("task", "ls"), d.leftovers(t))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		d.mustCtr("container", "rm", "t-kill")
+		cleanup := exec.Command(d.smolvm, "cleanup", "--dry-run")
+		cleanup.Env = d.env
+		out, err := cleanup.CombinedOutput()
+		if err != nil {
+			t.Fatalf("smolvm cleanup --dry-run: %v: %s", err, out)
+		}
+		if strings.Contains(string(out), "ctr-") {
+			t.Errorf("smolvm cleanup would still remove: %s", out)
 		}
 	})
 

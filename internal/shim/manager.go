@@ -153,6 +153,10 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	if bundle, err := os.Getwd(); err == nil {
 		os.Remove(filepath.Join(bundle, rootfsImage))
+		// A server that was killed left its socket behind.
+		if address, err := shim.ReadAddress(filepath.Join(bundle, "address")); err == nil {
+			shim.RemoveSocket(address)
+		}
 	}
 	return shim.StopStatus{ExitStatus: 128 + int(syscall.SIGKILL), ExitedAt: time.Now()}, nil
 }
