@@ -1,0 +1,113 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/smolvm-go/smolvm"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func TestVMConfig(t *testing.T) {
+	withRes := func(mem int64, quota int64, period uint64, ann map[string]string) *specs.Spec {
+		s := &specs.Spec{Process: &specs.Process{Args: []string{"true"}}, Annotations: ann, Linux: &specs.Linux{Resources: &specs.LinuxResources{}}}
+		if mem != 0 {
+			s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: ptr(mem)}
+		}
+		if quota != 0 {
+			s.Linux.Resources.CPU = &specs.LinuxCPU{Quota: ptr(quota), Period: ptr(period)}
+		}
+		return s
+	}
+	tests := []struct {
+		name      string
+		spec      *specs.Spec
+		vcpus     int
+		mem       int
+		image     string
+		noNetwork bool
+		err       string
+	}{
+		{name: "defaults", spec: withRes(0, 0, 0, nil), image: "minimal", noNetwork: true},
+		{name: "memory floor", spec: withRes(64<<20, 0, 0, nil), mem: smolvm.MinMemoryMiB, image: "minimal", noNetwork: true},
+		{name: "memory and cpu", spec: withRes(1<<30, 150000, 100000, nil), mem: 1024, vcpus: 2, image: "minimal", noNetwork: true},
+		{name: "annotations win", spec: withRes(1<<30, 400000, 100000, map[string]string{
+			AnnotationVCPUs: "1", AnnotationMemoryMiB: "256", AnnotationImage: "default"}), mem: 256, vcpus: 1, image: "default", noNetwork: true},
+		{name: "nat", spec: withRes(0, 0, 0, map[string]string{AnnotationNetwork: "nat"}), image: "minimal"},
+		{name: "bad vcpus", spec: withRes(0, 0, 0, map[string]string{AnnotationVCPUs: "many"}), err: AnnotationVCPUs},
+		{name: "bad memory", spec: withRes(0, 0, 0, map[string]string{AnnotationMemoryMiB: "-5"}), err: AnnotationMemoryMiB},
+		{name: "bad network", spec: withRes(0, 0, 0, map[string]string{AnnotationNetwork: "bridge"}), err: AnnotationNetwork},
+		{name: "too much memory", spec: withRes(0, 0, 0, map[string]string{AnnotationMemoryMiB: "99999999"}), err: "mem_size_mib"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := vmConfig(tt.spec, "ctr-0123456789abcdef", "/x/rootfs.ext4")
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want one naming %s", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.VCPUCount != tt.vcpus || cfg.MemSizeMiB != tt.mem || cfg.Image != tt.image || cfg.NoNetwork != tt.noNetwork {
+				t.Errorf("got vcpus=%d mem=%d image=%s no_network=%v, want %d %d %s %v", cfg.VCPUCount, cfg.MemSizeMiB, cfg.Image, cfg.NoNetwork, tt.vcpus, tt.mem, tt.image, tt.noNetwork)
+			}
+			if cfg.RootfsPath != "/x/rootfs.ext4" || cfg.DiskMode != smolvm.DiskShared {
+				t.Errorf("root disk %s (%s), want the task's own image, shared", cfg.RootfsPath, cfg.DiskMode)
+			}
+		})
+	}
+}
+
+func TestExecRequest(t *testing.T) {
+	req, err := execRequest(&specs.Process{Args: []string{"sh", "-c", "x"}, Env: []string{"PATH=/bin", "A=b=c"}, Cwd: "/work", User: specs.User{UID: 1000, GID: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Env["A"] != "b=c" || req.Env["PATH"] != "/bin" || req.Dir != "/work" || req.User != "1000" || len(req.Argv) != 3 {
+		t.Errorf("request %+v", req)
+	}
+	for _, bad := range []*specs.Process{
+		{Args: nil},
+		{Args: []string{"x"}, Env: []string{"NOEQUALS"}},
+		{Args: []string{"x"}, Env: []string{"BAD-KEY=1"}},
+	} {
+		if _, err := execRequest(bad); err == nil {
+			t.Errorf("execRequest(%+v) accepted", bad)
+		}
+	}
+}
+
+func TestVMIDStable(t *testing.T) {
+	a, b := vmID("default", "web"), vmID("k8s.io", "web")
+	if a == b || a != vmID("default", "web") {
+		t.Errorf("ids %s %s: want stable and namespace-dependent", a, b)
+	}
+	if err := smolvm.ValidateVMID(a); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestReadSpecBounded(t *testing.T) {
+	dir := t.TempDir()
+	big := `{"ociVersion":"1.0.2","process":{"args":["x"]},"annotations":{"a":"` + strings.Repeat("x", maxSpecBytes) + `"}}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(big), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSpec(dir); err == nil {
+		t.Error("a config.json over the bound was accepted")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"process":{"args":[]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSpec(dir); err == nil || !strings.Contains(err.Error(), "process.args") {
+		t.Errorf("err = %v, want one naming process.args", err)
+	}
+}
