@@ -190,6 +190,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	undo = append(undo, func() { os.Remove(img) })
 	log.G(ctx).WithField("took", took).WithField("image", img).Info("rootfs image built")
 
+	bootStart := time.Now()
 	vm, err := s.host.Create(ctx, cfg)
 	if err != nil {
 		return nil, errGRPC(err)
@@ -202,6 +203,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := vm.Start(ctx); err != nil {
 		return nil, errGRPC(err)
 	}
+	log.G(ctx).WithField("took", time.Since(bootStart)).WithField("vm", vm.ID()).Info("VM booted")
 	g := &guest{vm: vm}
 	if spec.Hostname != "" {
 		s.setHostname(ctx, g, spec.Hostname)
