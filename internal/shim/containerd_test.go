@@ -312,8 +312,10 @@ func TestContainerd(t *testing.T) {
 
 	t.Run("run", func(t *testing.T) {
 		// uname -r is the guest's, stdin reaches the process, the exit code reaches ctr.
-		out, err := d.ctr(context.Background(), "hello from stdin\n", "run", "--rm", "--runtime", runtimeName, "--rootfs", rootfs, "t-run",
-			"sh", "-c", "uname -r; read line; echo got:$line; echo to-stderr >&2; exit 7")
+		// The memory limit sizes the VM (256 MiB) and the annotation its vCPUs.
+		out, err := d.ctr(context.Background(), "hello from stdin\n", "run", "--rm", "--runtime", runtimeName,
+			"--memory-limit", "268435456", "--annotation", "io.smolvm.vcpus=1", "--rootfs", rootfs, "t-run",
+			"sh", "-c", "uname -r; read line; echo got:$line; echo to-stderr >&2; echo cpus:$(grep -c ^processor /proc/cpuinfo); head -1 /proc/meminfo; exit 7")
 		if code := exitCode(err); code != 7 {
 			t.Fatalf("ctr run: exit %d (%v), want 7; output:\n%s", code, err, out)
 		}
@@ -326,8 +328,34 @@ func TestContainerd(t *testing.T) {
 		if !strings.Contains(out, "to-stderr") {
 			t.Errorf("stderr missing; output:\n%s", out)
 		}
+		if !strings.Contains(out, "cpus:1\n") {
+			t.Errorf("io.smolvm.vcpus=1 did not give one vCPU; output:\n%s", out)
+		}
+		var memKB int
+		if i := strings.Index(out, "MemTotal:"); i < 0 {
+			t.Errorf("no MemTotal; output:\n%s", out)
+		} else if fmt.Sscan(out[i+len("MemTotal:"):], &memKB); memKB <= 0 || memKB > 256<<10 {
+			t.Errorf("MemTotal %d kB: want a VM of at most 256 MiB from the memory limit", memKB)
+		}
 		if l := d.leftovers(t); len(l) > 0 {
 			t.Errorf("after ctr run --rm: left behind %q", l)
+		}
+	})
+
+	t.Run("bad-annotation", func(t *testing.T) {
+		// A refused create names what it refused and leaves nothing: a bad
+		// value fails before anything is made, an unknown image after the
+		// rootfs image was built (its undo removes it).
+		for annotation, want := range map[string]string{"io.smolvm.vcpus=many": "io.smolvm.vcpus", "io.smolvm.image=no-such-image": "no-such-image"} {
+			out, err := d.ctr(context.Background(), "", "run", "--rm", "--runtime", runtimeName,
+				"--annotation", annotation, "--rootfs", rootfs, "t-bad", "true")
+			if err == nil || !strings.Contains(out, want) {
+				t.Errorf("ctr run --annotation %s: %v, output %q; want an error naming %s", annotation, err, out, want)
+			}
+			d.ctr(context.Background(), "", "container", "rm", "t-bad")
+			if l := d.leftovers(t); len(l) > 0 {
+				t.Errorf("after a refused create (%s): left behind %q", annotation, l)
+			}
 		}
 	})
 

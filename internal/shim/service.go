@@ -348,7 +348,7 @@ func (s *service) follow(c *agent.Client, p *process, gpid int, stdout, stderr i
 			res = wres
 		}
 	}
-	code := res.ExitCode
+	code := exitStatus(res.ExitCode)
 	log.G(ctx).WithField("exec", p.execID).WithField("code", code).Debug("process exited")
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("exec", p.execID).Warn("lost the process: reporting it as killed")
@@ -365,6 +365,16 @@ func (s *service) follow(c *agent.Client, p *process, gpid int, stdout, stderr i
 		return
 	}
 	s.exited(p)
+}
+
+// exitStatus bounds an exit code from the guest to what a process can
+// report (0-255); the agent's -1 (status unknown) and anything a hostile
+// guest makes up outside that range become 255.
+func exitStatus(code int) int {
+	if code < 0 || code > 255 {
+		return 255
+	}
+	return code
 }
 
 // exited publishes a process's exit. When the init process ends, the

@@ -111,3 +111,11 @@ func TestReadSpecBounded(t *testing.T) {
 		t.Errorf("err = %v, want one naming process.args", err)
 	}
 }
+
+func TestExitStatusBounded(t *testing.T) {
+	for in, want := range map[int]int{0: 0, 7: 7, 143: 143, 255: 255, -1: 255, 256: 255, 1 << 40: 255} {
+		if got := exitStatus(in); got != want {
+			t.Errorf("exitStatus(%d) = %d, want %d", in, got, want)
+		}
+	}
+}
