@@ -36,6 +36,7 @@ type daemon struct {
 	env     []string
 	dataDir string
 	smolvm  string // the smolvm CLI
+	crictl  string // crictl, or "" (the CRI plugin is then disabled)
 	cmd     *exec.Cmd
 }
 
@@ -61,12 +62,30 @@ func startContainerd(t *testing.T) *daemon {
 	config := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = %q
 [ttrpc]
   address = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.sock, d.sock+".ttrpc")
+	// The CRI plugin only when crictl can drive it (Debian packages no
+	// crictl; $CRICTL or PATH).
+	d.crictl = os.Getenv("CRICTL")
+	if d.crictl == "" {
+		d.crictl, _ = exec.LookPath("crictl")
+	}
+	if d.crictl == "" {
+		config = "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" + config
+	} else {
+		config += `[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/smolvm-test:pause"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.smolvm]
+    runtime_type = "io.containerd.smolvm.v2"
+    pod_annotations = ["io.smolvm.*"]
+    container_annotations = ["io.smolvm.*"]
+`
+	}
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
@@ -427,7 +446,7 @@ func TestContainerd(t *testing.T) {
 		if runtime.GOARCH != "amd64" {
 			t.Skip("the test image is made for amd64")
 		}
-		tarball := ociImage(t, rootfs)
+		tarball := ociImage(t, rootfs, map[string][]string{"1": {"sh"}})
 		d.mustCtr("image", "import", "--base-name", "localhost/smolvm-test", tarball)
 		ref := "localhost/smolvm-test:1"
 		// A TTY container from the image (through the snapshotter's mounts)
@@ -481,6 +500,93 @@ func TestContainerd(t *testing.T) {
 	})
 }
 
+// crictl runs crictl against the daemon.
+func (d *daemon) crictlRun(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ep := "unix://" + d.sock
+	cmd := exec.CommandContext(ctx, d.crictl, append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "4m"}, args...)...)
+	cmd.Env = d.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// TestContainerdCRI drives containerd's CRI plugin with crictl: a
+// host-network pod and a container in SmolVM VMs (two boots). It skips
+// without crictl (Debian does not package it; `go install
+// sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0`, then PATH or $CRICTL).
+func TestContainerdCRI(t *testing.T) {
+	vmtest.Require(t)
+	if os.Getenv("CRICTL") == "" {
+		if _, err := exec.LookPath("crictl"); err != nil {
+			t.Skip("crictl not installed (Debian does not package it): set $CRICTL or put it in PATH")
+		}
+	}
+	d := startContainerd(t)
+	rootfs := busyboxRootfs(t)
+	guest := guestKernel(t)
+	tarball := ociImage(t, rootfs, map[string][]string{
+		"pause": {"sleep", "2147483647"},
+		"box":   {"sh", "-c", "uname -r; echo cri-started; sleep 100000"},
+	})
+	d.mustCtr("-n", "k8s.io", "image", "import", "--base-name", "localhost/smolvm-test", tarball)
+	dir := t.TempDir()
+	pod := filepath.Join(dir, "pod.json")
+	os.WriteFile(pod, []byte(`{"metadata":{"name":"smolpod","namespace":"default","uid":"u1","attempt":1},
+ "linux":{"security_context":{"namespace_options":{"network":2}}},
+ "annotations":{"io.smolvm.vcpus":"1"},
+ "log_directory":`+fmt.Sprintf("%q", filepath.Join(dir, "logs"))+`}`), 0o600)
+	ctrCfg := filepath.Join(dir, "ctr.json")
+	os.WriteFile(ctrCfg, []byte(`{"metadata":{"name":"box"},"image":{"image":"localhost/smolvm-test:box"},
+ "log_path":"box.log","linux":{"resources":{"memory_limit_in_bytes":268435456}}}`), 0o600)
+
+	podID, err := d.crictlRun("runp", "--runtime", "smolvm", pod)
+	if err != nil {
+		t.Fatalf("crictl runp: %v: %s", err, podID)
+	}
+	cid, err := d.crictlRun("create", podID, ctrCfg, pod)
+	if err != nil {
+		t.Fatalf("crictl create: %v: %s", err, cid)
+	}
+	if out, err := d.crictlRun("start", cid); err != nil {
+		t.Fatalf("crictl start: %v: %s", err, out)
+	}
+	out, _ := d.crictlRun("exec", cid, "sh", "-c", "echo cri-exec; nproc; exit 3")
+	if !strings.Contains(out, "cri-exec") || !strings.Contains(out, "exit code 3") {
+		t.Errorf("crictl exec: output %q; want cri-exec and exit code 3", out)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		logs, _ := d.crictlRun("logs", cid)
+		if strings.Contains(logs, guest) && strings.Contains(logs, "cri-started") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("crictl logs: %q; want the guest kernel %s and cri-started", logs, guest)
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, args := range [][]string{{"stop", cid}, {"rm", cid}, {"stopp", podID}, {"rmp", podID}} {
+		if out, err := d.crictlRun(args...); err != nil {
+			t.Errorf("crictl %s: %v: %s", args[0], err, out)
+		}
+	}
+	deadline = time.Now().Add(time.Minute)
+	for len(d.leftovers(t)) > 0 || len(d.shims()) > 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("after rm and rmp: left behind %q, shims %v", d.leftovers(t), d.shims())
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // syncBuffer is a bytes.Buffer safe for a writer and a reader.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -499,9 +605,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// ociImage writes an OCI image layout tarball (one layer: rootfs plus
-// /etc/smolvm-test) and returns its path.
-func ociImage(t *testing.T, rootfs string) string {
+// ociImage writes an OCI image layout tarball and returns its path: one
+// image per ref (named by the ref, running its command), all of one layer:
+// rootfs plus /etc/smolvm-test.
+func ociImage(t *testing.T, rootfs string, refs map[string][]string) string {
 	t.Helper()
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
@@ -558,25 +665,28 @@ func ociImage(t *testing.T, rootfs string) string {
 		return d, len(b)
 	}
 	layerDigest, layerSize := add(layer.Bytes())
-	config, _ := json.Marshal(map[string]any{
-		"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"Cmd": []string{"sh"}, "Env": []string{"PATH=/bin"}},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
-	})
-	configDigest, configSize := add(config)
-	manifest, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": configDigest, "size": configSize},
-		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest, "size": layerSize}},
-	})
-	manifestDigest, manifestSize := add(manifest)
-	index, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-		"manifests": []any{map[string]any{
+	var manifests []any
+	for ref, cmd := range refs {
+		config, _ := json.Marshal(map[string]any{
+			"architecture": "amd64", "os": "linux",
+			"config": map[string]any{"Cmd": cmd, "Env": []string{"PATH=/bin"}},
+			"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
+		})
+		configDigest, configSize := add(config)
+		manifest, _ := json.Marshal(map[string]any{
+			"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+			"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": configDigest, "size": configSize},
+			"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest, "size": layerSize}},
+		})
+		manifestDigest, manifestSize := add(manifest)
+		manifests = append(manifests, map[string]any{
 			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifestDigest, "size": manifestSize,
 			"platform":    map[string]string{"architecture": "amd64", "os": "linux"},
-			"annotations": map[string]string{"org.opencontainers.image.ref.name": "1"},
-		}},
+			"annotations": map[string]string{"org.opencontainers.image.ref.name": ref},
+		})
+	}
+	index, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests,
 	})
 
 	path := filepath.Join(t.TempDir(), "image.tar")
