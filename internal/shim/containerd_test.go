@@ -9,9 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -218,6 +220,9 @@ func exitCode(err error) int {
 	return 0
 }
 
+// tapName matches a SmolVM TAP device in `ip -o link` output.
+var tapName = regexp.MustCompile(`: smol[0-9]+[:@]`)
+
 // busyboxRootfs makes a root directory holding a static busybox.
 func busyboxRootfs(t *testing.T) string {
 	t.Helper()
@@ -236,7 +241,7 @@ func busyboxRootfs(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []string{"sh", "cat", "echo", "uname", "sleep", "hostname", "ls", "id"} {
+	for _, c := range []string{"sh", "cat", "echo", "uname", "sleep", "hostname", "ls", "id", "nc", "ip"} {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", c)); err != nil {
 			t.Fatal(err)
 		}
@@ -306,7 +311,7 @@ func (d *daemon) leftovers(t *testing.T) []string {
 	})
 	if links, err := exec.Command("ip", "-o", "link", "show").Output(); err == nil {
 		for _, l := range strings.Split(string(links), "\n") {
-			if strings.Contains(l, "smol") {
+			if tapName.MatchString(l) {
 				out = append(out, "link "+l)
 			}
 		}
@@ -439,6 +444,67 @@ func TestContainerd(t *testing.T) {
 		}
 		if strings.Contains(string(out), "ctr-") {
 			t.Errorf("smolvm cleanup would still remove: %s", out)
+		}
+	})
+
+	t.Run("pod-netns", func(t *testing.T) {
+		// A container that joins a network namespace (a pod's, made here
+		// with a veth to the test's namespace as its outside world) gets a
+		// VM whose NIC and NAT live in that namespace: its connection out
+		// arrives from the pod's address.
+		name := fmt.Sprintf("shimtest-pod-%d", os.Getpid())
+		ip := func(args ...string) {
+			t.Helper()
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		ip("netns", "add", name)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+		ip("link", "add", "podveth0", "type", "veth", "peer", "name", "eth0", "netns", name)
+		t.Cleanup(func() { exec.Command("ip", "link", "del", "podveth0").Run() })
+		ip("addr", "add", "203.0.113.1/24", "dev", "podveth0")
+		ip("link", "set", "podveth0", "up")
+		ip("-n", name, "addr", "add", "203.0.113.2/24", "dev", "eth0")
+		ip("-n", name, "link", "set", "eth0", "up")
+		ip("-n", name, "link", "set", "lo", "up")
+		ip("-n", name, "route", "add", "default", "via", "203.0.113.1")
+
+		ln, err := net.Listen("tcp", "203.0.113.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		from := make(chan string, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			from <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+			fmt.Fprintln(c, "hello from outside the pod")
+			c.Close()
+		}()
+		port := ln.Addr().(*net.TCPAddr).Port
+		out, err := d.ctr(context.Background(), "", "run", "--rm", "--runtime", runtimeName,
+			"--with-ns", "network:/run/netns/"+name, "--rootfs", rootfs, "t-pod",
+			"sh", "-c", fmt.Sprintf("ip -4 -o addr show eth0; nc 203.0.113.1 %d </dev/null", port))
+		if err != nil || !strings.Contains(out, "hello from outside the pod") {
+			t.Fatalf("ctr run in the pod namespace: %v; output:\n%s", err, out)
+		}
+		select {
+		case src := <-from:
+			if src != "203.0.113.2" {
+				t.Errorf("the VM's connection came from %s, want the pod's address 203.0.113.2", src)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("no connection reached the outside")
+		}
+		if links, _ := exec.Command("ip", "-n", name, "-o", "link").Output(); tapName.Match(links) {
+			t.Errorf("a TAP is left in the pod namespace:\n%s", links)
+		}
+		if l := d.leftovers(t); len(l) > 0 {
+			t.Errorf("after ctr run --rm in a pod namespace: left behind %q", l)
 		}
 	})
 

@@ -120,7 +120,17 @@ func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err := shim.WriteAddress("address", address); err != nil {
 		return "", err
 	}
-	if err := cmd.Start(); err != nil {
+	// The task server lives in the pod's network namespace, if any.
+	var nsPath string
+	if spec, err := readSpec(cmd.Dir); err == nil {
+		nsPath = netnsPath(spec)
+	}
+	if nsPath != "" {
+		err = startInNetns(cmd, nsPath)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		return "", err
 	}
 	go cmd.Wait()

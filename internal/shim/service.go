@@ -156,8 +156,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err))
 	}
-	if p := netnsPath(spec); p != "" {
-		log.G(ctx).WithField("netns", p).Warn("joining the pod's network namespace is not supported yet: the VM has no NIC")
+	if p := netnsPath(spec); p != "" && !cfg.NoNetwork && !inNetns(p) {
+		// The server was not started in it (the namespace was not there
+		// yet): a NIC here would be on the wrong network.
+		log.G(ctx).WithField("netns", p).Warn("the shim does not run in the spec's network namespace: the VM gets no NIC")
+		cfg.NoNetwork, cfg.DNSServers = true, nil
 	}
 	if s.host == nil {
 		h, err := smolvm.Open(ctx, smolvm.HostOptions{})

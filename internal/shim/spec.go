@@ -26,8 +26,9 @@ const (
 	AnnotationVCPUs = "io.smolvm.vcpus"
 	// AnnotationMemoryMiB sets the VM's memory in MiB.
 	AnnotationMemoryMiB = "io.smolvm.memory_mib"
-	// AnnotationNetwork set to "nat" gives a container without a network
-	// namespace SmolVM's own NAT networking; by default it has no NIC.
+	// AnnotationNetwork is "nat" (SmolVM's own NAT networking) or "none"
+	// (no NIC). The default is "nat" inside the pod's namespace when the
+	// spec names a network namespace, "none" otherwise.
 	AnnotationNetwork = "io.smolvm.network"
 )
 
@@ -115,15 +116,20 @@ func vmConfig(s *specs.Spec, id, rootfs string) (smolvm.VMConfig, error) {
 		}
 		*f.dst = n
 	}
+	// A spec with a network namespace (a pod's) gets SmolVM's NAT inside
+	// that namespace by default; one without gets no NIC by default.
+	ns := netnsPath(s)
 	switch v := a[AnnotationNetwork]; v {
-	case "", "none":
+	case "":
+		cfg.NoNetwork = ns == ""
+	case "none":
 	case "nat":
-		if netnsPath(s) != "" {
-			return cfg, fmt.Errorf("annotation %s=nat: the spec names a network namespace; joining pod network namespaces is not supported yet", AnnotationNetwork)
-		}
 		cfg.NoNetwork = false
 	default:
 		return cfg, fmt.Errorf("annotation %s=%q: must be \"nat\" or \"none\"", AnnotationNetwork, v)
+	}
+	if !cfg.NoNetwork && ns != "" {
+		cfg.DNSServers = specResolvers(s)
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err

@@ -13,6 +13,11 @@ import (
 
 func ptr[T any](v T) *T { return &v }
 
+func withNetns(s *specs.Spec) *specs.Spec {
+	s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/var/run/netns/pod"})
+	return s
+}
+
 func TestVMConfig(t *testing.T) {
 	withRes := func(mem int64, quota int64, period uint64, ann map[string]string) *specs.Spec {
 		s := &specs.Spec{Process: &specs.Process{Args: []string{"true"}}, Annotations: ann, Linux: &specs.Linux{Resources: &specs.LinuxResources{}}}
@@ -39,6 +44,8 @@ func TestVMConfig(t *testing.T) {
 		{name: "annotations win", spec: withRes(1<<30, 400000, 100000, map[string]string{
 			AnnotationVCPUs: "1", AnnotationMemoryMiB: "256", AnnotationImage: "default"}), mem: 256, vcpus: 1, image: "default", noNetwork: true},
 		{name: "nat", spec: withRes(0, 0, 0, map[string]string{AnnotationNetwork: "nat"}), image: "minimal"},
+		{name: "pod netns", spec: withNetns(withRes(0, 0, 0, nil)), image: "minimal"},
+		{name: "pod netns, none", spec: withNetns(withRes(0, 0, 0, map[string]string{AnnotationNetwork: "none"})), image: "minimal", noNetwork: true},
 		{name: "bad vcpus", spec: withRes(0, 0, 0, map[string]string{AnnotationVCPUs: "many"}), err: AnnotationVCPUs},
 		{name: "bad memory", spec: withRes(0, 0, 0, map[string]string{AnnotationMemoryMiB: "-5"}), err: AnnotationMemoryMiB},
 		{name: "bad network", spec: withRes(0, 0, 0, map[string]string{AnnotationNetwork: "bridge"}), err: AnnotationNetwork},
@@ -117,5 +124,15 @@ func TestExitStatusBounded(t *testing.T) {
 		if got := exitStatus(in); got != want {
 			t.Errorf("exitStatus(%d) = %d, want %d", in, got, want)
 		}
+	}
+}
+
+func TestSpecResolvers(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(f, []byte("search svc.cluster.local\nnameserver 10.96.0.10\nnameserver ::1\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver 10.0.0.3\nnameserver 10.0.0.4\n"), 0o600)
+	s := &specs.Spec{Mounts: []specs.Mount{{Destination: "/etc/resolv.conf", Source: f}}}
+	got := strings.Join(specResolvers(s), ",")
+	if got != "10.96.0.10,10.0.0.2,10.0.0.3" {
+		t.Errorf("resolvers %q", got)
 	}
 }
