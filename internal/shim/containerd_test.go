@@ -392,6 +392,9 @@ func TestContainerd(t *testing.T) {
 		if out := d.mustCtr("task", "ps", "t-long"); len(strings.Fields(out)) < 3 {
 			t.Errorf("ctr task ps: no process listed:\n%s", out)
 		}
+		if out := d.mustCtr("task", "metrics", "t-long"); !regexp.MustCompile(`memory.usage_in_bytes\s+[1-9]`).MatchString(out) || !strings.Contains(out, "cpuacct.usage") {
+			t.Errorf("ctr task metrics: want the VMM's memory and CPU:\n%s", out)
+		}
 		d.mustCtr("task", "pause", "t-long")
 		if out := d.mustCtr("task", "ls"); !strings.Contains(out, "PAUSED") {
 			t.Errorf("after pause, task ls:\n%s", out)

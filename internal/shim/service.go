@@ -22,6 +22,7 @@ import (
 	ptypes "github.com/containerd/containerd/protobuf/types"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/smolvm-go/smolvm"
@@ -666,10 +667,36 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	return nil, errGRPC(fmt.Errorf("update resources: %w: a VM is sized at create", errdefs.ErrNotImplemented))
 }
 
-// Stats is not supported: SmolVM puts no VM in a cgroup of its own yet, so
-// there are no metrics to report.
+// Stats reports what the VM costs the host, read from its VMM process
+// (cgroup v1 metrics format; see vmmMetrics): SmolVM puts no VM in a
+// cgroup of its own yet.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return nil, errGRPC(fmt.Errorf("stats: %w: the VM has no cgroup of its own to read", errdefs.ErrNotImplemented))
+	if _, err := s.process(r.ID, ""); err != nil {
+		return nil, errGRPC(err)
+	}
+	inf := s.vm.Info()
+	if inf.PID == 0 {
+		return nil, errGRPC(fmt.Errorf("stats: the VM is not running: %w", errdefs.ErrFailedPrecondition))
+	}
+	var guestPids uint64
+	if c, err := s.g.client(ctx); err == nil {
+		if ps, err := c.ListProcesses(ctx); err == nil {
+			for _, p := range ps {
+				if p.Running {
+					guestPids++
+				}
+			}
+		}
+	}
+	m, err := vmmMetrics(inf.PID, uint64(inf.Config.MemSizeMiB)<<20, guestPids)
+	if err != nil {
+		return nil, errGRPC(fmt.Errorf("stats: %w", err))
+	}
+	a, err := typeurl.MarshalAny(m)
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	return &taskAPI.StatsResponse{Stats: protobuf.FromAny(a)}, nil
 }
 
 // Connect returns the shim's and the task's pids.
