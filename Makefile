@@ -1,4 +1,5 @@
-# SmolVM for Go. `make` builds bin/smolvm and bin/smolvm-agent (static).
+# SmolVM for Go. `make` builds bin/smolvm, bin/smolvm-agent and
+# bin/containerd-shim-smolvm-v2 (static).
 GO ?= go
 BIN := bin
 export CGO_ENABLED := 0
@@ -15,10 +16,13 @@ deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		qemu-system-x86 e2fsprogs mmdebstrap busybox-static nftables iproute2 \
-		openssh-client cpio ca-certificates >/dev/null
+		openssh-client cpio ca-certificates containerd >/dev/null
 
-# setup: host packages, binaries, and the default image (Debian bookworm).
+# setup: host packages, binaries, the containerd shim in PATH, and the
+# default image (Debian bookworm).
+PREFIX ?= /usr/local
 setup: deps build
+	install -m 0755 $(BIN)/containerd-shim-smolvm-v2 $(PREFIX)/bin/
 	./$(BIN)/smolvm image build default
 
 vet:

@@ -88,11 +88,15 @@ func (h *Host) installSSHKey(ctx context.Context, c *agent.Client) error {
 	if err != nil {
 		return fmt.Errorf("ssh key: %w", err)
 	}
+	// Through the agent's own calls only: a custom root disk (a container's,
+	// for the containerd shim) may have no chmod.
+	if err := c.Mkdir(ctx, "/root/.ssh", 0o700, true); err != nil {
+		return fmt.Errorf("install ssh key: %w", err)
+	}
 	if err := c.Upload(ctx, "/root/.ssh/authorized_keys", bytes.NewReader(pub), 0o600, true); err != nil {
 		return fmt.Errorf("install ssh key: %w", err)
 	}
-	_, err = c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/chmod", "700", "/root/.ssh"}}, nil, nil, nil)
-	return err
+	return nil
 }
 
 // SSHCommand returns the ssh(1) argument list that logs in to the VM as root
