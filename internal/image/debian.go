@@ -66,6 +66,20 @@ func (a *apt) show(ctx context.Context, name string) (debPackage, error) {
 	if err != nil {
 		return debPackage{}, err
 	}
+	return parseShow(name, out)
+}
+
+// aptShow is show without refreshing the package lists.
+func aptShow(ctx context.Context, name string) (debPackage, error) {
+	out, err := runTool(ctx, "", "apt-cache", "show", "--no-all-versions", name)
+	if err != nil {
+		return debPackage{}, err
+	}
+	return parseShow(name, out)
+}
+
+// parseShow reads apt-cache show's output.
+func parseShow(name string, out []byte) (debPackage, error) {
 	p := debPackage{Name: name}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(nil, 1<<20)

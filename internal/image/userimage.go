@@ -91,7 +91,10 @@ func (b *builder) resolveUser(ctx context.Context, in *Inputs) error {
 func (b *builder) resolvePackages(ctx context.Context, names []string) ([]debPackage, error) {
 	var out []debPackage
 	for i, n := range names {
-		p, err := b.apt.show(ctx, n)
+		// apt-cache alone: the package lists were refreshed if needed when
+		// the kernel was resolved, and a missing package must not trigger
+		// an update.
+		p, err := aptShow(ctx, n)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -310,9 +313,13 @@ func writeImageFiles(root *os.Root, agent []byte, env map[string]string, guest i
 		}
 		sort.Strings(keys)
 		var sb strings.Builder
-		sb.WriteString("# Written by smolvm from the image spec.\n")
+		sb.WriteString("# Written by smolvm from the image spec: defaults, so a command's own\n# variables (exec -e) win; PATH always (/etc/profile resets it).\n")
 		for _, k := range keys {
-			fmt.Fprintf(&sb, "export %s=%s\n", k, shellQuote(env[k]))
+			if k == "PATH" {
+				fmt.Fprintf(&sb, "export %s=%s\n", k, shellQuote(env[k]))
+				continue
+			}
+			fmt.Fprintf(&sb, "[ -n \"${%s+x}\" ] || export %s=%s\n", k, k, shellQuote(env[k]))
 		}
 		files[envFile] = sb.String()
 	}
