@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -328,6 +329,19 @@ func writeImageFiles(root *os.Root, agent []byte, env map[string]string, guest i
 		return err
 	}
 	files[strings.TrimPrefix(imagecfg.File, "/")] = string(cj) + "\n"
+	// The init mounts over these; an imported tree may lack them.
+	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
+		if _, err := root.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			if err := root.Mkdir(d, 0o755); err != nil {
+				return err
+			}
+			if d == "tmp" {
+				if err := root.Chmod(d, 0o777|fs.ModeSticky); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)
