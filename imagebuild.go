@@ -164,7 +164,7 @@ func (h *Host) ImportImage(ctx context.Context, name, file string, bo ImageBuild
 	}
 	st, err := os.Stat(abs)
 	if err != nil {
-		return ImageInfo{}, wrapErr("import image", name, ErrNotFound, configErr("file", file, err.Error()))
+		return ImageInfo{}, wrapErr("import image", name, ErrInvalidConfig, configErr("file", file, err.Error()))
 	}
 	if !st.IsDir() && image.IsExport(abs) {
 		start := time.Now()
