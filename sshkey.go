@@ -91,7 +91,12 @@ func (h *Host) installSSHKey(ctx context.Context, c *agent.Client) error {
 	if err := c.Upload(ctx, "/root/.ssh/authorized_keys", bytes.NewReader(pub), 0o600, true); err != nil {
 		return fmt.Errorf("install ssh key: %w", err)
 	}
-	_, err = c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/chmod", "700", "/root/.ssh"}}, nil, nil, nil)
+	// As root whatever the image's default user; an image without chmod
+	// (an imported one) has no sshd to be strict about modes either.
+	if ok, _ := c.Exists(ctx, "/bin/chmod"); !ok {
+		return nil
+	}
+	_, err = c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/chmod", "700", "/root/.ssh"}, User: "root", Dir: "/"}, nil, nil, nil)
 	return err
 }
 

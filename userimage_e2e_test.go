@@ -226,7 +226,7 @@ func TestUserImageBadInput(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct{ spec, want string }{
 		{"from: minimal\nbogus: 1\n", `unknown field "bogus"`},
-		{"from: minimal\nrun: echo\n", "run"},
+		{"from: minimal\nrun: echo\n", "line 2: run: "},
 		{"from: default\npackages: [no-such-package-smolvm-test]\n", `"no-such-package-smolvm-test": no such package`},
 	} {
 		f := filepath.Join(dir, "spec.yaml")
