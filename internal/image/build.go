@@ -316,6 +316,9 @@ func (b *builder) build(ctx context.Context) (img *Image, retErr error) {
 		return nil, err
 	}
 	steps := []func(context.Context) error{b.kernelStep, b.initramfsStep, b.rootfsStep, b.runStep, b.manifestStep}
+	if b.reuseBootFiles(ctx) {
+		steps = steps[2:]
+	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			return nil, err
