@@ -258,7 +258,7 @@ func newBuilder(opts BuildOptions) (*builder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &builder{opts: opts, start: time.Now(), apt: &apt{progress: opts.Progress}, agent: agent}, nil
+	return &builder{opts: opts, start: time.Now(), apt: &apt{progress: opts.Progress, memoDir: filepath.Join(opts.CacheDir, ".apt-memo")}, agent: agent}, nil
 }
 
 // checkBuildName checks the image name (and the spec of a user image).

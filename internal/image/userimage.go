@@ -95,7 +95,7 @@ func (b *builder) resolvePackages(ctx context.Context, names []string) ([]debPac
 		// apt-cache alone: the package lists were refreshed if needed when
 		// the kernel was resolved, and a missing package must not trigger
 		// an update.
-		p, err := aptShow(ctx, n)
+		p, err := b.apt.showNoUpdate(ctx, n)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
