@@ -340,7 +340,9 @@ func writeOCITar(t *testing.T, file string, layers [][]byte, config map[string]a
 // export tarball imports; an export installed in another data dir is the
 // same image; bad archives leave nothing.
 func TestImportImages(t *testing.T) {
-	h, imgDir := imageEnv(t)
+	// With the minimal image in the cache, as on a host in use: the import
+	// reuses its kernel and initramfs.
+	h, imgDir := imageEnv(t, ImageMinimal)
 	ctx := context.Background()
 	bb := testBusybox(t, imgDir)
 	l1 := []ociEntry{{name: "bin/", typ: tar.TypeDir}, {name: "bin/busybox", body: string(bb), mode: 0o755}}
