@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/network"
@@ -167,16 +166,16 @@ func (h *Host) ImportImage(ctx context.Context, name, file string, bo ImageBuild
 		return ImageInfo{}, wrapErr("import image", name, ErrInvalidConfig, configErr("file", file, err.Error()))
 	}
 	if !st.IsDir() && image.IsExport(abs) {
-		start := time.Now()
+		stage := "import " + filepath.Base(abs) + " (check checksums)"
 		if bo.Progress != nil {
-			bo.Progress("import "+filepath.Base(abs), 0, 1)
+			bo.Progress(stage, 0, 1)
 		}
 		img, err := image.ImportExport(ctx, h.imageDir, name, abs)
 		if err != nil {
 			return ImageInfo{}, wrapErr("import image", name, ErrImage, err)
 		}
 		if bo.Progress != nil {
-			bo.Progress(fmt.Sprintf("imported in %.1fs", time.Since(start).Seconds()), 0, 1)
+			bo.Progress(stage, 1, 1)
 		}
 		return imageInfo(img), nil
 	}
