@@ -48,6 +48,8 @@ type boot struct {
 	Vmlinux string `json:"vmlinux,omitempty"`
 	Initrd  string `json:"initrd"`
 	Disk    string `json:"disk"`
+	// Ready is the image's readiness check (start waits for it).
+	Ready string `json:"ready,omitempty"`
 }
 
 // New creates and starts a VM on the Default host: the one given by
@@ -243,6 +245,9 @@ func (h *Host) resolveBoot(ctx context.Context, cfg *VMConfig, o callOptions) (b
 		}
 		if b.Disk == "" {
 			b.Disk = img.Rootfs
+		}
+		if c := img.Manifest.Config; c != nil {
+			b.Ready = c.Ready
 		}
 	}
 	for _, f := range []struct{ field, path string }{{"kernel_path", b.Kernel}, {"initrd_path", b.Initrd}, {"rootfs_path", b.Disk}} {

@@ -86,7 +86,7 @@ func kindOf(err, def error) error {
 		return ErrAlreadyExists
 	case errors.Is(err, store.ErrExhausted):
 		return ErrNetwork
-	case errors.Is(err, proto.ErrInvalidArgument), errors.Is(err, network.ErrInvalid):
+	case errors.Is(err, proto.ErrInvalidArgument), errors.Is(err, network.ErrInvalid), errors.Is(err, image.ErrInvalidSpec):
 		return ErrInvalidConfig
 	case errors.Is(err, vmm.ErrUnavailable), errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoPermission), errors.Is(err, image.ErrToolMissing):
 		return ErrUnavailable

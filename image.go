@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +37,33 @@ type ImageInfo struct {
 	SizeBytes     int64     `json:"size_bytes"`
 	BuiltAt       time.Time `json:"built_at"`
 	BuildSeconds  float64   `json:"build_seconds"`
+
+	// User images and provenance:
+
+	// Size is SizeBytes again, under the name `image list --json` promises.
+	Size int64 `json:"size"`
+	// Created is BuiltAt again, under the name `image list --json` promises.
+	Created time.Time `json:"created"`
+	// Base is what the image was made from: default or minimal for the
+	// built-in images, a spec's from: value, or the imported file.
+	Base string `json:"base"`
+	// BaseDigest identifies the base (imported archive's digest, base
+	// image's fingerprint).
+	BaseDigest string `json:"base_digest,omitempty"`
+	// Packages are the spec's extra Debian packages as name=version.
+	Packages []string `json:"packages,omitempty"`
+	// SpecSHA256 is the checksum of the spec the image was built from.
+	SpecSHA256 string `json:"spec_sha256,omitempty"`
+	// Env, User, Workdir are the defaults of every command in its VMs.
+	Env     map[string]string `json:"env,omitempty"`
+	User    string            `json:"user,omitempty"`
+	Workdir string            `json:"workdir,omitempty"`
+	// Start is started on every boot; Ready must succeed before a start
+	// counts as done.
+	Start string `json:"start,omitempty"`
+	Ready string `json:"ready,omitempty"`
+	// Steps are the run: steps the build ran.
+	Steps []string `json:"steps,omitempty"`
 }
 
 func imageInfo(img *image.Image) ImageInfo {
@@ -43,11 +71,21 @@ func imageInfo(img *image.Image) ImageInfo {
 	for _, f := range img.Manifest.Files {
 		size += f.Size
 	}
-	return ImageInfo{
+	m := img.Manifest
+	inf := ImageInfo{
 		Name: img.Name, Dir: img.Dir, Kernel: img.Kernel, Vmlinux: img.Vmlinux, Initrd: img.Initrd, Rootfs: img.Rootfs,
-		KernelVersion: img.Manifest.KernelVersion, Fingerprint: img.Manifest.Fingerprint, SizeBytes: size,
-		BuiltAt: img.Manifest.BuiltAt, BuildSeconds: img.Manifest.BuildSeconds,
+		KernelVersion: m.KernelVersion, Fingerprint: m.Fingerprint, SizeBytes: size,
+		BuiltAt: m.BuiltAt, BuildSeconds: m.BuildSeconds,
+		Size: size, Created: m.BuiltAt, Base: m.Inputs.Name, BaseDigest: m.Inputs.BaseDigest, SpecSHA256: m.Inputs.SpecSHA256,
 	}
+	if c := m.Config; c != nil {
+		inf.Base = c.Source
+		inf.Env, inf.User, inf.Workdir, inf.Start, inf.Ready, inf.Steps = c.Env, c.User, c.Workdir, c.Start, c.Ready, c.Steps
+	}
+	for _, p := range m.Inputs.PackageVersions {
+		inf.Packages = append(inf.Packages, p.Name+"="+p.Version)
+	}
+	return inf
 }
 
 // ImageBuildOptions tunes BuildImage.
@@ -58,12 +96,33 @@ type ImageBuildOptions struct {
 	Force bool
 	// Progress, if set, is called as the build advances.
 	Progress func(stage string, done, total int64)
+
+	// User images (a spec, or the shortcut fields):
+
+	// SpecFile is a user image's spec (YAML, see the README).
+	SpecFile string
+	// From replaces the spec's from: (default, minimal, an image,
+	// oci:PATH, tar:PATH); without SpecFile it alone makes a spec.
+	From string
+	// Packages and Run are appended to the spec's packages: and run:.
+	Packages []string
+	Run      []string
+	// KeepFailed keeps a failed build's directory for inspection.
+	KeepFailed bool
+	// Output receives the output of the run: steps; nil discards it.
+	Output io.Writer
 }
 
-// BuildImage builds the image name ("default" or "minimal") into the
-// host's image cache; an image whose inputs did not change is not rebuilt.
+// BuildImage builds the image name into the host's image cache: "default"
+// or "minimal", or a user image from bo's spec file or shortcut fields
+// (whose run: steps run in a build VM). An image whose inputs did not
+// change is not rebuilt. A failed build leaves no image.
 func (h *Host) BuildImage(ctx context.Context, name string, bo ImageBuildOptions) (ImageInfo, error) {
-	img, err := h.buildImage(ctx, name, bo)
+	build := h.buildImage
+	if bo.userImage() {
+		build = h.buildUserImage
+	}
+	img, err := build(ctx, name, bo)
 	if err != nil {
 		return ImageInfo{}, err
 	}
@@ -97,9 +156,16 @@ func (h *Host) Images(ctx context.Context) ([]ImageInfo, error) {
 	return out, nil
 }
 
-// RemoveImage deletes a built image. VMs with isolated disks keep running;
-// VMs sharing its disk, or booting from it later, fail.
+// RemoveImage deletes a built image; while a VM or a snapshot uses it, it
+// refuses with ErrState (ForceRemoveImage does not).
 func (h *Host) RemoveImage(ctx context.Context, name string) error {
+	users, err := h.imageUsers(ctx, name)
+	if err != nil {
+		return wrapErr("remove image", name, ErrBackend, err)
+	}
+	if len(users) > 0 {
+		return wrapErr("remove image", name, ErrState, fmt.Errorf("in use by %s (remove them first, or force)", strings.Join(users, ", ")))
+	}
 	if err := image.Remove(ctx, h.imageDir, name); err != nil {
 		return wrapErr("remove image", name, ErrImage, err)
 	}

@@ -21,7 +21,7 @@ import (
 
 // VM tests boot the minimal image under QEMU inside a private network
 // namespace that vmtest.Main creates for this test binary and removes.
-func TestMain(m *testing.M) { vmtest.MainWith(m, ImageMinimal, ImageDefault) }
+func TestMain(m *testing.M) { vmtest.MainWithSetup(m, prepareUserImages, ImageMinimal, ImageDefault) }
 
 // vmEnv prepares a data dir for VM tests and returns its host.
 func vmEnv(t *testing.T) (*Host, string) {

@@ -85,6 +85,7 @@ var startSteps = []step[*startOp]{
 	}},
 	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error { return s.waitAgent(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) { s.vm.dropClient() }},
 	{name: "guest-setup", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error { return s.guestSetup(ctx) }},
+	{name: "wait-ready", kind: ErrTimeout, do: func(ctx context.Context, s *startOp) error { return s.waitReady(ctx) }},
 }
 
 // Start boots the VM and waits until its agent answers. On failure

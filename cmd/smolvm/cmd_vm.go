@@ -28,7 +28,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.name, "name", "", "VM id (default vm-<8 hex>)")
 	fl.IntVar(&f.memory, "memory", smolvm.DefaultMemoryMiB, "guest memory in MiB (128-16384)")
 	fl.IntVar(&f.vcpus, "vcpus", smolvm.DefaultVCPUs, "virtual CPUs (1-32)")
-	fl.StringVar(&f.image, "image", smolvm.ImageDefault, "image: default (Debian) or minimal (busybox)")
+	fl.StringVar(&f.image, "image", smolvm.ImageDefault, "image: default (Debian), minimal (busybox) or one of yours (smolvm image list)")
 	fl.IntVar(&f.diskSize, "disk-size", 0, "grow the VM's disk to this many MiB (default: the image's size)")
 	fl.StringVar(&f.diskMode, "disk-mode", "isolated", "isolated (own copy of the disk) or shared (boot the image's disk)")
 	fl.StringVar(&f.backend, "backend", "auto", "auto, qemu or firecracker")

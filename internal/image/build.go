@@ -63,7 +63,30 @@ type BuildOptions struct {
 	// Progress, if set, is called as the build advances: stage names what is
 	// happening; done and total count steps or bytes (total 0: unknown).
 	Progress func(stage string, done, total int64)
+	// RunSteps runs a spec's run: steps in a VM booted from stage, whose
+	// root disk it may write (the build directory's own); required when
+	// the spec has steps. The image is installed only if it succeeds.
+	RunSteps func(ctx context.Context, stage *Image, steps []string) error
+	// KeepFailed keeps a failed build's directory (renamed to
+	// .failed-<name>-<time> in the cache, see FailedBuildError) instead of
+	// removing it.
+	KeepFailed bool
 }
+
+// FailedBuildError is a failed build whose directory was kept (KeepFailed).
+type FailedBuildError struct {
+	// Dir holds what the build had made: rootfs.ext4 is the disk as the
+	// failing step left it.
+	Dir string
+	// Err is why the build failed.
+	Err error
+}
+
+func (e *FailedBuildError) Error() string {
+	return fmt.Sprintf("%v (build directory kept for inspection: %s)", e.Err, e.Dir)
+}
+
+func (e *FailedBuildError) Unwrap() error { return e.Err }
 
 // Image is a complete, cached image.
 type Image struct {
@@ -141,6 +164,10 @@ type Inputs struct {
 	// BaseDigest identifies a user image's base: the imported archive's or
 	// layout's digest, or the base image's fingerprint.
 	BaseDigest string `json:"base_digest,omitempty"`
+	// PackageVersions are the spec's packages with the versions apt chose.
+	PackageVersions []debPackage `json:"package_versions,omitempty"`
+	// SpecSHA256 is the checksum of the spec (as JSON).
+	SpecSHA256 string `json:"spec_sha256,omitempty"`
 }
 
 // FileInfo is one file of an image.
@@ -231,7 +258,7 @@ func newBuilder(opts BuildOptions) (*builder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &builder{opts: opts, start: time.Now(), apt: &apt{progress: opts.Progress}, agent: agent}, nil
+	return &builder{opts: opts, start: time.Now(), apt: &apt{progress: opts.Progress, memoDir: filepath.Join(opts.CacheDir, ".apt-memo")}, agent: agent}, nil
 }
 
 // checkBuildName checks the image name (and the spec of a user image).
@@ -240,7 +267,13 @@ func checkBuildName(opts BuildOptions) error {
 		if err := CheckName(opts.Name); err != nil {
 			return err
 		}
-		return opts.Spec.Validate()
+		if err := opts.Spec.Validate(); err != nil {
+			return err
+		}
+		if len(opts.Spec.Run) > 0 && opts.RunSteps == nil {
+			return fmt.Errorf("%w: run: steps need a build VM (build through the SDK or the smolvm CLI)", ErrInvalidSpec)
+		}
+		return nil
 	}
 	if opts.Name != NameMinimal && opts.Name != NameDefault {
 		return fmt.Errorf("unknown image %q (want %s or %s, or a spec)", opts.Name, NameMinimal, NameDefault)
@@ -263,9 +296,17 @@ func (b *builder) build(ctx context.Context) (img *Image, retErr error) {
 		return nil, fmt.Errorf("image cache %s: %w", b.opts.CacheDir, err)
 	}
 	defer func() {
-		if retErr != nil {
-			os.RemoveAll(tmp)
+		if retErr == nil {
+			return
 		}
+		if b.opts.KeepFailed {
+			kept := filepath.Join(b.opts.CacheDir, ".failed-"+b.opts.Name+"-"+time.Now().UTC().Format("20060102T150405"))
+			if err := os.Rename(tmp, kept); err == nil {
+				retErr = &FailedBuildError{Dir: kept, Err: retErr}
+				return
+			}
+		}
+		os.RemoveAll(tmp)
 	}()
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, err
@@ -274,7 +315,10 @@ func (b *builder) build(ctx context.Context) (img *Image, retErr error) {
 	if err := os.Mkdir(b.work, 0o755); err != nil {
 		return nil, err
 	}
-	steps := []func(context.Context) error{b.kernelStep, b.initramfsStep, b.rootfsStep, b.manifestStep}
+	steps := []func(context.Context) error{b.kernelStep, b.initramfsStep, b.rootfsStep, b.runStep, b.manifestStep}
+	if b.reuseBootFiles(ctx) {
+		steps = steps[2:]
+	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			return nil, err

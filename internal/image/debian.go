@@ -58,6 +58,9 @@ func tail(s string, n int) string {
 type apt struct {
 	progress func(stage string, done, total int64)
 	updated  bool
+	// memoDir remembers apt-cache answers while the package lists stay
+	// the same (see memoGet); empty remembers nothing.
+	memoDir string
 }
 
 // show returns the candidate version and .deb checksum of a package.
@@ -66,6 +69,25 @@ func (a *apt) show(ctx context.Context, name string) (debPackage, error) {
 	if err != nil {
 		return debPackage{}, err
 	}
+	return parseShow(name, out)
+}
+
+// showNoUpdate is show without refreshing the package lists.
+func (a *apt) showNoUpdate(ctx context.Context, name string) (debPackage, error) {
+	args := []string{"show", "--no-all-versions", name}
+	out, ok := a.memoGet(args)
+	if !ok {
+		var err error
+		if out, err = runTool(ctx, "", "apt-cache", args...); err != nil {
+			return debPackage{}, err
+		}
+		a.memoPut(args, out)
+	}
+	return parseShow(name, out)
+}
+
+// parseShow reads apt-cache show's output.
+func parseShow(name string, out []byte) (debPackage, error) {
 	p := debPackage{Name: name}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(nil, 1<<20)
@@ -103,8 +125,12 @@ func (a *apt) kernelPackage(ctx context.Context) (debPackage, error) {
 // query runs apt-cache; when the package lists are empty it runs
 // apt-get update once (root only) and retries.
 func (a *apt) query(ctx context.Context, args ...string) ([]byte, error) {
+	if out, ok := a.memoGet(args); ok {
+		return out, nil
+	}
 	out, err := runTool(ctx, "", "apt-cache", args...)
 	if err == nil && len(bytes.TrimSpace(out)) > 0 {
+		a.memoPut(args, out)
 		return out, nil
 	}
 	if a.updated || ctx.Err() != nil {

@@ -31,6 +31,7 @@ var toolPackages = map[string]string{
 	"resize2fs":  "e2fsprogs",
 	"debugfs":    "e2fsprogs",
 	"e2fsck":     "e2fsprogs",
+	"dumpe2fs":   "e2fsprogs",
 }
 
 // HostTools lists the host programs image builds run.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -268,7 +269,41 @@ func (x *extractor) attrs(h *tar.Header, name string, mode fs.FileMode) error {
 	if err := x.root.Chmod(name, mode); err != nil {
 		return fmt.Errorf("chmod %s: %w", name, err)
 	}
+	if err := x.xattrs(h, name); err != nil {
+		return err
+	}
 	return x.root.Chtimes(name, h.ModTime, h.ModTime)
+}
+
+// maxXattrBytes bounds one extended attribute's value (ext4 keeps at most
+// a block's worth per inode).
+const maxXattrBytes = 4096
+
+// xattrs sets the entry's extended attributes (PAX SCHILY.xattr.*) in the
+// namespaces ext4 holds: user., trusted., security. (file capabilities).
+// Others are ignored, as are attributes the build directory's filesystem
+// cannot hold. name's parents were checked: no symlink on the way.
+func (x *extractor) xattrs(h *tar.Header, name string) error {
+	for k, v := range h.PAXRecords {
+		attr, ok := strings.CutPrefix(k, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		if !strings.HasPrefix(attr, "user.") && !strings.HasPrefix(attr, "trusted.") && !strings.HasPrefix(attr, "security.") {
+			continue
+		}
+		if len(v) > maxXattrBytes {
+			return fmt.Errorf("%w: %s: extended attribute %s is %d bytes, more than %d", ErrUnsafeArchive, name, attr, len(v), maxXattrBytes)
+		}
+		if !x.asRoot && !strings.HasPrefix(attr, "user.") {
+			continue
+		}
+		err := unix.Lsetxattr(filepath.Join(x.dir, name), attr, []byte(v), 0)
+		if err != nil && !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("set %s on %s: %w", attr, name, err)
+		}
+	}
+	return nil
 }
 
 // clearLower empties dir, recursively, of everything a lower layer put

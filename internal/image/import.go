@@ -403,20 +403,28 @@ func applyLayer(ctx context.Context, s blobStore, name, digest string, x *extrac
 	defer rc.Close()
 	var h hash.Hash = sha256.New()
 	tee := io.TeeReader(rc, h)
+	mismatch := func() error {
+		if _, err := io.Copy(io.Discard, ctxReader{ctx, tee}); err != nil {
+			return err
+		}
+		if digest != "" && "sha256:"+hex.EncodeToString(h.Sum(nil)) != digest {
+			return fmt.Errorf("content does not match digest %s", digest)
+		}
+		return nil
+	}
 	r, err := layerReader(ctx, tee)
+	if err == nil {
+		err = x.layer(r, true)
+	}
 	if err != nil {
+		// A blob that is not what its digest says is reported as such,
+		// not as whatever its bytes failed to parse as.
+		if derr := mismatch(); derr != nil && ctx.Err() == nil {
+			return derr
+		}
 		return err
 	}
-	if err := x.layer(r, true); err != nil {
-		return err
-	}
-	if _, err := io.Copy(io.Discard, tee); err != nil {
-		return err
-	}
-	if digest != "" && "sha256:"+hex.EncodeToString(h.Sum(nil)) != digest {
-		return fmt.Errorf("content does not match digest %s", digest)
-	}
-	return nil
+	return mismatch()
 }
 
 // layerReader returns the tar stream of a layer: gunzipped if it is gzip,

@@ -129,7 +129,7 @@ func LoadSpec(file string) (*Spec, error) {
 func ParseSpec(data []byte, dir string) (*Spec, error) {
 	var s Spec
 	if err := yaml.Load(data, &s, yaml.WithKnownFields()); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrInvalidSpec, yamlMessage(err))
+		return nil, fmt.Errorf("%w: %s", ErrInvalidSpec, fieldAtLine(data, yamlMessage(err)))
 	}
 	s.dir = dir
 	if err := s.Validate(); err != nil {
@@ -138,7 +138,35 @@ func ParseSpec(data []byte, dir string) (*Spec, error) {
 	return &s, nil
 }
 
-var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+var (
+	unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	lineRE         = regexp.MustCompile(`^line (\d+): `)
+)
+
+// fieldAtLine names the top-level field a "line N: ..." decoding message
+// is about ("line 2: run: cannot construct ..."), when it can tell.
+func fieldAtLine(data []byte, msg string) string {
+	m := lineRE.FindStringSubmatch(msg)
+	if m == nil || !strings.Contains(msg, "cannot") {
+		return msg
+	}
+	line, _ := strconv.Atoi(m[1])
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return msg
+	}
+	kv := doc.Content[0].Content
+	field := ""
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i].Line <= line {
+			field = kv[i].Value
+		}
+	}
+	if field == "" {
+		return msg
+	}
+	return m[0] + field + ": " + msg[len(m[0]):]
+}
 
 // yamlMessage makes a decoding error read as a spec error: "line 3:
 // unknown field "bogus"" instead of naming Go types.

@@ -85,3 +85,16 @@ func TestLoadSpecAndNames(t *testing.T) {
 		}
 	}
 }
+
+func TestSpecWrongTypeNamesField(t *testing.T) {
+	for _, tc := range []struct{ spec, want string }{
+		{"from: minimal\nrun: echo\n", "line 2: run: "},
+		{"from: minimal\nenv:\n  A: [1]\n", "line 3: env: "},
+		{"from: minimal\nfiles:\n  - src: a\n    dest: /a\n    mode: rwx\n", `mode "rwx"`},
+	} {
+		_, err := ParseSpec([]byte(tc.spec), t.TempDir())
+		if !errors.Is(err, ErrInvalidSpec) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.spec, err, tc.want)
+		}
+	}
+}

@@ -3,15 +3,20 @@ package image
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/smolvm-go/smolvm/internal/imagecfg"
 )
 
 // RunConfig is how a user image runs, recorded in its manifest.
@@ -32,7 +37,8 @@ type RunConfig struct {
 	// Workdir and User run the start command.
 	Workdir string `json:"workdir,omitempty"`
 	User    string `json:"user,omitempty"`
-	// Steps are the spec's run: steps, still to be run in a build VM.
+	// Steps are the spec's run: steps, run in a build VM before the image
+	// was installed.
 	Steps []string `json:"steps,omitempty"`
 }
 
@@ -49,6 +55,9 @@ func (b *builder) resolveUser(ctx context.Context, in *Inputs) error {
 		return err
 	}
 	in.SpecFilesSHA256 = sum
+	if j, err := json.Marshal(s); err == nil {
+		in.SpecSHA256 = sha256Hex(j)
+	}
 	kind, arg := s.Base()
 	switch kind {
 	case FromBuiltin:
@@ -57,6 +66,9 @@ func (b *builder) resolveUser(ctx context.Context, in *Inputs) error {
 		}
 		if arg == NameDefault {
 			in.Packages = append(slices.Clone(DefaultPackages), s.Packages...)
+			if in.PackageVersions, err = b.resolvePackages(ctx, s.Packages); err != nil {
+				return err
+			}
 		}
 	case FromImage:
 		base, err := Get(b.opts.CacheDir, arg)
@@ -73,6 +85,26 @@ func (b *builder) resolveUser(ctx context.Context, in *Inputs) error {
 		}
 	}
 	return nil
+}
+
+// resolvePackages asks apt for each package's candidate version: a package
+// the archive does not have is an error naming it, before anything is built.
+func (b *builder) resolvePackages(ctx context.Context, names []string) ([]debPackage, error) {
+	var out []debPackage
+	for i, n := range names {
+		// apt-cache alone: the package lists were refreshed if needed when
+		// the kernel was resolved, and a missing package must not trigger
+		// an update.
+		p, err := b.apt.showNoUpdate(ctx, n)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("%w: packages[%d]: %q: no such package in the Debian archive (%s): %w", ErrInvalidSpec, i, n, debianSuite, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // specFilesSum fingerprints the spec's host files by name, size and time.
@@ -104,7 +136,7 @@ func (b *builder) userTree(ctx context.Context, rootDir string) error {
 			err = b.defaultTree(ctx, rootDir)
 		}
 	case FromImage:
-		err = b.dumpImage(ctx, arg, rootDir)
+		err = b.dumpImage(ctx, arg, rootDir, cfg)
 	default:
 		err = b.importTree(ctx, arg, rootDir, cfg)
 	}
@@ -119,8 +151,22 @@ func (b *builder) userTree(ctx context.Context, rootDir string) error {
 	if err := copySpecFiles(s, root, rootDir); err != nil {
 		return err
 	}
+	if err := ensureUser(root, s.User); err != nil {
+		return fmt.Errorf("user: %w", err)
+	}
 	b.m.Config = finishConfig(cfg, s)
-	return writeImageFiles(root, b.agent, b.m.Config.Env)
+	guest := b.m.Config.Guest()
+	if len(b.m.Config.Steps) > 0 {
+		// The build VM runs the steps as root with the image's environment
+		// and starts nothing; the final configuration goes in after them.
+		guest = imagecfg.Config{Env: guest.Env}
+	}
+	return writeImageFiles(root, b.agent, b.m.Config.Env, guest)
+}
+
+// Guest returns the part of c the guest reads (imagecfg.File).
+func (c *RunConfig) Guest() imagecfg.Config {
+	return imagecfg.Config{Env: c.Env, User: c.User, Workdir: c.Workdir, Start: c.Start, Ready: c.Ready}
 }
 
 // importTree imports an oci: or tar: base into rootDir.
@@ -147,10 +193,15 @@ func (b *builder) importTree(ctx context.Context, src, rootDir string, cfg *RunC
 
 // dumpImage copies a cached image's root filesystem into rootDir with
 // debugfs (no mount needed).
-func (b *builder) dumpImage(ctx context.Context, name, rootDir string) error {
+func (b *builder) dumpImage(ctx context.Context, name, rootDir string, cfg *RunConfig) error {
 	base, err := Get(b.opts.CacheDir, name)
 	if err != nil {
 		return err
+	}
+	if bc := base.Manifest.Config; bc != nil {
+		// A user image built on another inherits how it runs.
+		cfg.Start, cfg.Ready, cfg.Workdir, cfg.User = bc.Start, bc.Ready, bc.Workdir, bc.User
+		cfg.Env = maps.Clone(bc.Env)
 	}
 	b.progress("rootfs: copy "+name, 0, 1)
 	if err := os.MkdirAll(rootDir, 0o755); err != nil {
@@ -253,7 +304,7 @@ func copyHostEntry(x *extractor, p, dest string, d fs.DirEntry, mode FileMode, t
 // agent, a resolver placeholder, hostname and hosts, and the environment
 // for login shells. Writes go through root: symlinks in the image are
 // followed only inside it.
-func writeImageFiles(root *os.Root, agent []byte, env map[string]string) error {
+func writeImageFiles(root *os.Root, agent []byte, env map[string]string, guest imagecfg.Config) error {
 	files := etcFiles()
 	delete(files, "etc/fstab")
 	if len(env) > 0 {
@@ -263,11 +314,33 @@ func writeImageFiles(root *os.Root, agent []byte, env map[string]string) error {
 		}
 		sort.Strings(keys)
 		var sb strings.Builder
-		sb.WriteString("# Written by smolvm from the image spec.\n")
+		sb.WriteString("# Written by smolvm from the image spec: defaults, so a command's own\n# variables (exec -e) win; PATH always (/etc/profile resets it).\n")
 		for _, k := range keys {
-			fmt.Fprintf(&sb, "export %s=%s\n", k, shellQuote(env[k]))
+			if k == "PATH" {
+				fmt.Fprintf(&sb, "export %s=%s\n", k, shellQuote(env[k]))
+				continue
+			}
+			fmt.Fprintf(&sb, "[ -n \"${%s+x}\" ] || export %s=%s\n", k, k, shellQuote(env[k]))
 		}
 		files[envFile] = sb.String()
+	}
+	cj, err := json.MarshalIndent(guest, "", "  ")
+	if err != nil {
+		return err
+	}
+	files[strings.TrimPrefix(imagecfg.File, "/")] = string(cj) + "\n"
+	// The init mounts over these; an imported tree may lack them.
+	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
+		if _, err := root.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			if err := root.Mkdir(d, 0o755); err != nil {
+				return err
+			}
+			if d == "tmp" {
+				if err := root.Chmod(d, 0o777|fs.ModeSticky); err != nil {
+					return err
+				}
+			}
+		}
 	}
 	names := make([]string, 0, len(files))
 	for n := range files {

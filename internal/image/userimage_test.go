@@ -2,12 +2,15 @@ package image
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/smolvm-go/smolvm/internal/imagecfg"
 )
 
 // debugfsCat returns a file of an ext4 image, read with debugfs.
@@ -47,9 +50,30 @@ ready: test -e /tmp/up
 		t.Fatal(err)
 	}
 	opts.Name, opts.Spec = "web", s
+	var ranSteps []string
+	opts.RunSteps = func(ctx context.Context, stage *Image, steps []string) error {
+		// The SDK boots a VM here; the stage's files must be complete and
+		// the build-time config must start nothing.
+		for _, f := range []string{stage.Kernel, stage.Initrd, stage.Rootfs} {
+			if _, err := os.Stat(f); err != nil {
+				return err
+			}
+		}
+		if got := debugfsCat(t, stage.Rootfs, imagecfg.File); strings.Contains(got, "start") {
+			return fmt.Errorf("build VM config starts something: %s", got)
+		}
+		ranSteps = steps
+		return nil
+	}
 	img, err := Build(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !slices.Equal(ranSteps, s.Run) {
+		t.Errorf("RunSteps got %q, want %q", ranSteps, s.Run)
+	}
+	if got := debugfsCat(t, img.Rootfs, imagecfg.File); !strings.Contains(got, `"start": "serve"`) || !strings.Contains(got, `"workdir": "/opt/app"`) {
+		t.Errorf("final %s = %s", imagecfg.File, got)
 	}
 	c := img.Manifest.Config
 	if c == nil || c.Format != FormatOCI || !digestRE.MatchString(c.Digest) || c.Start != "serve" || c.Workdir != "/opt/app" ||
@@ -64,7 +88,7 @@ ready: test -e /tmp/up
 		"/etc/os-release":                   "v2\n",
 		"/opt/app/static/index.html":        "<p>hi</p>",
 		"/usr/local/bin/serve":              "#!/bin/sh\necho serving\n",
-		"/etc/profile.d/zz-smolvm-image.sh": "export GREETING='it'\\''s me'\n",
+		"/etc/profile.d/zz-smolvm-image.sh": "[ -n \"${GREETING+x}\" ] || export GREETING='it'\\''s me'\n",
 		"/etc/resolv.conf":                  "nameserver " + gatewayPlaceholder + "\n",
 	} {
 		if got := debugfsCat(t, fs, p); !strings.Contains(got, want) {

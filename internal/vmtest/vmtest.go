@@ -45,7 +45,14 @@ const hostDirEnv = "SMOLVM_HOST_DIR"
 // test binary, the namespace it re-runs in and the smolvm processes its
 // tests start share a private host-wide directory (lease claims), removed
 // at the end, so tests never write into the real host's.
-func MainWith(m *testing.M, images ...string) {
+func MainWith(m *testing.M, images ...string) { MainWithSetup(m, nil, images...) }
+
+// MainWithSetup is MainWith that also calls setup outside the namespace,
+// after the binaries and images are built and while the network is
+// reachable (e.g. to build an image from Debian packages). binDir holds
+// smolvm and smolvm-agent.
+func MainWithSetup(m *testing.M, setup func(binDir string) error, images ...string) {
+	prepareHook = setup
 	if os.Getenv(hostDirEnv) == "" {
 		d, err := os.MkdirTemp("", "smolvm-test-host-")
 		if err != nil {
@@ -118,8 +125,14 @@ func prepare(images []string) error {
 		}
 		fmt.Fprintf(os.Stderr, "vmtest: image %s ready in %.1fs\n", name, time.Since(start).Seconds())
 	}
+	if prepareHook != nil {
+		return prepareHook(dir)
+	}
 	return nil
 }
+
+// prepareHook is MainWithSetup's setup.
+var prepareHook func(binDir string) error
 
 // Require skips t unless it runs as root inside a private test namespace and
 // QEMU is installed.

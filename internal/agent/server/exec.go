@@ -81,6 +81,7 @@ func (s *Server) command(a proto.ExecArgs) (cmd *exec.Cmd, err error) {
 	case len(a.Argv) == 0:
 		return nil, fmt.Errorf("%w: exec: no command", proto.ErrInvalidArgument)
 	}
+	img := s.imageDefaults(&a)
 	if a.Dir != "" && !filepath.IsAbs(a.Dir) {
 		return nil, fmt.Errorf("%w: exec: working directory %q is not absolute", proto.ErrInvalidArgument, a.Dir)
 	}
@@ -95,6 +96,9 @@ func (s *Server) command(a proto.ExecArgs) (cmd *exec.Cmd, err error) {
 	}
 	env := map[string]string{
 		"PATH": defaultPath, "HOME": acct.home, "USER": acct.name, "LOGNAME": acct.name,
+	}
+	for k, v := range img.Env {
+		env[k] = v
 	}
 	if a.Shell == "" {
 		// No login shell reads the env file for argv commands: apply it here.

@@ -68,6 +68,13 @@ type Options struct {
 	// ProcBufferBytes is the default output ring size per stream of a
 	// background process; default DefaultProcBufferBytes.
 	ProcBufferBytes int
+
+	// Images (user images' run defaults):
+
+	// ImageConfigFile is the user image's run configuration, whose env,
+	// user and workdir are the defaults of every command; default
+	// imagecfg.File (missing: no defaults).
+	ImageConfigFile string
 }
 
 // Server serves agent requests. Create it with New; one Server may serve many

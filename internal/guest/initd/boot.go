@@ -108,6 +108,7 @@ func (in *Init) startServices() {
 	if len(in.opts.ServeArgs) > 0 {
 		go in.superviseServer()
 	}
+	in.step("image start command", in.startImageCommand)
 }
 
 // rootDescription says what the root filesystem is, for the boot summary.
