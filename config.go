@@ -92,6 +92,13 @@ type VMConfig struct {
 	// NoNetwork gives the VM no NIC, address or port forwards; the agent
 	// still works (over virtio-serial or vsock).
 	NoNetwork bool `json:"no_network,omitempty"`
+
+	// Snapshots (snapshot.go).
+
+	// FromSnapshot makes Create a VM that resumes where the named snapshot
+	// was taken, with the snapshot's configuration (memory and vCPUs must
+	// match if given), its own disk copy and its own network identity.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -289,6 +296,12 @@ type VMInfo struct {
 	Error     string         `json:"error,omitempty"`
 	CreatedAt time.Time      `json:"created_at"`
 	UpdatedAt time.Time      `json:"updated_at"`
+
+	// Snapshots (snapshot.go).
+
+	// Saved reports a VM stopped with its memory saved (stop --save, Suspend):
+	// Start resumes it where it was.
+	Saved bool `json:"saved"`
 }
 
 // SocketPaths are a VM's host-side control sockets.

@@ -111,6 +111,7 @@ func parseEnv(kvs []string) (map[string]string, error) {
 
 func newCreateCmd(g *globals) *cobra.Command {
 	var f vmFlags
+	var snap snapshotCreateFlags
 	var start bool
 	c := &cobra.Command{
 		Use:   "create",
@@ -125,6 +126,7 @@ The image is built on first use. With --start it is booted too.`,
 			if err != nil {
 				return err
 			}
+			snap.apply(c, &cfg)
 			g.bootTimeout = f.bootTimeout
 			h, err := g.host(c.Context())
 			if err != nil {
@@ -149,6 +151,7 @@ The image is built on first use. With --start it is booted too.`,
 		},
 	}
 	f.add(c)
+	snap.add(c)
 	c.Flags().BoolVar(&start, "start", false, "boot the VM after creating it")
 	c.Flags().BoolVar(&g.jsonOut, "json", false, "print the VM as JSON")
 	return c
@@ -201,6 +204,7 @@ func newStartCmd(g *globals) *cobra.Command {
 
 func newStopCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
+	var save bool
 	c := &cobra.Command{
 		Use:   "stop ID...",
 		Short: "Power VMs off cleanly (the disk is kept)",
@@ -211,6 +215,13 @@ func newStopCmd(g *globals) *cobra.Command {
 				defer vm.Release()
 				// The clean power-off gets --timeout; quitting and killing
 				// the VMM afterwards have their own deadlines.
+				if save {
+					if err := vm.Suspend(ctx); err != nil {
+						return err
+					}
+					fmt.Fprintln(c.OutOrStdout(), "saved", vm.ID())
+					return nil
+				}
 				ctx, cancel := context.WithTimeout(ctx, timeout)
 				defer cancel()
 				if err := vm.Stop(ctx); err != nil {
@@ -222,6 +233,7 @@ func newStopCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().DurationVar(&timeout, "timeout", smolvm.DefaultStopTimeout, "how long a clean power-off may take")
+	c.Flags().BoolVar(&save, "save", false, "save the memory and device state and free the VM's RAM; start resumes it")
 	return c
 }
 
