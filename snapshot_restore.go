@@ -37,12 +37,8 @@ var restoreSteps = []step[*startOp]{
 	stepNamed(startSteps, "runtime-dir"),
 	stepNamed(startSteps, "network"),
 	{name: "launch", do: func(ctx context.Context, s *startOp) (err error) {
-		p := s.rec.Restore
 		spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
 		spec.Incoming = true
-		if p.file(snapMem) {
-			spec.MemFile = filepath.Join(p.Dir, snapMem)
-		}
 		s.inst, err = s.backend.Launch(ctx, spec)
 		return err
 	}, undo: stepNamed(startSteps, "launch").undo},
@@ -53,7 +49,11 @@ var restoreSteps = []step[*startOp]{
 			return err
 		}
 		defer f.Close()
-		return s.bootErr(s.backend.(vmm.Snapshotter).Load(s.bootCtx, s.inst, f, s.rec.Restore.Format))
+		lo := vmm.LoadOptions{State: f, Format: s.rec.Restore.Format}
+		if s.rec.Restore.file(snapMem) {
+			lo.MemFile = filepath.Join(s.rec.Restore.Dir, snapMem)
+		}
+		return s.bootErr(s.backend.(vmm.Snapshotter).Load(s.bootCtx, s.inst, lo))
 	}},
 	{name: "resume", do: func(ctx context.Context, s *startOp) error { return s.backend.Resume(s.bootCtx, s.inst) }},
 	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error {
@@ -333,12 +333,12 @@ func (c *cleaner) snapshots(ctx context.Context) error {
 				vmID = info.VMID
 			}
 		}
+		unlock := func() {}
 		if vmID != "" && ValidateVMID(vmID) == nil {
-			unlock, err := h.tryLockVM(vmID)
-			if err != nil {
+			var err error
+			if unlock, err = h.tryLockVM(vmID); err != nil {
 				continue // a snapshot in progress
 			}
-			defer unlock()
 		}
 		c.note("snapshot files " + path)
 		if !c.co.DryRun {
@@ -346,6 +346,7 @@ func (c *cleaner) snapshots(ctx context.Context) error {
 				c.errs = append(c.errs, err)
 			}
 		}
+		unlock()
 	}
 	rows, err := h.st.ListVMs(ctx)
 	if err != nil {

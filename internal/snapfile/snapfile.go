@@ -246,3 +246,13 @@ func baseName(p string) string {
 	}
 	return p
 }
+
+// WriteInto writes the non-zero blocks of src (size bytes) into dst at
+// the same offsets; dst is expected to read as zeros elsewhere (a fresh
+// memfd or a new sparse file).
+func WriteInto(ctx context.Context, dst, src *os.File, size int64) error {
+	return walk(ctx, src, size, func(off int64, b []byte) error {
+		_, err := dst.WriteAt(b, off)
+		return err
+	})
+}

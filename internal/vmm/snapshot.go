@@ -36,9 +36,17 @@ type Snapshotter interface {
 	// guest is left paused: the caller resumes it (Backend.Resume) or ends
 	// the VMM.
 	Save(ctx context.Context, inst Instance, opts SaveOptions) (SaveResult, error)
-	// Load reads a state written by Save (of the given format) into the
-	// VMM of inst, which was launched with Spec.Incoming and, when the RAM
-	// was saved to a file, Spec.MemFile naming it. The guest is left
-	// paused.
-	Load(ctx context.Context, inst Instance, state *os.File, format string) error
+	// Load reads a state written by Save into the VMM of inst, which was
+	// launched with Spec.Incoming. The guest is left paused.
+	Load(ctx context.Context, inst Instance, opts LoadOptions) error
+}
+
+// LoadOptions say what Snapshotter.Load reads.
+type LoadOptions struct {
+	// State is the state Save wrote.
+	State *os.File
+	// Format is SaveResult.Format of that save.
+	Format string
+	// MemFile is the RAM file Save wrote (when SaveResult.MemFile).
+	MemFile string
 }

@@ -82,10 +82,6 @@ type Spec struct {
 
 	// Snapshots (see snapshot.go).
 
-	// MemFile, when set, is a file holding the guest's RAM image that the
-	// VMM maps privately (copy-on-write): a restore from a snapshot whose
-	// pages stay shared in the page cache. Empty means fresh RAM.
-	MemFile string
 	// Incoming makes the VMM wait for a saved state (Snapshotter.Load)
 	// instead of booting the kernel.
 	Incoming bool

@@ -22,13 +22,18 @@ import (
 // and which goes away with it (nothing to clean up after a crash). Save
 // stops the vCPUs, enables x-ignore-shared so the migration stream holds
 // only device state, migrates to a file passed to QEMU over QMP (getfd, no
-// exec: command strings), and copies the RAM sparsely from the memfd
-// (through /proc/PID/fd) into a memory file. A restored VM maps that file
-// with share=off (private, copy-on-write): clones of one snapshot share its
-// pages in the page cache until they write them. A VM whose RAM is such a
-// private mapping (itself restored) has no shared RAM to copy: its RAM goes
-// into the migration stream, and a VM restored from that gets fresh memfd
-// RAM again.
+// exec: command strings), and copies the non-zero pages of the RAM from
+// the memfd (through /proc/PID/fd) into a sparse memory file. Load starts
+// from a fresh memfd: it writes the memory file's pages into it, then
+// loads the device state with x-ignore-shared.
+//
+// Why not map the memory file privately (share=off) so that clones share
+// its pages, as VM templating does? QEMU 7.2 discards guest RAM in a file
+// backend by punching holes into the file even when the mapping is
+// private (ram_block_discard_range), and the guest drives discards
+// (virtio-balloon inflation and free page reporting): one hostile clone
+// could zero pages of every other clone of the same snapshot and of the
+// snapshot itself. Each restored VM therefore owns its RAM.
 
 // memBackendID is the id of the guest RAM's memory backend.
 const memBackendID = "mem0"
@@ -44,9 +49,6 @@ const (
 
 // memBackend returns the -object option of the guest RAM.
 func memBackend(spec vmm.Spec) string {
-	if spec.MemFile != "" {
-		return fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=off", memBackendID, spec.MemoryMiB, strings.ReplaceAll(spec.MemFile, ",", ",,"))
-	}
 	return fmt.Sprintf("memory-backend-memfd,id=%s,size=%dM,share=on", memBackendID, spec.MemoryMiB)
 }
 
@@ -188,17 +190,20 @@ func (b *Backend) Save(ctx context.Context, inst vmm.Instance, opts vmm.SaveOpti
 }
 
 // Load implements vmm.Snapshotter.
-func (b *Backend) Load(ctx context.Context, inst vmm.Instance, state *os.File, format string) error {
+func (b *Backend) Load(ctx context.Context, inst vmm.Instance, opts vmm.LoadOptions) error {
 	var ignore bool
-	switch format {
+	switch opts.Format {
 	case FormatIgnoreShared:
 		ignore = true
+		if opts.MemFile == "" {
+			return fmt.Errorf("state format %s needs its memory file", opts.Format)
+		}
 	case FormatFull:
 	default:
-		return fmt.Errorf("state format %q is not one this QEMU backend writes", format)
+		return fmt.Errorf("state format %q is not one this QEMU backend writes", opts.Format)
 	}
 	alive := func() bool { return vmm.Alive(inst.PID, inst.PIDStart) }
-	// Wait for the QMP socket.
+	// Wait for the QMP socket: QEMU has made its RAM by then.
 	for {
 		if !alive() {
 			return b.exitErr(inst)
@@ -212,11 +217,21 @@ func (b *Backend) Load(ctx context.Context, inst vmm.Instance, state *os.File, f
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	if ignore {
+		// QEMU makes its RAM after its monitor socket: a QMP command is
+		// answered once the machine is made.
+		if err := withQMP(ctx, inst.Control, func(q *qmp) error { _, err := q.exec("query-status", nil); return err }); err != nil {
+			return fmt.Errorf("load state: %w", err)
+		}
+		if err := fillRAM(ctx, inst.PID, opts.MemFile); err != nil {
+			return fmt.Errorf("load memory: %w", err)
+		}
+	}
 	err := withQMP(ctx, inst.Control, func(q *qmp) error {
 		if err := setIgnoreShared(q, ignore); err != nil {
 			return err
 		}
-		if _, err := q.execFD("getfd", map[string]any{"fdname": "smolvm-state"}, int(state.Fd())); err != nil {
+		if _, err := q.execFD("getfd", map[string]any{"fdname": "smolvm-state"}, int(opts.State.Fd())); err != nil {
 			return err
 		}
 		if _, err := q.exec("migrate-incoming", map[string]any{"uri": "fd:smolvm-state"}); err != nil {
@@ -233,6 +248,37 @@ func (b *Backend) Load(ctx context.Context, inst vmm.Instance, state *os.File, f
 		return fmt.Errorf("load state: %w", err)
 	}
 	return nil
+}
+
+// fillRAM writes the non-zero pages of the memory file mem into the fresh
+// (all-zero) RAM memfd of QEMU process pid; their sizes must match.
+func fillRAM(ctx context.Context, pid int, mem string) error {
+	p := memfdPath(pid)
+	if p == "" {
+		return fmt.Errorf("qemu process %d has no RAM memfd", pid)
+	}
+	dst, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	src, err := os.Open(mem)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	ds, err := dst.Stat()
+	if err != nil {
+		return err
+	}
+	ss, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	if ds.Size() != ss.Size() {
+		return fmt.Errorf("memory file is %d bytes, the VM has %d", ss.Size(), ds.Size())
+	}
+	return snapfile.WriteInto(ctx, dst, src, ss.Size())
 }
 
 var _ vmm.Snapshotter = (*Backend)(nil)
