@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
+	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/snapfile"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
@@ -209,16 +210,15 @@ func (vm *VM) snapshotLocked(ctx context.Context, name string) (_ SnapshotInfo, 
 			os.RemoveAll(tmp)
 		}
 	}()
-	var disk SnapshotFile
+	// The disk is copied while the guest is paused (in the kernel, with
+	// copy_file_range or a reflink); digests are computed once it runs.
 	res, pause, err := vm.save(ctx, row, sn, be, tmp, func(ctx context.Context) error {
-		f, err := snapfile.Copy(ctx, rec.Boot.Disk, filepath.Join(tmp, snapDisk))
-		disk = SnapshotFile(f)
-		return err
+		return image.CloneDisk(ctx, rec.Boot.Disk, filepath.Join(tmp, snapDisk), 0)
 	}, true)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	files, err := describeFiles(ctx, tmp, res, disk)
+	files, err := describeFiles(ctx, tmp, res, true)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -304,11 +304,14 @@ func (vm *VM) save(ctx context.Context, row store.VM, sn vmm.Snapshotter, be vmm
 	return res, pause, nil
 }
 
-// describeFiles digests the files Save wrote in dir, plus disk if set.
-func describeFiles(ctx context.Context, dir string, res vmm.SaveResult, disk SnapshotFile) ([]SnapshotFile, error) {
+// describeFiles digests the files Save wrote in dir, and the disk copy.
+func describeFiles(ctx context.Context, dir string, res vmm.SaveResult, disk bool) ([]SnapshotFile, error) {
 	names := []string{snapState}
 	if res.MemFile {
 		names = append(names, snapMem)
+	}
+	if disk {
+		names = append(names, snapDisk)
 	}
 	var out []SnapshotFile
 	for _, n := range names {
@@ -317,9 +320,6 @@ func describeFiles(ctx context.Context, dir string, res vmm.SaveResult, disk Sna
 			return nil, err
 		}
 		out = append(out, SnapshotFile(f))
-	}
-	if disk.Name != "" {
-		out = append(out, disk)
 	}
 	return out, nil
 }

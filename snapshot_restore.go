@@ -284,7 +284,7 @@ func (vm *VM) Suspend(ctx context.Context) error {
 	res, _, err := vm.save(ctx, row, sn, be, tmp, nil, false)
 	var files []SnapshotFile
 	if err == nil {
-		files, err = describeFiles(ctx, tmp, res, SnapshotFile{})
+		files, err = describeFiles(ctx, tmp, res, false)
 	}
 	if err != nil {
 		if row.Status == string(StateRunning) {

@@ -142,9 +142,20 @@ func Copy(ctx context.Context, src, dst string) (f File, retErr error) {
 	return CopyFrom(ctx, in, st.Size(), dst)
 }
 
-// CopyFrom is Copy from an open file of size bytes (e.g. a VMM's RAM
-// through /proc/PID/fd).
+// CopyFrom is Copy from an open file of size bytes.
 func CopyFrom(ctx context.Context, in *os.File, size int64, dst string) (f File, retErr error) {
+	return copyFrom(ctx, in, size, dst, true)
+}
+
+// CopySparse copies size bytes of in to the new file dst (mode 0600)
+// without digesting them (for the part of a snapshot done while a guest is
+// paused; Describe it afterwards). On error nothing is left at dst.
+func CopySparse(ctx context.Context, in *os.File, size int64, dst string) error {
+	_, err := copyFrom(ctx, in, size, dst, false)
+	return err
+}
+
+func copyFrom(ctx context.Context, in *os.File, size int64, dst string, digest bool) (f File, retErr error) {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return File{}, err
@@ -162,12 +173,17 @@ func CopyFrom(ctx context.Context, in *os.File, size int64, dst string) (f File,
 	}
 	d := newDigester()
 	err = walk(ctx, in, size, func(off int64, b []byte) error {
-		d.block(off, b)
+		if digest {
+			d.block(off, b)
+		}
 		_, err := out.WriteAt(b, off)
 		return err
 	})
 	if err != nil {
 		return File{}, fmt.Errorf("copy %s: %w", in.Name(), err)
+	}
+	if !digest {
+		return File{}, nil
 	}
 	if err := out.Sync(); err != nil {
 		return File{}, err

@@ -177,7 +177,7 @@ func (b *Backend) Save(ctx context.Context, inst vmm.Instance, opts vmm.SaveOpti
 			if err != nil {
 				return err
 			}
-			if _, err := snapfile.CopyFrom(ctx, f, st.Size(), opts.MemFile); err != nil {
+			if err := snapfile.CopySparse(ctx, f, st.Size(), opts.MemFile); err != nil {
 				return fmt.Errorf("copy guest RAM: %w", err)
 			}
 		}
@@ -203,26 +203,23 @@ func (b *Backend) Load(ctx context.Context, inst vmm.Instance, opts vmm.LoadOpti
 		return fmt.Errorf("state format %q is not one this QEMU backend writes", opts.Format)
 	}
 	alive := func() bool { return vmm.Alive(inst.PID, inst.PIDStart) }
-	// Wait for the QMP socket: QEMU has made its RAM by then.
+	// QEMU makes its RAM after its monitor socket: a QMP command is
+	// answered once the machine is made.
 	for {
 		if !alive() {
 			return b.exitErr(inst)
 		}
-		if _, err := os.Stat(inst.Control); err == nil {
+		err := withQMP(ctx, inst.Control, func(q *qmp) error { _, err := q.exec("query-status", nil); return err })
+		if err == nil {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("qemu did not open its control socket: %w", ctx.Err())
+			return fmt.Errorf("qemu did not answer on its control socket: %w (%v)", ctx.Err(), err)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	if ignore {
-		// QEMU makes its RAM after its monitor socket: a QMP command is
-		// answered once the machine is made.
-		if err := withQMP(ctx, inst.Control, func(q *qmp) error { _, err := q.exec("query-status", nil); return err }); err != nil {
-			return fmt.Errorf("load state: %w", err)
-		}
 		if err := fillRAM(ctx, inst.PID, opts.MemFile); err != nil {
 			return fmt.Errorf("load memory: %w", err)
 		}
