@@ -353,6 +353,7 @@ func (c *cleaner) snapshots(ctx context.Context) error {
 		return err
 	}
 	for _, row := range rows {
+		c.interruptedRestore(ctx, row)
 		if row.Op != store.OpSnapshotting {
 			continue
 		}
@@ -381,4 +382,28 @@ func (c *cleaner) snapshots(ctx context.Context) error {
 		unlock()
 	}
 	return nil
+}
+
+// interruptedRestore stops the VMM of a VM whose restore was interrupted
+// (its record still holds the restore, its VMM runs, its lock is free):
+// such a VMM waits for a state or holds a paused guest forever. The VM is
+// left stopped with the restore pending, so the next start restores again.
+func (c *cleaner) interruptedRestore(ctx context.Context, row store.VM) {
+	var rec record
+	if json.Unmarshal(row.Config, &rec) != nil || rec.Restore == nil || !vmm.Alive(row.PID, row.PIDStart) {
+		return
+	}
+	unlock, err := c.h.tryLockVM(row.ID)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	c.note("interrupted restore of vm " + row.ID)
+	if c.co.DryRun {
+		return
+	}
+	vm := &VM{h: c.h, id: row.ID}
+	if err := vm.stopLocked(ctx, true); err != nil {
+		c.errs = append(c.errs, err)
+	}
 }

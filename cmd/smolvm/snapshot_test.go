@@ -234,6 +234,28 @@ func TestSnapshotsCLI(t *testing.T) {
 			t.Fatalf("template after a killed snapshot: %q", got)
 		}
 	}
+	// SIGKILL during a clone's create or restore: after cleanup the clone
+	// is gone or stopped, and a start brings it up.
+	must(cli(t, dir, "snapshot", "create", "tpl", "--name", "s3"), "snapshot s3")
+	for i, d := range []time.Duration{300 * time.Millisecond, 900 * time.Millisecond} {
+		id := fmt.Sprintf("kc%d", i)
+		killed := killAfter(t, dir, d, "create", "--from-snapshot", "s3", "--name", id, "--start")
+		must(cli(t, dir, "cleanup"), "cleanup")
+		r := cli(t, dir, "info", id, "--json")
+		if r.code == 3 {
+			continue // the create was undone
+		}
+		var inf smolvm.VMInfo
+		json.Unmarshal([]byte(r.stdout), &inf)
+		if inf.Status != smolvm.StateRunning {
+			must(cli(t, dir, "start", id), fmt.Sprintf("start %s (killed=%v after %v, status %s)", id, killed, d, inf.Status))
+		}
+		if got := run(id, "cat /mnt/t/f"); got != "in-memory" {
+			t.Fatalf("%s after a killed clone: %q", id, got)
+		}
+		must(cli(t, dir, "delete", id), "delete "+id)
+	}
+	must(cli(t, dir, "snapshot", "rm", "s3"), "rm s3")
 	for _, id := range []string{"tpl", "c1", "c2"} {
 		must(cli(t, dir, "delete", id), fmt.Sprint("delete ", id))
 	}
