@@ -68,6 +68,10 @@ func newSnapshotListCmd(g *globals) *cobra.Command {
 			if g.jsonOut {
 				return writeJSON(c.OutOrStdout(), list)
 			}
+			if len(list) == 0 {
+				fmt.Fprintln(c.OutOrStdout(), "No snapshots. Take one with: smolvm snapshot create ID --name S")
+				return nil
+			}
 			var rows [][]string
 			for _, s := range list {
 				rows = append(rows, []string{s.Name, s.VMID, dash(s.Image), fmt.Sprint(s.MemSizeMiB), fmt.Sprintf("%.1f", float64(s.SizeBytes)/(1<<20)), ago(s.CreatedAt)})
