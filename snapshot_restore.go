@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/snapfile"
 	"github.com/smolvm-go/smolvm/internal/store"
@@ -66,6 +67,9 @@ var restoreSteps = []step[*startOp]{
 	}, undo: func(ctx context.Context, s *startOp, _ error) { s.vm.dropClient() }},
 	{name: "guest-restore", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error {
 		_, err := s.client.Restore(s.bootCtx, s.restoreArgs())
+		if errors.Is(err, proto.ErrUnsupported) {
+			return fmt.Errorf("the guest agent in this state predates restores (build the image again and take a new snapshot): %w", err)
+		}
 		return err
 	}},
 	{name: "finish", do: func(ctx context.Context, s *startOp) error {
