@@ -51,6 +51,9 @@ var restoreSteps = []step[*startOp]{
 		}
 		defer f.Close()
 		lo := vmm.LoadOptions{State: f, Format: s.rec.Restore.Format}
+		if !s.rec.Config.NoNetwork {
+			lo.TAP = s.plan.TAP
+		}
 		if s.rec.Restore.file(snapMem) {
 			lo.MemFile = filepath.Join(s.rec.Restore.Dir, snapMem)
 		}

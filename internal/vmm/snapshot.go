@@ -49,4 +49,7 @@ type LoadOptions struct {
 	Format string
 	// MemFile is the RAM file Save wrote (when SaveResult.MemFile).
 	MemFile string
+	// TAP is the host TAP device the restored VM's NIC uses now (backends
+	// that bind the NIC at load time); empty for none.
+	TAP string
 }
