@@ -73,7 +73,15 @@ var restoreSteps = []step[*startOp]{
 		if errors.Is(err, proto.ErrUnsupported) {
 			return fmt.Errorf("the guest agent in this state predates restores (build the image again and take a new snapshot): %w", err)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		if len(s.rec.Config.EnvVars) > 0 {
+			if err := s.client.SetEnv(s.bootCtx, s.rec.Config.EnvVars, false); err != nil {
+				return fmt.Errorf("set env vars: %w", err)
+			}
+		}
+		return nil
 	}},
 	{name: "finish", do: func(ctx context.Context, s *startOp) error {
 		p := s.rec.Restore
@@ -121,8 +129,8 @@ func (s *startOp) verifyRestore(ctx context.Context) error {
 
 // createFromSnapshot creates a VM that resumes where snapshot
 // cfg.FromSnapshot was taken: the snapshot's configuration with cfg's id,
-// SSH port (and memory and vCPUs, which must match), its own disk copy and
-// its own network identity.
+// SSH port, resolvers and extra environment variables (and memory and
+// vCPUs, which must match), its own disk copy and its own network identity.
 func (h *Host) createFromSnapshot(ctx context.Context, cfg VMConfig, o callOptions) (*VM, error) {
 	name := cfg.FromSnapshot
 	if err := validateSnapshotName(name); err != nil {
@@ -141,6 +149,19 @@ func (h *Host) createFromSnapshot(ctx context.Context, cfg VMConfig, o callOptio
 	}
 	if cfg.VCPUCount != 0 {
 		base.VCPUCount = cfg.VCPUCount
+	}
+	if len(cfg.DNSServers) > 0 {
+		base.DNSServers = cfg.DNSServers
+	}
+	if len(cfg.EnvVars) > 0 {
+		env := map[string]string{}
+		for k, v := range base.EnvVars {
+			env[k] = v
+		}
+		for k, v := range cfg.EnvVars {
+			env[k] = v
+		}
+		base.EnvVars = env
 	}
 	base = base.WithDefaults()
 	if err := base.Validate(); err != nil {

@@ -101,7 +101,7 @@ func TestSnapshotsCLI(t *testing.T) {
 	for _, id := range clones {
 		start := time.Now()
 		var inf smolvm.VMInfo
-		r := must(cli(t, dir, "create", "--from-snapshot", "s1", "--name", id, "--start", "--json"), "clone "+id)
+		r := must(cli(t, dir, "create", "--from-snapshot", "s1", "--name", id, "--start", "--json", "-e", "CLONE="+id), "clone "+id)
 		if err := json.Unmarshal([]byte(r.stdout), &inf); err != nil || inf.Status != smolvm.StateRunning || inf.Config.MemSizeMiB != 256 {
 			t.Fatalf("clone %s: %v %+v", id, err, r)
 		}
@@ -115,6 +115,9 @@ func TestSnapshotsCLI(t *testing.T) {
 		}
 		if got := run(id, "cat /mnt/t/f /root/d"); got != "in-memory\non-disk" {
 			t.Fatalf("%s: files from before the snapshot: %q", id, got)
+		}
+		if got := run(id, "echo $CLONE"); got != id {
+			t.Fatalf("%s: env var given at create: %q", id, got)
 		}
 		if got := run(id, "kill -0 "+sleepPID+" && echo alive"); got != "alive" {
 			t.Fatalf("%s: background process: %q", id, got)
