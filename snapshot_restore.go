@@ -321,14 +321,15 @@ func (vm *VM) Suspend(ctx context.Context) error {
 		os.RemoveAll(tmp)
 		return wrapErr(op, vm.id, ErrBackend, err)
 	}
-	// The VM's own disk stays; the VMM flushed it when the state was saved.
-	if err := vm.stopLocked(ctx, true); err != nil {
-		os.RemoveAll(tmp)
-		return err
-	}
+	// Recorded before the VMM ends: if this process dies now, cleanup
+	// stops the paused VMM of a VM with a pending restore, and the next
+	// start resumes from the saved state. The VM's own disk stays; the VMM
+	// flushed it when the state was saved.
 	saved := h.savedPath(vm.id)
 	os.RemoveAll(saved)
 	if err := os.Rename(tmp, saved); err != nil {
+		os.RemoveAll(tmp)
+		be.Resume(context.WithoutCancel(ctx), inst)
 		return wrapErr(op, vm.id, ErrBackend, err)
 	}
 	if err := h.updateRecord(context.WithoutCancel(ctx), vm.id, func(r *record) error {
@@ -336,7 +337,12 @@ func (vm *VM) Suspend(ctx context.Context) error {
 			Backend: BackendKind(be.Kind()), VMMVersion: version, Accel: row.Accel}
 		return nil
 	}); err != nil {
+		os.RemoveAll(saved)
+		be.Resume(context.WithoutCancel(ctx), inst)
 		return wrapErr(op, vm.id, ErrBackend, err)
+	}
+	if err := vm.stopLocked(context.WithoutCancel(ctx), true); err != nil {
+		return err
 	}
 	return vm.Refresh(context.WithoutCancel(ctx))
 }

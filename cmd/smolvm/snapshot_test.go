@@ -259,6 +259,22 @@ func TestSnapshotsCLI(t *testing.T) {
 		must(cli(t, dir, "delete", id), "delete "+id)
 	}
 	must(cli(t, dir, "snapshot", "rm", "s3"), "rm s3")
+
+	// SIGKILL during stop --save: after cleanup the VM runs or is saved,
+	// and it comes back with its memory either way.
+	for _, d := range []time.Duration{200 * time.Millisecond, 600 * time.Millisecond} {
+		killed := killAfter(t, dir, d, "stop", "--save", "c2")
+		must(cli(t, dir, "cleanup"), "cleanup")
+		if inf := info("c2"); inf.Status != smolvm.StateRunning {
+			must(cli(t, dir, "start", "c2"), fmt.Sprintf("start c2 (killed=%v after %v, status %s, saved %v)", killed, d, inf.Status, inf.Saved))
+		}
+		if got := run("c2", "cat /mnt/t/f"); got != "in-memory" {
+			t.Fatalf("c2 after a killed stop --save: %q", got)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "vms", "c2", "saved.tmp")); err == nil {
+			t.Fatal("cleanup left saved.tmp")
+		}
+	}
 	for _, id := range []string{"tpl", "c1", "c2"} {
 		must(cli(t, dir, "delete", id), fmt.Sprint("delete ", id))
 	}
