@@ -261,8 +261,9 @@ func vmStatus(row store.VM) string {
 // save writes the state of the VM of row into dir (state, mem) with between
 // run while the guest is paused, and resumes the guest when resume is set
 // (and it was running). It returns the pause's length. The VM's row says
-// a save is under way, so that cleanup can resume a guest left paused by
-// an interrupted one.
+// a save is under way (store.OpSnapshotting), so that cleanup can resume a
+// guest left paused by an interrupted one; with resume the mark is cleared
+// at the end, without it the caller clears it (clearSaving).
 func (vm *VM) save(ctx context.Context, row store.VM, sn vmm.Snapshotter, be vmm.Backend, dir string, between func(context.Context) error, resume bool) (vmm.SaveResult, time.Duration, error) {
 	h := vm.h
 	inst := instanceOf(row)
@@ -270,12 +271,9 @@ func (vm *VM) save(ctx context.Context, row store.VM, sn vmm.Snapshotter, be vmm
 		return vmm.SaveResult{}, 0, err
 	}
 	uctx := context.WithoutCancel(ctx)
-	defer h.st.UpdateVM(uctx, vm.id, func(v *store.VM) error {
-		if v.Op == store.OpSnapshotting {
-			v.Op = store.OpNone
-		}
-		return nil
-	})
+	if resume {
+		defer vm.clearSaving(uctx)
+	}
 	state, err := os.OpenFile(filepath.Join(dir, snapState), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return vmm.SaveResult{}, 0, err
@@ -302,6 +300,16 @@ func (vm *VM) save(ctx context.Context, row store.VM, sn vmm.Snapshotter, be vmm
 		return res, pause, err
 	}
 	return res, pause, nil
+}
+
+// clearSaving clears the mark save left on the VM's row.
+func (vm *VM) clearSaving(ctx context.Context) {
+	vm.h.st.UpdateVM(ctx, vm.id, func(v *store.VM) error {
+		if v.Op == store.OpSnapshotting {
+			v.Op = store.OpNone
+		}
+		return nil
+	})
 }
 
 // describeFiles digests the files Save wrote in dir, and the disk copy.

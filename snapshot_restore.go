@@ -314,10 +314,17 @@ func (vm *VM) Suspend(ctx context.Context) error {
 	if err == nil {
 		files, err = describeFiles(ctx, tmp, res, false)
 	}
-	if err != nil {
+	// Until the VMM ends (stopLocked) or the guest is resumed, the row
+	// keeps save's mark: cleanup resumes a guest an interrupted save left
+	// paused.
+	undo := func() {
 		if row.Status == string(StateRunning) {
 			be.Resume(context.WithoutCancel(ctx), inst)
 		}
+		vm.clearSaving(context.WithoutCancel(ctx))
+	}
+	if err != nil {
+		undo()
 		os.RemoveAll(tmp)
 		return wrapErr(op, vm.id, ErrBackend, err)
 	}
@@ -329,7 +336,7 @@ func (vm *VM) Suspend(ctx context.Context) error {
 	os.RemoveAll(saved)
 	if err := os.Rename(tmp, saved); err != nil {
 		os.RemoveAll(tmp)
-		be.Resume(context.WithoutCancel(ctx), inst)
+		undo()
 		return wrapErr(op, vm.id, ErrBackend, err)
 	}
 	if err := h.updateRecord(context.WithoutCancel(ctx), vm.id, func(r *record) error {
@@ -338,7 +345,7 @@ func (vm *VM) Suspend(ctx context.Context) error {
 		return nil
 	}); err != nil {
 		os.RemoveAll(saved)
-		be.Resume(context.WithoutCancel(ctx), inst)
+		undo()
 		return wrapErr(op, vm.id, ErrBackend, err)
 	}
 	if err := vm.stopLocked(context.WithoutCancel(ctx), true); err != nil {
@@ -387,8 +394,7 @@ func (c *cleaner) snapshots(ctx context.Context) error {
 		return err
 	}
 	for _, row := range rows {
-		c.interruptedRestore(ctx, row)
-		if row.Op != store.OpSnapshotting {
+		if c.interruptedRestore(ctx, row) || row.Op != store.OpSnapshotting {
 			continue
 		}
 		unlock, err := h.tryLockVM(row.ID)
@@ -422,22 +428,24 @@ func (c *cleaner) snapshots(ctx context.Context) error {
 // (its record still holds the restore, its VMM runs, its lock is free):
 // such a VMM waits for a state or holds a paused guest forever. The VM is
 // left stopped with the restore pending, so the next start restores again.
-func (c *cleaner) interruptedRestore(ctx context.Context, row store.VM) {
+// It reports whether it handled the VM.
+func (c *cleaner) interruptedRestore(ctx context.Context, row store.VM) bool {
 	var rec record
 	if json.Unmarshal(row.Config, &rec) != nil || rec.Restore == nil || !vmm.Alive(row.PID, row.PIDStart) {
-		return
+		return false
 	}
 	unlock, err := c.h.tryLockVM(row.ID)
 	if err != nil {
-		return
+		return true // busy: a start in progress
 	}
 	defer unlock()
 	c.note("interrupted restore of vm " + row.ID)
 	if c.co.DryRun {
-		return
+		return true
 	}
 	vm := &VM{h: c.h, id: row.ID}
 	if err := vm.stopLocked(ctx, true); err != nil {
 		c.errs = append(c.errs, err)
 	}
+	return true
 }
