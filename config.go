@@ -97,6 +97,12 @@ type VMConfig struct {
 
 	// Mounts share host directories with the guest (QEMU only).
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Snapshots (snapshot.go).
+
+	// FromSnapshot makes Create a VM that resumes where the named snapshot
+	// was taken, with the snapshot's configuration (memory and vCPUs must
+	// match if given), its own disk copy and its own network identity.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -300,6 +306,11 @@ type VMInfo struct {
 
 	// Mounts are the host folders shared with the guest (as in Config).
 	Mounts []Mount `json:"mounts"`
+	// Snapshots (snapshot.go).
+
+	// Saved reports a VM stopped with its memory saved (stop --save, Suspend):
+	// Start resumes it where it was.
+	Saved bool `json:"saved"`
 }
 
 // SocketPaths are a VM's host-side control sockets.

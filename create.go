@@ -90,6 +90,7 @@ type createOp struct {
 	unlock  func()
 	newLock bool // the lock file did not exist before this create
 	boot    boot
+	restore *pendingRestore // a clone's snapshot (snapshot_restore.go)
 }
 
 // createSteps make a VM exist, in order; each undo removes what its step made.
@@ -154,7 +155,7 @@ func (c *createOp) lock(ctx context.Context) (err error) {
 }
 
 func (c *createOp) record(ctx context.Context) error {
-	rec := record{Config: c.cfg, Boot: c.boot}
+	rec := record{Config: c.cfg, Boot: c.boot, Restore: c.restore}
 	if c.cfg.DiskMode == DiskIsolated {
 		// Recorded as the disk before it exists: an interrupted create must
 		// never boot the image's own disk.
@@ -193,6 +194,9 @@ func (h *Host) Create(ctx context.Context, cfg VMConfig, opts ...Option) (*VM, e
 }
 
 func (h *Host) create(ctx context.Context, cfg VMConfig, o callOptions) (*VM, error) {
+	if cfg.FromSnapshot != "" {
+		return h.createFromSnapshot(ctx, cfg, o)
+	}
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, err)

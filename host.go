@@ -204,6 +204,9 @@ type record struct {
 	Config VMConfig `json:"config"`
 	// Boot holds the resolved kernel, initrd and root disk.
 	Boot boot `json:"boot"`
+	// Restore, when set, makes the next Start load a saved state (see
+	// snapshot.go).
+	Restore *pendingRestore `json:"restore,omitempty"`
 }
 
 // plan returns the network identity of a VM from its lease and SSH forward.
@@ -245,6 +248,7 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 	}
 	inf.Config.SSHHostPort = 0
 	inf.Mounts = append([]Mount{}, rec.Config.Mounts...)
+	inf.Saved = rec.Restore != nil && rec.Restore.Saved
 	p, err := h.plan(ctx, row.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return inf, nil // an interrupted create

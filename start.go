@@ -102,7 +102,7 @@ func (vm *VM) Start(ctx context.Context) error {
 	bootCtx, cancel := context.WithTimeout(ctx, h.opts.BootTimeout)
 	defer cancel()
 	s := &startOp{vm: vm, bootCtx: bootCtx}
-	if err := runSteps(ctx, h, startSteps, s, ErrBackend); err != nil {
+	if err := runSteps(ctx, h, vm.startTable(ctx), s, ErrBackend); err != nil {
 		vm.Refresh(context.WithoutCancel(ctx))
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}

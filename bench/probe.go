@@ -165,7 +165,8 @@ func processMemory(pid, guestMiB int) (memory, error) {
 			fmt.Sscanf(f[0], "%x-%x", &lo, &hi)
 			size := float64(hi-lo) / (1 << 20)
 			switch anon := len(f) == 5; {
-			case anon && guestMiB > 0 && size == float64(guestMiB):
+			case anon && guestMiB > 0 && size == float64(guestMiB),
+				!anon && strings.HasPrefix(f[5], "/memfd:memory-backend"): // QEMU's RAM memfd
 				kind = "ram"
 			case anon && strings.Contains(f[1], "x"):
 				kind = "tcg"

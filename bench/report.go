@@ -122,6 +122,9 @@ func report(out io.Writer, r *Results) {
 		fmt.Fprintf(out, "  upload %.1f MiB/s, download %.1f MiB/s (p50)\n", t.UploadMiBps, t.DownloadMiBps)
 	}
 	w.Flush()
+	if r.Snapshot != nil {
+		reportSnapshot(out, r.Snapshot)
+	}
 	fmt.Fprintln(out, "\nTARGETS")
 	for _, t := range r.Targets {
 		verdict := "not measured"

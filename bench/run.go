@@ -24,6 +24,7 @@ type Results struct {
 	Transfer    *TransferResult    `json:"transfer,omitempty"`
 	Targets     []Target           `json:"targets"`
 	Errors      []string           `json:"errors,omitempty"`
+	Snapshot    *SnapshotResult    `json:"snapshot,omitempty"`
 }
 
 // Meta describes the run and the host, so numbers are read in context.
@@ -101,6 +102,10 @@ func runInside(ctx context.Context, cfg config, ns string) (*Results, error) {
 	if !cfg.skip["transfer"] && ctx.Err() == nil {
 		res.Transfer, err = b.benchTransfer(ctx)
 		fail("transfer", err)
+	}
+	if !cfg.skip["snapshot"] && ctx.Err() == nil {
+		res.Snapshot, err = b.benchSnapshot(ctx, res.Concurrency)
+		fail("snapshot", err)
 	}
 	res.Meta.DurationS = time.Since(res.Meta.Started).Seconds()
 	res.Meta.LoadAvgEnd = loadavg()

@@ -116,6 +116,7 @@ func parseEnv(kvs []string) (map[string]string, error) {
 
 func newCreateCmd(g *globals) *cobra.Command {
 	var f vmFlags
+	var snap snapshotCreateFlags
 	var start bool
 	c := &cobra.Command{
 		Use:   "create",
@@ -130,6 +131,7 @@ The image is built on first use. With --start it is booted too.`,
 			if err != nil {
 				return err
 			}
+			snap.apply(c, &cfg)
 			g.bootTimeout = f.bootTimeout
 			h, err := g.host(c.Context())
 			if err != nil {
@@ -154,6 +156,7 @@ The image is built on first use. With --start it is booted too.`,
 		},
 	}
 	f.add(c)
+	snap.add(c)
 	c.Flags().BoolVar(&start, "start", false, "boot the VM after creating it")
 	c.Flags().BoolVar(&g.jsonOut, "json", false, "print the VM as JSON")
 	return c
@@ -206,6 +209,7 @@ func newStartCmd(g *globals) *cobra.Command {
 
 func newStopCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
+	var save bool
 	c := &cobra.Command{
 		Use:   "stop ID...",
 		Short: "Power VMs off cleanly (the disk is kept)",
@@ -216,6 +220,13 @@ func newStopCmd(g *globals) *cobra.Command {
 				defer vm.Release()
 				// The clean power-off gets --timeout; quitting and killing
 				// the VMM afterwards have their own deadlines.
+				if save {
+					if err := vm.Suspend(ctx); err != nil {
+						return err
+					}
+					fmt.Fprintln(c.OutOrStdout(), "saved", vm.ID())
+					return nil
+				}
 				ctx, cancel := context.WithTimeout(ctx, timeout)
 				defer cancel()
 				if err := vm.Stop(ctx); err != nil {
@@ -227,6 +238,7 @@ func newStopCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().DurationVar(&timeout, "timeout", smolvm.DefaultStopTimeout, "how long a clean power-off may take")
+	c.Flags().BoolVar(&save, "save", false, "save the memory and device state and free the VM's RAM; start resumes it")
 	return c
 }
 

@@ -157,6 +157,7 @@ else $XDG_STATE_HOME/smolvm).
 		newPortCmd(g),
 		newDoctorCmd(g),
 		newCleanupCmd(g),
+		newSnapshotCmd(g),
 	)
 	return root
 }

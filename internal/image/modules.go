@@ -22,7 +22,7 @@ import (
 // their dependencies' duplicates.
 var GuestModules = []string{
 	"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
-	"vsock", "vmw_vsock_virtio_transport", "ext4", "virtio_balloon",
+	"vsock", "vmw_vsock_virtio_transport", "ext4", "virtio_balloon", "virtio_rng",
 	"virtiofs", // host folders (VMConfig.Mounts)
 }
 

@@ -139,6 +139,8 @@ var migrations = []string{
 	ALTER TABLE vms ADD COLUMN op TEXT NOT NULL DEFAULT '';
 	UPDATE vms SET op = 'stopping', error = '' WHERE error = 'stop in progress';
 	UPDATE vms SET op = 'deleting', error = '' WHERE error = 'delete in progress';`,
+	// 4: a snapshot's description (the SDK's JSON: files, checksums, config).
+	`ALTER TABLE snapshots ADD COLUMN meta TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -82,6 +82,12 @@ type Spec struct {
 	// Shares are host directories shared with the guest (virtio-fs); only
 	// backends whose Requirements say HostFolders take them.
 	Shares []Share
+
+	// Snapshots (see snapshot.go).
+
+	// Incoming makes the VMM wait for a saved state (Snapshotter.Load)
+	// instead of booting the kernel.
+	Incoming bool
 }
 
 // Share is a host directory shared with the guest over virtio-fs.

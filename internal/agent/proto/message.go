@@ -40,6 +40,7 @@ func Capabilities() []string {
 		MethodFsStat, MethodFsList, MethodFsMkdir, MethodFsMove, MethodFsRemove, MethodFsWatch,
 		MethodDirUpload, MethodDirDownload,
 		MethodPortWait,
+		MethodRestore,
 		CapabilityPty, CapabilityControl,
 	}
 }

@@ -168,6 +168,7 @@ var handlers = map[string]handler{
 	proto.MethodHealth:   (*Server).health,
 	proto.MethodSync:     (*Server).sync,
 	proto.MethodPowerOff: (*Server).powerOff,
+	proto.MethodRestore:  (*Server).restore,
 
 	proto.MethodProcStart:  (*Server).procStart,
 	proto.MethodProcList:   (*Server).procList,

@@ -107,6 +107,9 @@ func checkSpec(spec vmm.Spec) error {
 // API, and starts the guest. The process outlives ctx and the caller. On
 // any failure after the process started, Launch kills it.
 func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
+	if spec.Incoming { // a restore: Load sends the snapshot (snapshotter.go)
+		return b.Start(ctx, spec)
+	}
 	if err := checkSpec(spec); err != nil {
 		return vmm.Instance{}, fmt.Errorf("firecracker launch %s: %w", spec.ID, err)
 	}

@@ -152,10 +152,13 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 	case "microvm":
 		// isa-serial for the console, an RTC for wall time; no PIC/PIT
 		// emulation cost beyond what the kernel needs.
-		a = append(a, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on")
+		a = append(a, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend="+memBackendID)
 	default:
-		a = append(a, "-M", machine)
+		a = append(a, "-M", machine+",memory-backend="+memBackendID)
 	}
+	// The guest's RAM is a named backend so that it can be saved and shared
+	// (see snapshot.go).
+	a = append(a, "-object", memBackend(spec))
 	if accel == vmm.AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	} else {
@@ -204,6 +207,12 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 	// host: a booted guest otherwise keeps every page it ever touched.
 	a = append(a, "-device", dev("virtio-balloon")+",free-page-reporting=on")
 	a = append(a, shareArgs(spec, dev)...)
+	// A hardware RNG for the guest: restored clones must not share the
+	// randomness of the snapshot they were made from.
+	a = append(a, "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", dev("virtio-rng")+",rng=rng0")
+	if spec.Incoming {
+		a = append(a, "-incoming", "defer")
+	}
 	serialDev := "virtio-serial-device"
 	if machine != "microvm" {
 		serialDev = "virtio-serial-pci"

@@ -129,16 +129,14 @@ func tail(b []byte, n int) string {
 	return string(b)
 }
 
-// shareArgs are QEMU's arguments for the shares: guest memory in a shared
-// memfd (vhost-user needs it) and one vhost-user-fs device per share.
+// shareArgs are QEMU's arguments for the shares: one vhost-user-fs device
+// per share. vhost-user needs the guest's memory in a shared memfd, which
+// every VM has (memBackend, for snapshots too).
 func shareArgs(spec vmm.Spec, dev func(string) string) []string {
 	if len(spec.Shares) == 0 {
 		return nil
 	}
-	a := []string{
-		"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", spec.MemoryMiB),
-		"-machine", "memory-backend=mem",
-	}
+	var a []string
 	if dev("x") == "x-device" {
 		// libvhost-user serves only modern virtio; QEMU's virtio-mmio
 		// transport is legacy unless told otherwise.

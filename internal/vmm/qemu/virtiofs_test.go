@@ -12,13 +12,14 @@ import (
 
 func TestShareArgs(t *testing.T) {
 	spec := vmm.Spec{ID: "v", Dir: "/run/v", Kernel: "/k", MemoryMiB: 256, VCPUs: 1}
-	if a := strings.Join(Args(spec, vmm.AccelTCG), " "); strings.Contains(a, "vhost-user-fs") || strings.Contains(a, "memfd") {
+	if a := strings.Join(Args(spec, vmm.AccelTCG), " "); strings.Contains(a, "vhost-user-fs") || strings.Contains(a, "force-legacy") {
 		t.Fatalf("no shares, yet: %s", a)
 	}
 	spec.Shares = []vmm.Share{{Tag: "smolvm0", Source: "/srv/a"}, {Tag: "smolvm1", Source: "/srv/b", ReadOnly: true}}
 	a := strings.Join(Args(spec, vmm.AccelTCG), " ")
 	for _, want := range []string{
-		"-object memory-backend-memfd,id=mem,size=256M,share=on -machine memory-backend=mem",
+		"memory-backend=mem0", // vhost-user needs the shared memfd every VM has
+		"-object memory-backend-memfd,id=mem0,size=256M,share=on",
 		"-global virtio-mmio.force-legacy=false",
 		"-chardev socket,id=fs0,path=/run/v/fs-smolvm0.sock -device vhost-user-fs-device,chardev=fs0,tag=smolvm0",
 		"-chardev socket,id=fs1,path=/run/v/fs-smolvm1.sock -device vhost-user-fs-device,chardev=fs1,tag=smolvm1",
