@@ -40,7 +40,7 @@ type CleanupReport struct {
 // progress in another process (a create, a start) is left alone.
 func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, error) {
 	c := &cleaner{h: h, co: co, rep: CleanupReport{DryRun: co.DryRun, Removed: []string{}}}
-	for _, stage := range []func(context.Context) error{c.vms, c.processes, c.files, c.claims, c.network} {
+	for _, stage := range []func(context.Context) error{c.vms, c.processes, c.files, c.claims, c.network, c.cgroups} {
 		if err := stage(ctx); err != nil {
 			c.errs = append(c.errs, err)
 			break
@@ -268,11 +268,18 @@ func (h *Host) vmmProcesses() map[int]string {
 		if err != nil {
 			continue
 		}
+		// A confined QEMU has no path of ours on its command line: its
+		// environment names its VM directory (qemu.VMDirEnv).
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		b = append(append(b, 0), env...)
 		i := strings.Index(string(b), prefix)
 		if i < 0 || !vmm.Alive(pid, 0) {
 			continue
 		}
-		id, _, _ := strings.Cut(string(b)[i+len(prefix):], "/")
+		id := string(b)[i+len(prefix):]
+		if j := strings.IndexAny(id, "/\x00"); j >= 0 {
+			id = id[:j]
+		}
 		if ValidateVMID(id) == nil {
 			out[pid] = id
 		}

@@ -92,6 +92,18 @@ type VMConfig struct {
 	// NoNetwork gives the VM no NIC, address or port forwards; the agent
 	// still works (over virtio-serial or vsock).
 	NoNetwork bool `json:"no_network,omitempty"`
+
+	// Resource limits (issue 13, security; see confine.go).
+
+	// CPUQuota caps the VM's CPU time in CPUs, e.g. 0.5 for half of one;
+	// 0 means as many CPUs as it has vCPUs. At most VCPUCount.
+	CPUQuota float64 `json:"cpu_quota,omitempty"`
+	// DiskBPS throttles the VM's disks to this many bytes per second,
+	// reads and writes together; 0 means no limit.
+	DiskBPS int64 `json:"disk_bps,omitempty"`
+	// DiskIOPS throttles the VM's disks to this many operations per
+	// second; 0 means no limit.
+	DiskIOPS int64 `json:"disk_iops,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -223,7 +235,7 @@ func (c VMConfig) Validate() error {
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		return configErr("boot_args", c.BootArgs, "must be one line")
 	}
-	return nil
+	return validateLimits(c)
 }
 
 // validateBackend accepts auto and every backend built into the program.
@@ -289,6 +301,9 @@ type VMInfo struct {
 	Error     string         `json:"error,omitempty"`
 	CreatedAt time.Time      `json:"created_at"`
 	UpdatedAt time.Time      `json:"updated_at"`
+
+	// Limits are the VM's resource limits (issue 13, security).
+	Limits Limits `json:"limits"`
 }
 
 // SocketPaths are a VM's host-side control sockets.
