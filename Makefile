@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin
 export CGO_ENABLED := 0
 
-.PHONY: all build setup test vet fmt deps clean
+.PHONY: all build setup user test vet fmt deps clean
 
 all: build
 
@@ -17,8 +17,12 @@ deps:
 		qemu-system-x86 e2fsprogs mmdebstrap busybox-static nftables iproute2 \
 		openssh-client cpio ca-certificates >/dev/null
 
-# setup: host packages, binaries, and the default image (Debian bookworm).
-setup: deps build
+# user: the unprivileged system user "smolvm" QEMU runs as (as root; idempotent).
+user: build
+	./$(BIN)/smolvm setup
+
+# setup: host packages, binaries, the VMM user and the default image (Debian bookworm).
+setup: deps build user
 	./$(BIN)/smolvm image build default
 
 vet:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -348,4 +349,25 @@ func confinementChecks() []Check {
 		out = append(out, Check{"cgroups", st, fmt.Sprintf("cgroup %s, controllers %v: each VM gets %s/<vm-id>", mode, cs, cgroup.Dir), fix})
 	}
 	return out
+}
+
+// EnsureVMMUser creates VMMUser as a system user with its own group, no
+// home and no login shell, unless it exists; it reports whether it made
+// it. It needs root and the useradd program (Debian's passwd package).
+func EnsureVMMUser(ctx context.Context) (created bool, err error) {
+	if _, err := user.Lookup(VMMUser); err == nil {
+		return false, nil
+	}
+	if os.Geteuid() != 0 {
+		return false, fmt.Errorf("creating user %q needs root: %w", VMMUser, ErrUnavailable)
+	}
+	out, err := exec.CommandContext(ctx, "useradd", "--system", "--user-group", "--no-create-home",
+		"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", "SmolVM VMM processes", VMMUser).CombinedOutput()
+	if err != nil {
+		if _, lerr := user.Lookup(VMMUser); lerr == nil {
+			return false, nil // made meanwhile by another setup
+		}
+		return false, fmt.Errorf("useradd %s: %v: %s", VMMUser, err, strings.TrimSpace(string(out)))
+	}
+	return true, nil
 }

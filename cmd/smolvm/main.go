@@ -156,6 +156,7 @@ else $XDG_STATE_HOME/smolvm).
 		newPortCmd(g),
 		newDoctorCmd(g),
 		newCleanupCmd(g),
+		newSetupCmd(g),
 	)
 	return root
 }
