@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -145,13 +146,25 @@ func vmmIdentity() (*vmm.Identity, error) {
 	return id, nil
 }
 
+// cgroupHost returns the host's cgroups. When this process's mount table
+// shows none although it sits in cgroups (`ip netns exec` mounts a fresh
+// /sys without them), it first mounts them in its own mount namespace.
+func cgroupHost() cgroup.Host {
+	if os.Geteuid() == 0 {
+		mountOnce.Do(func() { cgroup.MountMissing() })
+	}
+	return cgroup.Host{}
+}
+
+var mountOnce sync.Once
+
 // useCgroups reports whether this process manages per-VM cgroups: as
 // root, on a host with a cgroup hierarchy.
 func useCgroups() bool {
 	if os.Geteuid() != 0 {
 		return false
 	}
-	m, err := cgroup.Detect()
+	m, err := cgroupHost().Detect()
 	return err == nil && m != cgroup.ModeNone
 }
 
@@ -162,7 +175,7 @@ func (s *startOp) makeCgroup() error {
 	if !useCgroups() {
 		return nil
 	}
-	cs, err := cgroup.Host{}.Controllers()
+	cs, err := cgroupHost().Controllers()
 	if err != nil {
 		return err
 	}
@@ -178,12 +191,12 @@ func (s *startOp) makeCgroup() error {
 		cl.CPUs = l.CPUQuota
 	}
 	id := s.vm.id
-	g, err := cgroup.Create(id, cl)
+	g, err := cgroupHost().Create(id, cl)
 	if errors.Is(err, cgroup.ErrExists) {
-		if rerr := (cgroup.Host{}).RemoveEmpty(id); rerr != nil {
+		if rerr := cgroupHost().RemoveEmpty(id); rerr != nil {
 			return fmt.Errorf("cgroup %s/%s exists and is in use (another VM of this id on this host?): %w", cgroup.Dir, id, rerr)
 		}
-		g, err = cgroup.Create(id, cl)
+		g, err = cgroupHost().Create(id, cl)
 	}
 	if err != nil {
 		return err
@@ -244,10 +257,10 @@ func (h *Host) removeCgroup(ctx context.Context, id string) error {
 	if !useCgroups() {
 		return nil
 	}
-	g, err := cgroup.Open(id)
+	g, err := cgroupHost().Open(id)
 	if err != nil {
 		// Missing, or half there: remove what is.
-		if err := (cgroup.Host{}).RemoveEmpty(id); err != nil && !errors.Is(err, cgroup.ErrNotEmpty) {
+		if err := cgroupHost().RemoveEmpty(id); err != nil && !errors.Is(err, cgroup.ErrNotEmpty) {
 			return err
 		}
 		return nil
@@ -262,7 +275,7 @@ func (h *Host) removeCgroup(ctx context.Context, id string) error {
 func limitsInfo(id string, c VMConfig, running bool) Limits {
 	l := limitsOf(c)
 	if running && useCgroups() {
-		if g, err := cgroup.Open(id); err == nil {
+		if g, err := cgroupHost().Open(id); err == nil {
 			l.Cgroup = g.RelPath()
 		}
 	}
@@ -277,7 +290,7 @@ func (c *cleaner) cgroups(ctx context.Context) error {
 		return nil
 	}
 	h := c.h
-	names, err := cgroup.List()
+	names, err := cgroupHost().List()
 	if err != nil {
 		return err
 	}
@@ -291,10 +304,10 @@ func (c *cleaner) cgroups(ctx context.Context) error {
 		if h.lockBusy(name) {
 			continue
 		}
-		if age, err := (cgroup.Host{}).Age(name); err != nil || age < time.Minute {
+		if age, err := cgroupHost().Age(name); err != nil || age < time.Minute {
 			continue
 		}
-		g, err := cgroup.Open(name)
+		g, err := cgroupHost().Open(name)
 		if err == nil {
 			if pids, err := g.Procs(); err != nil || len(pids) > 0 {
 				continue // another data directory's VM, or one being stopped
@@ -302,7 +315,7 @@ func (c *cleaner) cgroups(ctx context.Context) error {
 		}
 		c.note(fmt.Sprintf("cgroup %s/%s", cgroup.Dir, name))
 		if !c.co.DryRun {
-			if err := (cgroup.Host{}).RemoveEmpty(name); err != nil && !errors.Is(err, cgroup.ErrNotEmpty) {
+			if err := cgroupHost().RemoveEmpty(name); err != nil && !errors.Is(err, cgroup.ErrNotEmpty) {
 				c.errs = append(c.errs, err)
 			}
 		}
@@ -329,8 +342,8 @@ func confinementChecks() []Check {
 	} else {
 		out = append(out, Check{"seccomp", CheckFail, "the kernel has no seccomp: QEMU's -sandbox cannot start", "use a kernel built with CONFIG_SECCOMP_FILTER"})
 	}
-	mode, err := cgroup.Detect()
-	cs, _ := cgroup.Host{}.Controllers()
+	mode, err := cgroupHost().Detect()
+	cs, _ := cgroupHost().Controllers()
 	switch {
 	case err != nil:
 		out = append(out, Check{"cgroups", CheckWarn, err.Error(), "mount cgroup2 at /sys/fs/cgroup"})
