@@ -282,6 +282,10 @@ func limitsInfo(id string, c VMConfig, running bool) Limits {
 	return l
 }
 
+// orphanCgroupAge is how old an empty group must be for cleanup to take
+// it (tests shorten it).
+var orphanCgroupAge = time.Minute
+
 // cgroups removes cgroups of ours that no running VM of this data
 // directory owns, and that are empty and older than a minute: cgroups are
 // host-wide, and another data directory's VM may be starting in one.
@@ -304,7 +308,7 @@ func (c *cleaner) cgroups(ctx context.Context) error {
 		if h.lockBusy(name) {
 			continue
 		}
-		if age, err := cgroupHost().Age(name); err != nil || age < time.Minute {
+		if age, err := cgroupHost().Age(name); err != nil || age < orphanCgroupAge {
 			continue
 		}
 		g, err := cgroupHost().Open(name)
