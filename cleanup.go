@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
@@ -129,6 +130,13 @@ func (c *cleaner) processes(ctx context.Context) error {
 			c.note(fmt.Sprintf("process %d (vm %s)", pid, id))
 			if !c.co.DryRun {
 				if err := vmm.KillProcess(pid, 0); err != nil {
+					c.errs = append(c.errs, err)
+				}
+				// Its cgroup held it: it goes with it.
+				wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				vmm.WaitExit(wctx, vmm.Instance{PID: pid})
+				cancel()
+				if err := h.removeCgroup(ctx, id); err != nil {
 					c.errs = append(c.errs, err)
 				}
 			}

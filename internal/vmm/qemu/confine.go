@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -238,4 +239,26 @@ func sysProcAttr(id *vmm.Identity) *syscall.SysProcAttr {
 		a.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: append([]uint32{}, id.Groups...)}
 	}
 	return a
+}
+
+// canOpen reports (as an error saying why not) whether identity id may open
+// the device at path for reading and writing by its mode, owner and group
+// (QEMU opens /dev/kvm itself). A nil identity is this process.
+func canOpen(path string, id *vmm.Identity) error {
+	if id == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return err
+	}
+	perm := st.Mode & 0o777
+	ok := perm&0o006 == 0o006 ||
+		(st.Uid == id.UID && perm&0o600 == 0o600) ||
+		((st.Gid == id.GID || slices.Contains(id.Groups, st.Gid)) && perm&0o060 == 0o060)
+	if !ok {
+		return fmt.Errorf("%s (mode %#o, owner %d:%d) cannot be opened by the VMM's user (uid %d, gid %d, groups %v): give it to group kvm with mode 0660",
+			path, perm, st.Uid, st.Gid, id.UID, id.GID, id.Groups)
+	}
+	return nil
 }

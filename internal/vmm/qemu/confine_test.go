@@ -143,3 +143,28 @@ func TestSysProcAttr(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestCanOpen(t *testing.T) {
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "kvm")
+	os.WriteFile(dev, nil, 0o600)
+	os.Chown(dev, 0, 105)
+	id := &vmm.Identity{UID: 999, GID: 995}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	for _, tc := range []struct {
+		mode   os.FileMode
+		groups []uint32
+		ok     bool
+	}{{0o600, nil, false}, {0o660, nil, false}, {0o660, []uint32{105}, true}, {0o666, nil, true}} {
+		os.Chmod(dev, tc.mode)
+		id.Groups = tc.groups
+		if err := canOpen(dev, id); (err == nil) != tc.ok {
+			t.Errorf("mode %o groups %v: %v, want ok=%v", tc.mode, tc.groups, err, tc.ok)
+		}
+	}
+	if err := canOpen(dev, nil); err != nil {
+		t.Errorf("this process: %v", err)
+	}
+}

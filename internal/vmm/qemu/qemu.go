@@ -296,6 +296,9 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 		if _, err := os.Stat(b.kvmDevice()); err != nil {
 			return vmm.Instance{}, fmt.Errorf("accel kvm: %v: %w", err, vmm.ErrUnavailable)
 		}
+		if err := canOpen(b.kvmDevice(), spec.RunAs); err != nil {
+			return vmm.Instance{}, fmt.Errorf("accel kvm: %w: %w", err, vmm.ErrUnavailable)
+		}
 	}
 	for _, p := range []string{controlPath(spec.Dir), agentPath(spec.Dir)} {
 		os.Remove(p)
