@@ -293,7 +293,7 @@ func TestConfinedVM(t *testing.T) {
 	// the guest has is in use, then read QEMU's memory.
 	// 90% of it: the rest of the guest's memory holds its kernel and
 	// caches, and the guest does not need to OOM-kill anything.
-	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
+	hctx, hcancel := context.WithTimeout(ctx, 60*time.Second)
 	res, err := a.Run(hctx, "mkdir -p /mnt/hog && mount -t tmpfs -o size=90% tmpfs /mnt/hog && "+
 		"dd if=/dev/zero of=/mnt/hog/fill bs=1M count=512 2>&1 | tail -1; grep -E 'MemTotal|MemFree' /proc/meminfo")
 	hcancel()
@@ -309,7 +309,7 @@ func TestConfinedVM(t *testing.T) {
 
 	// Fork bomb: the guest's processes are not the host's; QEMU's thread
 	// count stays under the pids limit and the host is unaffected.
-	fctx, fcancel := context.WithTimeout(ctx, 60*time.Second)
+	fctx, fcancel := context.WithTimeout(ctx, 45*time.Second)
 	a.Run(fctx, "timeout 20 sh -c 'b(){ b | b & }; b' >/dev/null 2>&1; echo done")
 	fcancel()
 	stats, _ = g.Stats()
