@@ -251,23 +251,25 @@ func (s *startOp) confine(spec *vmm.Spec) {
 	spec.DiskBPS, spec.DiskIOPS = s.rec.Config.DiskBPS, s.rec.Config.DiskIOPS
 }
 
-// removeCgroup kills what is left in a VM's cgroup (its VMM is gone or
-// going) and removes it.
+// removeCgroup removes a VM's cgroup once its VMM is gone. It kills
+// nothing: cgroups are host-wide, so a group that still holds processes
+// may be another data directory's VM of the same id, and is left (cleanup
+// takes it once it is empty).
 func (h *Host) removeCgroup(ctx context.Context, id string) error {
 	if !useCgroups() {
 		return nil
 	}
-	g, err := cgroupHost().Open(id)
-	if err != nil {
-		// Missing, or half there: remove what is.
-		if err := cgroupHost().RemoveEmpty(id); err != nil && !errors.Is(err, cgroup.ErrNotEmpty) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := cgroupHost().RemoveEmpty(id)
+		if !errors.Is(err, cgroup.ErrNotEmpty) {
 			return err
 		}
-		return nil
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	return g.Destroy(ctx)
 }
 
 // limitsInfo returns the limits of a VM for its info, with its cgroup's
