@@ -400,6 +400,7 @@ func (h Host) RemoveEmpty(name string) error {
 		err := unix.Rmdir(dir)
 		switch {
 		case err == nil, errors.Is(err, unix.ENOENT):
+			_ = unix.Rmdir(filepath.Dir(dir)) // fails while other groups exist
 		case errors.Is(err, unix.EBUSY):
 			errs = append(errs, fmt.Errorf("%w: %s", ErrNotEmpty, dir))
 		default:
