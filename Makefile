@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 export CGO_ENABLED := 0
 
-.PHONY: all build setup test vet fmt deps clean
+.PHONY: all build setup user test vet fmt deps clean
 
 all: build
 
@@ -18,10 +18,14 @@ deps:
 		qemu-system-x86 e2fsprogs mmdebstrap busybox-static nftables iproute2 \
 		openssh-client cpio ca-certificates containerd >/dev/null
 
-# setup: host packages, binaries, the containerd shim in PATH, and the
-# default image (Debian bookworm).
+# user: the unprivileged system user "smolvm" QEMU runs as (as root; idempotent).
+user: build
+	./$(BIN)/smolvm setup
+
+# setup: host packages, binaries, the VMM user, the containerd shim in PATH,
+# and the default image (Debian bookworm).
 PREFIX ?= /usr/local
-setup: deps build
+setup: deps build user
 	install -m 0755 $(BIN)/containerd-shim-smolvm-v2 $(PREFIX)/bin/
 	./$(BIN)/smolvm image build default
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
@@ -40,7 +41,7 @@ type CleanupReport struct {
 // progress in another process (a create, a start) is left alone.
 func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, error) {
 	c := &cleaner{h: h, co: co, rep: CleanupReport{DryRun: co.DryRun, Removed: []string{}}}
-	for _, stage := range []func(context.Context) error{c.snapshots, c.vms, c.processes, c.shares, c.files, c.claims, c.network} {
+	for _, stage := range []func(context.Context) error{c.snapshots, c.vms, c.processes, c.shares, c.files, c.claims, c.network, c.cgroups} {
 		if err := stage(ctx); err != nil {
 			c.errs = append(c.errs, err)
 			break
@@ -129,6 +130,13 @@ func (c *cleaner) processes(ctx context.Context) error {
 			c.note(fmt.Sprintf("process %d (vm %s)", pid, id))
 			if !c.co.DryRun {
 				if err := vmm.KillProcess(pid, 0); err != nil {
+					c.errs = append(c.errs, err)
+				}
+				// Its cgroup held it: it goes with it.
+				wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				vmm.WaitExit(wctx, vmm.Instance{PID: pid})
+				cancel()
+				if err := h.removeCgroup(ctx, id); err != nil {
 					c.errs = append(c.errs, err)
 				}
 			}
@@ -268,11 +276,18 @@ func (h *Host) vmmProcesses() map[int]string {
 		if err != nil {
 			continue
 		}
+		// A confined QEMU has no path of ours on its command line: its
+		// environment names its VM directory (qemu.VMDirEnv).
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		b = append(append(b, 0), env...)
 		i := strings.Index(string(b), prefix)
 		if i < 0 || !vmm.Alive(pid, 0) {
 			continue
 		}
-		id, _, _ := strings.Cut(string(b)[i+len(prefix):], "/")
+		id := string(b)[i+len(prefix):]
+		if j := strings.IndexAny(id, "/\x00"); j >= 0 {
+			id = id[:j]
+		}
 		if ValidateVMID(id) == nil {
 			out[pid] = id
 		}

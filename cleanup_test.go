@@ -42,7 +42,7 @@ func TestDoctor(t *testing.T) {
 				}
 				byName[c.Name] = c
 			}
-			for _, n := range []string{"kvm", "acceleration", "qemu", "firecracker", "network", "nftables", "ip_forward", "data dir", "image minimal", "image default", "agent"} {
+			for _, n := range []string{"kvm", "acceleration", "qemu", "firecracker", "network", "nftables", "ip_forward", "data dir", "image minimal", "image default", "agent", "vmm user", "seccomp", "cgroups"} {
 				if _, ok := byName[n]; !ok {
 					t.Errorf("no %q check", n)
 				}

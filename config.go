@@ -103,6 +103,17 @@ type VMConfig struct {
 	// was taken, with the snapshot's configuration (memory and vCPUs must
 	// match if given), its own disk copy and its own network identity.
 	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Resource limits (issue 13, security; see confine.go).
+
+	// CPUQuota caps the VM's CPU time in CPUs, e.g. 0.5 for half of one;
+	// 0 means as many CPUs as it has vCPUs. At most VCPUCount.
+	CPUQuota float64 `json:"cpu_quota,omitempty"`
+	// DiskBPS throttles the VM's disks to this many bytes per second,
+	// reads and writes together; 0 means no limit.
+	DiskBPS int64 `json:"disk_bps,omitempty"`
+	// DiskIOPS throttles the VM's disks to this many operations per
+	// second; 0 means no limit.
+	DiskIOPS int64 `json:"disk_iops,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -235,7 +246,10 @@ func (c VMConfig) Validate() error {
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		return configErr("boot_args", c.BootArgs, "must be one line")
 	}
-	return validateMounts(c.Mounts)
+	if err := validateMounts(c.Mounts); err != nil {
+		return err
+	}
+	return validateLimits(c)
 }
 
 // validateBackend accepts auto and every backend built into the program.
@@ -311,6 +325,8 @@ type VMInfo struct {
 	// Saved reports a VM stopped with its memory saved (stop --save, Suspend):
 	// Start resumes it where it was.
 	Saved bool `json:"saved"`
+	// Limits are the VM's resource limits (issue 13, security).
+	Limits Limits `json:"limits"`
 }
 
 // SocketPaths are a VM's host-side control sockets.

@@ -137,6 +137,9 @@ var createSteps = []step[*createOp]{
 		if c.cfg.DiskMode != DiskIsolated {
 			return nil
 		}
+		if err := checkDiskSpace(c.h.vmDir(c.cfg.VMID), c.cfg.DiskSizeMiB); err != nil {
+			return err
+		}
 		if err := image.CloneDisk(ctx, c.boot.Disk, c.h.diskPath(c.cfg.VMID), int64(c.cfg.DiskSizeMiB)); err != nil {
 			return fmt.Errorf("copy disk: %w", err)
 		}

@@ -84,6 +84,9 @@ func (h *Host) Doctor(ctx context.Context, do DoctorOptions) []Check {
 		add(Check{"ip_forward", CheckWarn, "net.ipv4.ip_forward is off", "smolvm turns it on when it starts a VM with networking; nothing to do unless something turns it off again"})
 	}
 
+	for _, c := range confinementChecks() {
+		add(c)
+	}
 	add(dataDirCheck(h.dir))
 	for _, name := range []string{ImageMinimal, ImageDefault} {
 		if img, err := image.Get(h.imageDir, name); err == nil {

@@ -249,6 +249,7 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 	inf.Config.SSHHostPort = 0
 	inf.Mounts = append([]Mount{}, rec.Config.Mounts...)
 	inf.Saved = rec.Restore != nil && rec.Restore.Saved
+	inf.Limits = limitsInfo(row.ID, rec.Config, vmm.Alive(row.PID, row.PIDStart))
 	p, err := h.plan(ctx, row.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return inf, nil // an interrupted create

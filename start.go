@@ -15,6 +15,7 @@ import (
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/bootparams"
+	"github.com/smolvm-go/smolvm/internal/cgroup"
 	"github.com/smolvm-go/smolvm/internal/netplan"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
@@ -39,6 +40,7 @@ type startOp struct {
 	inst    vmm.Instance
 	client  *agent.Client
 	bootCtx context.Context
+	cg      *cgroup.Group // the VM's cgroup; nil where this process makes none
 }
 
 func (s *startOp) h() *Host { return s.vm.h }
@@ -65,6 +67,9 @@ var startSteps = []step[*startOp]{
 		if !s.rec.Config.NoNetwork {
 			s.h().teardownNetwork(ctx, s.vm.id, s.plan)
 		}
+	}},
+	{name: "cgroup", do: func(ctx context.Context, s *startOp) error { return s.makeCgroup() }, undo: func(ctx context.Context, s *startOp, _ error) {
+		s.h().removeCgroup(ctx, s.vm.id)
 	}},
 	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launch(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) {
 		s.backend.Kill(s.inst)
@@ -147,6 +152,7 @@ func (s *startOp) runtimeDir(ctx context.Context) error {
 
 func (s *startOp) launch(ctx context.Context) (err error) {
 	spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
+	s.confine(&spec)
 	s.inst, err = s.backend.Launch(ctx, spec)
 	return err
 }

@@ -64,6 +64,9 @@ func (vm *VM) stopLocked(ctx context.Context, force bool) error {
 		}
 	}
 	vm.dropClient()
+	if err := vm.h.removeCgroup(ctx, vm.id); err != nil {
+		return wrapErr("stop", vm.id, ErrBackend, err)
+	}
 	if backend != nil {
 		vm.h.removeRuntimeFiles(vm.id, backend)
 	}

@@ -21,6 +21,8 @@ type vmFlags struct {
 	env, dns                                                []string
 	bootTimeout                                             time.Duration
 	mounts                                                  []string // host folders (issue 15)
+	cpuQuota                                                float64  // resource limits (issue 13)
+	diskBPS, diskIOPS                                       int64
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -39,6 +41,9 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.StringArrayVar(&f.dns, "dns", nil, "the guest's DNS resolver, an IPv4 address (repeatable; default: its gateway)")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
 	fl.StringArrayVar(&f.mounts, "mount", nil, "share a host folder: HOST_DIR:GUEST_DIR[:ro] (repeatable; QEMU only)")
+	fl.Float64Var(&f.cpuQuota, "cpu-quota", 0, "cap the VM's CPU time in CPUs, e.g. 0.5 (default: its vCPU count)")
+	fl.Int64Var(&f.diskBPS, "disk-bps", 0, "throttle the VM's disk to this many bytes/s, reads and writes together (0: no limit)")
+	fl.Int64Var(&f.diskIOPS, "disk-iops", 0, "throttle the VM's disk to this many operations/s (0: no limit)")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -48,6 +53,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		DiskMode: smolvm.DiskMode(f.diskMode), Backend: smolvm.BackendKind(f.backend),
 	}
 	cfg.Accel = smolvm.Accel(f.accel)
+	cfg.CPUQuota, cfg.DiskBPS, cfg.DiskIOPS = f.cpuQuota, f.diskBPS, f.diskIOPS
 	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
 	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
 		return cfg, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}

@@ -158,6 +158,7 @@ else $XDG_STATE_HOME/smolvm).
 		newDoctorCmd(g),
 		newCleanupCmd(g),
 		newSnapshotCmd(g),
+		newSetupCmd(g),
 	)
 	return root
 }

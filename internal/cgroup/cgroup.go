@@ -20,6 +20,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Dir is the directory under a hierarchy's root (or the caller's cgroup,
@@ -196,7 +198,9 @@ func (h Host) layout() (*layout, error) {
 			for _, c := range ourControllers {
 				if slices.Contains(v1Names[c], o) {
 					hy.v1 = append(hy.v1, o)
-					if !taken[c] && v1Complete(c, mounts) {
+					// The limits live in the first name's hierarchy (cpu,
+					// not cpuacct, when they are mounted apart).
+					if o == v1Names[c][0] && !taken[c] && v1Complete(c, mounts) {
 						hy.serves = append(hy.serves, c)
 					}
 				}
@@ -365,4 +369,58 @@ func readWords(path string) ([]string, error) {
 		return nil, err
 	}
 	return strings.Fields(string(b)), nil
+}
+
+// MountMissing mounts, at /sys/fs/cgroup in this process's mount
+// namespace, the hierarchies /proc/self/cgroup lists when the mount table
+// shows none: `ip netns exec` gives its command a fresh /sys without them,
+// although the process still sits in cgroups of every hierarchy. It
+// reports whether it mounted anything. A host whose mount table already
+// shows cgroups is left alone. It needs root.
+func MountMissing() (bool, error) {
+	mounts, err := Host{}.cgroupMounts()
+	if err != nil || len(mounts) > 0 {
+		return false, err
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return false, err
+	}
+	type want struct{ dir, fstype, opts string }
+	var wants []want
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		switch {
+		case parts[0] == "0" && parts[1] == "":
+			wants = append(wants, want{"unified", "cgroup2", ""})
+		case parts[1] != "" && !strings.HasPrefix(parts[1], "name="):
+			wants = append(wants, want{parts[1], "cgroup", parts[1]})
+		}
+	}
+	if len(wants) == 0 {
+		return false, nil
+	}
+	const root = "/sys/fs/cgroup"
+	if len(wants) == 1 && wants[0].fstype == "cgroup2" {
+		if err := unix.Mount("cgroup2", root, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return false, fmt.Errorf("cgroup: mount cgroup2 at %s: %w", root, err)
+		}
+		return true, nil
+	}
+	if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=755"); err != nil {
+		return false, fmt.Errorf("cgroup: mount tmpfs at %s: %w", root, err)
+	}
+	for _, w := range wants {
+		dir := filepath.Join(root, w.dir)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return true, fmt.Errorf("cgroup: %w", err)
+		}
+		if err := unix.Mount("cgroup", dir, w.fstype, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, w.opts); err != nil {
+			return true, fmt.Errorf("cgroup: mount %s at %s: %w", w.fstype, dir, err)
+		}
+	}
+	return true, nil
 }

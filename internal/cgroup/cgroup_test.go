@@ -307,3 +307,24 @@ func TestStatsV2(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestCPULimitsInCPUHierarchy: when cpuacct's hierarchy is listed before
+// cpu's (as a mount table made from /proc/self/cgroup is), the CPU quota
+// still goes to the cpu hierarchy, which has the files.
+func TestCPULimitsInCPUHierarchy(t *testing.T) {
+	swapped := strings.Replace(strings.Replace(mountsV1,
+		"32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n", "", 1),
+		"33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct\n",
+		"33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct\n32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n", 1)
+	h := fakeHost(t, swapped, map[string]string{"/sys/fs/cgroup/unified": "hugetlb"})
+	if _, err := h.Create("vm-3", Limits{CPUs: 1.5}); err != nil {
+		t.Fatal(err)
+	}
+	cg := filepath.Join(h.FSRoot, "sys/fs/cgroup")
+	if got := readFake(t, filepath.Join(cg, "cpu/smolvm/vm-3/cpu.cfs_quota_us")); got != "150000" {
+		t.Errorf("cpu quota = %q, want 150000", got)
+	}
+	if _, err := os.Stat(filepath.Join(cg, "cpuacct/smolvm/vm-3/cpu.cfs_quota_us")); err == nil {
+		t.Error("the quota was written to the cpuacct hierarchy")
+	}
+}

@@ -380,3 +380,73 @@ func (g *Group) Destroy(ctx context.Context) error {
 	}
 	return g.Remove()
 }
+
+// RemoveEmpty removes the group name from every hierarchy where it
+// exists, without opening it first, so a group left half-made is removed
+// too. The kernel refuses to remove a group that holds processes: that is
+// ErrNotEmpty, and nothing is killed. A group that does not exist is
+// success.
+func (h Host) RemoveEmpty(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	lay, err := h.layout()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, hy := range lay.hier {
+		dir := filepath.Join(hy.base, Dir, name)
+		err := unix.Rmdir(dir)
+		switch {
+		case err == nil, errors.Is(err, unix.ENOENT):
+			_ = unix.Rmdir(filepath.Dir(dir)) // fails while other groups exist
+		case errors.Is(err, unix.EBUSY):
+			errs = append(errs, fmt.Errorf("%w: %s", ErrNotEmpty, dir))
+		default:
+			errs = append(errs, fmt.Errorf("cgroup: remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Age returns how long ago the group name was made (its oldest
+// directory's change time), so cleanup can leave alone a group another
+// program is still setting up.
+func (h Host) Age(name string) (time.Duration, error) {
+	if err := checkName(name); err != nil {
+		return 0, err
+	}
+	lay, err := h.layout()
+	if err != nil {
+		return 0, err
+	}
+	var age time.Duration
+	found := false
+	for _, hy := range lay.hier {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(hy.base, Dir, name), &st); err != nil {
+			continue
+		}
+		found = true
+		age = max(age, time.Since(time.Unix(st.Ctim.Unix())))
+	}
+	if !found {
+		return 0, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return age, nil
+}
+
+// RelPath returns the group's path relative to a hierarchy's root, as
+// /proc/PID/cgroup shows it (e.g. "/smolvm/web").
+func (g *Group) RelPath() string {
+	if len(g.dirs) == 0 {
+		return ""
+	}
+	hy := g.l.hier[0]
+	rel, err := filepath.Rel(hy.mount, g.dirs[0])
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(hy.root, rel)
+}

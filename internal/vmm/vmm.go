@@ -88,6 +88,20 @@ type Spec struct {
 	// Incoming makes the VMM wait for a saved state (Snapshotter.Load)
 	// instead of booting the kernel.
 	Incoming bool
+
+	// Confinement and limits (issue 13, security).
+
+	// RunAs, when not nil, is the unprivileged identity the VMM runs as.
+	// The backend then hands the VMM every file, socket and device it
+	// needs as an open descriptor, so the VMM needs no access by path.
+	RunAs *Identity
+	// Place, when not nil, moves the VMM process into the VM's cgroup. The
+	// backend calls it after the process starts and before any guest code
+	// runs; an error ends the launch.
+	Place func(pid int) error
+	// DiskBPS and DiskIOPS throttle every disk of the VM (bytes and
+	// operations per second, reads and writes together); 0 means no limit.
+	DiskBPS, DiskIOPS int64
 }
 
 // Share is a host directory shared with the guest over virtio-fs.
@@ -98,6 +112,14 @@ type Share struct {
 	Source string
 	// ReadOnly makes the host side refuse writes.
 	ReadOnly bool
+}
+
+// Identity is a user and group a VMM process runs as.
+type Identity struct {
+	// UID and GID are the user and primary group ids.
+	UID, GID uint32
+	// Groups are supplementary groups (e.g. kvm, for /dev/kvm).
+	Groups []uint32
 }
 
 // Instance is a launched VM: what the caller must record to control it later,

@@ -218,7 +218,9 @@ func moduleRoot() string {
 	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
 }
 
-// ProcessesOf lists the PIDs of live processes whose command line contains s.
+// ProcessesOf lists the PIDs of live processes whose command line or
+// environment contains s (a confined QEMU has no path of ours on its
+// command line; its environment names its VM directory).
 func ProcessesOf(s string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
@@ -228,7 +230,8 @@ func ProcessesOf(s string) []int {
 			continue
 		}
 		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(cmd), s) {
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !(strings.Contains(string(cmd), s) || strings.Contains(string(env), s)) {
 			continue
 		}
 		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))

@@ -10,6 +10,8 @@ package firecracker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -162,22 +164,36 @@ func controlPath(dir string) string { return filepath.Join(dir, apiSockName) }
 func agentPath(dir string) string { return filepath.Join(dir, agentName) }
 
 // fcID turns a VM id into one Firecracker and the jailer accept: ASCII
-// letters, digits and hyphens, at most 64 characters. Other characters
-// become hyphens.
+// letters, digits and hyphens, at most 64 characters. Distinct VM ids get
+// distinct jail ids, so one VM can never use another's jail: an id that
+// is already valid (and has no upper-case letter) is kept; any other has
+// its bad characters turned into hyphens, is cut to fit, and gets
+// "-X" and 8 upper-case hex digits of its SHA-256. VM ids have no
+// upper-case letters, so a kept id never looks like a changed one
+// ("a-b" stays, "a_b" becomes "a-b-X" + hash).
 func fcID(id string) string {
+	ok := id != "" && len(id) <= maxFCIDLen
 	b := []byte(id)
 	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			b[i] = '-'
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			ok = false
+			if !(c >= 'A' && c <= 'Z') {
+				b[i] = '-'
+			}
 		}
 	}
-	if len(b) > maxFCIDLen {
-		b = b[:maxFCIDLen]
+	if ok {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	suffix := "-X" + strings.ToUpper(hex.EncodeToString(sum[:4]))
+	if len(b) > maxFCIDLen-len(suffix) {
+		b = b[:maxFCIDLen-len(suffix)]
 	}
 	if len(b) == 0 {
-		return "smolvm"
+		b = []byte("smolvm")
 	}
-	return string(b)
+	return string(b) + suffix
 }
 
 var _ vmm.Backend = (*Backend)(nil)

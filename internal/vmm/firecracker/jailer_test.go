@@ -14,7 +14,8 @@ import (
 // placed in the chroot, and the chroot-relative paths sent to the API.
 func TestJailer(t *testing.T) {
 	e := newEnv(t)
-	e.spec.ID = "vm_j" // not a valid jailer id: becomes vm-j
+	e.spec.ID = "vm_j" // not a valid jailer id: becomes vm-j-X<hash>
+	jid := fcID("vm_j")
 	fc := fake(t, e.dir, "firecracker", "firecracker", map[string]string{envRecord: e.record, envArgs: e.args + ".fc"})
 	base := filepath.Join(e.dir, "jail")
 	uid := os.Getuid()
@@ -40,15 +41,15 @@ func TestJailer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	jail := filepath.Join(base, "firecracker", "vm-j")
+	jail := filepath.Join(base, "firecracker", jid)
 	root := filepath.Join(jail, "root")
 	u := strconv.Itoa(uid)
-	wantArgs := []string{"--id", "vm-j", "--exec-file", fc, "--uid", u, "--gid", u, "--chroot-base-dir", base,
+	wantArgs := []string{"--id", jid, "--exec-file", fc, "--uid", u, "--gid", u, "--chroot-base-dir", base,
 		"--cgroup-version", "2", "--cgroup", "cpuset.cpus=0", "--netns", "/var/run/netns/smol", "--", "--api-sock", "/fc.sock"}
 	if got := readArgs(t, e.args); !reflect.DeepEqual(got, wantArgs) {
 		t.Errorf("jailer argv:\n got  %q\n want %q", got, wantArgs)
 	}
-	if got, want := readArgs(t, e.args+".fc"), []string{"--id=vm-j", "--start-time-us=0", "--api-sock", filepath.Join(root, "fc.sock")}; !reflect.DeepEqual(got, want) {
+	if got, want := readArgs(t, e.args+".fc"), []string{"--id=" + jid, "--start-time-us=0", "--api-sock", filepath.Join(root, "fc.sock")}; !reflect.DeepEqual(got, want) {
 		t.Errorf("firecracker argv under the fake jailer = %q, want %q", got, want)
 	}
 

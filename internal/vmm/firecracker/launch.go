@@ -70,7 +70,8 @@ func (b *Backend) bootRequests(spec vmm.Spec, l layout) []request {
 			id = fmt.Sprintf("drive%d", i)
 		}
 		r = append(r, request{"drive " + id, "PUT", "/drives/" + id,
-			drive{DriveID: id, PathOnHost: l.disks[i], IsRootDevice: i == 0, IsReadOnly: d.ReadOnly}})
+			drive{DriveID: id, PathOnHost: l.disks[i], IsRootDevice: i == 0, IsReadOnly: d.ReadOnly,
+				RateLimiter: diskLimiter(spec.DiskBPS, spec.DiskIOPS)}})
 	}
 	if spec.NIC != nil {
 		r = append(r, request{"network", "PUT", "/network-interfaces/eth0",
@@ -175,7 +176,7 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec) (_ *proc, _ layout, 
 	}
 	name, args := bin, []string{"--api-sock", controlPath(spec.Dir), "--id", fcID(spec.ID)}
 	l := hostLayout(spec)
-	if j := b.Jailer; j != nil {
+	if j := b.jailer(bin, spec.RunAs); j != nil {
 		if name, err = j.binary(); err != nil {
 			return nil, layout{}, err
 		}
@@ -203,6 +204,13 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec) (_ *proc, _ layout, 
 			p.undo()
 		}
 	}()
+	// The jailer execs firecracker in place (same pid), and no guest code
+	// runs before InstanceStart: placing the process now confines it all.
+	if spec.Place != nil {
+		if err := spec.Place(p.inst.PID); err != nil {
+			return nil, layout{}, fmt.Errorf("place firecracker in the VM's cgroup: %w", err)
+		}
+	}
 	if err := p.waitSocket(ctx); err != nil {
 		return nil, layout{}, err
 	}
@@ -210,6 +218,33 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec) (_ *proc, _ layout, 
 		return nil, layout{}, err
 	}
 	return p, l, nil
+}
+
+// autoChrootBase is where automatic jails are built (tests move it).
+var autoChrootBase = DefaultChrootBase
+
+// jailer returns the jailer configuration a launch uses: Backend.Jailer
+// when set; else, when the VM is to run as an unprivileged identity and a
+// jailer is installed (beside firecracker, or in PATH), one that chroots
+// firecracker and drops to that identity. The VM's cgroup is the caller's
+// (spec.Place), and the TAP lives in this process's network namespace, so
+// neither --cgroup nor --netns is needed. Without a jailer firecracker
+// runs unconfined, as before.
+func (b *Backend) jailer(bin string, id *vmm.Identity) *JailerConfig {
+	if b.Jailer != nil {
+		return b.Jailer
+	}
+	if id == nil {
+		return nil
+	}
+	j := &JailerConfig{Binary: filepath.Join(filepath.Dir(bin), "jailer"), UID: int(id.UID), GID: int(id.GID), ChrootBase: autoChrootBase}
+	if _, err := j.binary(); err != nil {
+		j.Binary = ""
+		if _, err := j.binary(); err != nil {
+			return nil
+		}
+	}
+	return j
 }
 
 // exec starts firecracker (or the jailer) in its own session, so that it

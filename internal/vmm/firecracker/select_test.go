@@ -3,6 +3,7 @@ package firecracker
 import (
 	"errors"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -123,15 +124,36 @@ func TestNeedsKVM(t *testing.T) {
 }
 
 func TestFCID(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
 	for in, want := range map[string]string{
 		"vm-1":                  "vm-1",
-		"my_vm.2":               "my-vm-2",
-		"":                      "smolvm",
-		strings.Repeat("a", 70): strings.Repeat("a", 64),
+		"a-b":                   "a-b",
+		strings.Repeat("a", 64): strings.Repeat("a", 64),
 	} {
 		if got := fcID(in); got != want {
 			t.Errorf("fcID(%q) = %q, want %q", in, got, want)
 		}
+	}
+	// Ids that must change stay distinct from each other and from every
+	// id kept as is, and are valid jail ids.
+	ins := []string{"a_b", "a-b", "a__b", "a-_b", "my_vm.2", "my-vm-2", "", strings.Repeat("a", 70), strings.Repeat("a", 71),
+		strings.Repeat("a", 64), strings.Repeat("a", 63) + "_", "A-b", "a-b-X00000000"}
+	seen := map[string]string{}
+	for _, in := range ins {
+		got := fcID(in)
+		if !valid.MatchString(got) {
+			t.Errorf("fcID(%q) = %q: not a valid jail id", in, got)
+		}
+		if prev, dup := seen[got]; dup {
+			t.Errorf("fcID(%q) = fcID(%q) = %q", in, prev, got)
+		}
+		seen[got] = in
+		if fcID(in) != got {
+			t.Errorf("fcID(%q) is not stable", in)
+		}
+	}
+	if got := fcID("a_b"); !strings.HasPrefix(got, "a-b-X") || len(got) != len("a-b-X")+8 {
+		t.Errorf("fcID(a_b) = %q, want a-b-X + 8 hex digits", got)
 	}
 }
 

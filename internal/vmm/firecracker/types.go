@@ -51,6 +51,38 @@ type drive struct {
 	PathOnHost   string `json:"path_on_host"`
 	IsRootDevice bool   `json:"is_root_device"`
 	IsReadOnly   bool   `json:"is_read_only"`
+	// RateLimiter throttles the drive; nil means none.
+	RateLimiter *rateLimiter `json:"rate_limiter,omitempty"`
+}
+
+// rateLimiter is the RateLimiter definition: independent byte and
+// operation token buckets.
+type rateLimiter struct {
+	Bandwidth *tokenBucket `json:"bandwidth,omitempty"`
+	Ops       *tokenBucket `json:"ops,omitempty"`
+}
+
+// tokenBucket is the TokenBucket definition: Size tokens refilled every
+// RefillTime milliseconds.
+type tokenBucket struct {
+	Size       int64 `json:"size"`
+	RefillTime int64 `json:"refill_time"`
+}
+
+// diskLimiter is the rate limiter of spec's disks: bytes and operations
+// per second; nil when neither is limited.
+func diskLimiter(bps, iops int64) *rateLimiter {
+	if bps <= 0 && iops <= 0 {
+		return nil
+	}
+	r := &rateLimiter{}
+	if bps > 0 {
+		r.Bandwidth = &tokenBucket{Size: bps, RefillTime: 1000}
+	}
+	if iops > 0 {
+		r.Ops = &tokenBucket{Size: iops, RefillTime: 1000}
+	}
+	return r
 }
 
 // networkInterface is the NetworkInterface definition

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
@@ -126,11 +125,10 @@ var vhostVsockDevice = "/dev/vhost-vsock"
 const maxSocketPath = 107
 
 // Args returns QEMU's command line for spec with acceleration accel on
-// this host.
-func Args(spec vmm.Spec, accel vmm.Accel) []string { return args(spec, accel, vmm.TSCkHz()) }
-
-func (b *Backend) args(spec vmm.Spec, accel vmm.Accel) []string {
-	return args(spec, accel, b.Probe.TSCkHz())
+// this host, for running QEMU by hand (the benchmark's bare boot): it
+// names every file by path, where Launch hands QEMU open descriptors.
+func Args(spec vmm.Spec, accel vmm.Accel) []string {
+	return args(spec, accel, vmm.TSCkHz(), pathSources(spec))
 }
 
 func (b *Backend) kvmDevice() string {
@@ -140,14 +138,62 @@ func (b *Backend) kvmDevice() string {
 	return "/dev/kvm"
 }
 
-// args is Args with the host's TSC frequency (0: unknown).
-func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
+// SandboxOption is QEMU's -sandbox setting: its seccomp filter forbids
+// obsolete system calls, changing privileges, spawning processes and
+// changing scheduling or resource limits.
+const SandboxOption = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// sources says how QEMU reaches each file of a VM: by path (Args) or by
+// an inherited descriptor (Launch).
+type sources struct {
+	// pre are leading options (-add-fd of descriptors given to QEMU).
+	pre []string
+	// qmp and agent are socket chardev options ("path=P" or "fd=N").
+	qmp, agent string
+	// console is the console file chardev's path (a path or /dev/fdset/N).
+	console string
+	// kernel and initrd are what -kernel and -initrd read.
+	kernel, initrd string
+	// disks are the drives' file= values, one per spec disk.
+	disks []string
+	// netdev is the tap netdev's source ("ifname=T,script=no,downscript=no" or "fd=N").
+	netdev string
+	// vhostfd is the vhost-vsock device's descriptor option (",vhostfd=N") or "".
+	vhostfd string
+	// paused starts the guest's vCPUs stopped (-S) until a QMP cont.
+	paused bool
+	// shares are the virtio-fs sockets' chardev options, one per spec share
+	// ("path=P" or "fd=N" of a connection to its virtiofsd).
+	shares []string
+}
+
+// pathSources names every file of spec by its path.
+func pathSources(spec vmm.Spec) sources {
+	s := sources{
+		qmp: "path=" + controlPath(spec.Dir), agent: "path=" + agentPath(spec.Dir),
+		console: spec.ConsoleLog, kernel: spec.Kernel, initrd: spec.Initrd,
+	}
+	for _, d := range spec.Disks {
+		s.disks = append(s.disks, d.Path)
+	}
+	if spec.NIC != nil {
+		s.netdev = "ifname=" + spec.NIC.TAP + ",script=no,downscript=no"
+	}
+	for _, sh := range spec.Shares {
+		s.shares = append(s.shares, "path="+shareSocket(spec.Dir, sh.Tag))
+	}
+	return s
+}
+
+// args is QEMU's command line for spec, with the host's TSC frequency
+// (0: unknown) and the files reached through src.
+func args(spec vmm.Spec, accel vmm.Accel, tscKHz int, src sources) []string {
 	machine := spec.Machine
 	if machine == "" {
 		machine = "microvm"
 	}
 	cmdline := "console=ttyS0 reboot=t panic=-1 " + spec.Cmdline
-	var a []string
+	a := append([]string(nil), src.pre...)
 	switch machine {
 	case "microvm":
 		// isa-serial for the console, an RTC for wall time; no PIC/PIT
@@ -168,19 +214,24 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 			cmdline += fmt.Sprintf(" tsc_early_khz=%d", tscKHz)
 		}
 	}
+	if src.paused {
+		a = append(a, "-S")
+	}
 	a = append(a,
 		"-smp", fmt.Sprint(spec.VCPUs),
 		"-m", fmt.Sprint(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-sandbox", SandboxOption,
 		"-name", "smolvm-"+spec.ID,
-		"-kernel", spec.Kernel,
+		"-kernel", src.kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path="+spec.ConsoleLog,
+		"-chardev", "file,id=console,path="+src.console,
 		"-serial", "chardev:console",
-		"-qmp", "unix:"+controlPath(spec.Dir)+",server=on,wait=off",
+		"-chardev", "socket,id=qmp,"+src.qmp+",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
 	)
 	if spec.Initrd != "" {
-		a = append(a, "-initrd", spec.Initrd)
+		a = append(a, "-initrd", src.initrd)
 	}
 	dev := func(kind string) string {
 		if machine == "microvm" {
@@ -189,24 +240,25 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 		return kind + "-pci"
 	}
 	for i, d := range spec.Disks {
-		opt := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=unsafe,discard=unmap", i, d.Path)
+		opt := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=unsafe,discard=unmap", i, src.disks[i])
 		if d.ReadOnly {
 			opt += ",readonly=on"
 		}
+		opt += throttling(spec)
 		a = append(a, "-drive", opt, "-device", fmt.Sprintf("%s,drive=disk%d", dev("virtio-blk"), i))
 	}
 	if spec.NIC != nil {
 		a = append(a,
-			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", spec.NIC.TAP),
+			"-netdev", "tap,id=net0,"+src.netdev,
 			"-device", fmt.Sprintf("%s,netdev=net0,mac=%s", dev("virtio-net"), spec.NIC.MAC))
 	}
 	if spec.VsockCID != 0 {
-		a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock"), spec.VsockCID))
+		a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d%s", dev("vhost-vsock"), spec.VsockCID, src.vhostfd))
 	}
 	// Free page reporting hands the memory the guest frees back to the
 	// host: a booted guest otherwise keeps every page it ever touched.
 	a = append(a, "-device", dev("virtio-balloon")+",free-page-reporting=on")
-	a = append(a, shareArgs(spec, dev)...)
+	a = append(a, shareArgs(spec, dev, src.shares)...)
 	// A hardware RNG for the guest: restored clones must not share the
 	// randomness of the snapshot they were made from.
 	a = append(a, "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", dev("virtio-rng")+",rng=rng0")
@@ -219,14 +271,34 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 	}
 	a = append(a,
 		"-device", serialDev,
-		"-chardev", "socket,id=agent,path="+agentPath(spec.Dir)+",server=on,wait=off",
+		"-chardev", "socket,id=agent,"+src.agent+",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 	)
 	return a
 }
 
+// throttling is the -drive options that throttle a disk as spec asks
+// ("" for none).
+func throttling(spec vmm.Spec) string {
+	var s string
+	if spec.DiskBPS > 0 {
+		s += fmt.Sprintf(",throttling.bps-total=%d", spec.DiskBPS)
+	}
+	if spec.DiskIOPS > 0 {
+		s += fmt.Sprintf(",throttling.iops-total=%d", spec.DiskIOPS)
+	}
+	return s
+}
+
 // Launch implements vmm.Backend. QEMU runs in its own session so that it
 // survives the caller; its standard error goes to <Dir>/qemu.err.
+//
+// QEMU opens nothing by path: this process opens the disks, console log,
+// kernel, initrd, TAP and vhost-vsock device, binds the QMP and agent
+// sockets, and hands them over as descriptors (see confine.go). So QEMU
+// can run as spec.RunAs, an unprivileged user with no capabilities, under
+// its seccomp sandbox. It starts with its vCPUs stopped; Launch calls
+// spec.Place (the VM's cgroup) and only then lets the guest run.
 func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	bin, err := b.binary()
 	if err != nil {
@@ -240,6 +312,9 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 		if _, err := os.Stat(b.kvmDevice()); err != nil {
 			return vmm.Instance{}, fmt.Errorf("accel kvm: %v: %w", err, vmm.ErrUnavailable)
 		}
+		if err := canOpen(b.kvmDevice(), spec.RunAs); err != nil {
+			return vmm.Instance{}, fmt.Errorf("accel kvm: %w: %w", err, vmm.ErrUnavailable)
+		}
 	}
 	for _, p := range []string{controlPath(spec.Dir), agentPath(spec.Dir)} {
 		os.Remove(p)
@@ -248,28 +323,72 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	if _, err := os.Stat(vhostVsockDevice); err != nil {
 		spec.VsockCID = 0
 	}
-	errPath := filepath.Join(spec.Dir, errName)
-	errFile, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return vmm.Instance{}, err
-	}
-	defer errFile.Close()
+	// The virtio-fs daemons first: QEMU gets connections to them.
 	stopShares, err := startShares(spec)
 	if err != nil {
 		return vmm.Instance{}, err
 	}
-	cmd := exec.Command(bin, b.args(spec, accel)...)
+	files := &fdFiles{}
+	defer files.close()
+	src, err := openSources(spec, files)
+	if err != nil {
+		stopShares()
+		for _, p := range []string{controlPath(spec.Dir), agentPath(spec.Dir)} {
+			os.Remove(p)
+		}
+		return vmm.Instance{}, err
+	}
+	errPath := filepath.Join(spec.Dir, errName)
+	errFile, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		stopShares()
+		return vmm.Instance{}, err
+	}
+	defer errFile.Close()
+	cmd := exec.Command(bin, args(spec, accel, b.Probe.TSCkHz(), src)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, errFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.ExtraFiles = files.list
+	// The VM's directory in the environment lets cleanup recognise the
+	// process (no path of ours is on its command line).
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", VMDirEnv + "=" + spec.Dir}
+	cmd.SysProcAttr = sysProcAttr(spec.RunAs)
 	if err := cmd.Start(); err != nil {
 		stopShares()
 		return vmm.Instance{}, fmt.Errorf("start %s: %w", bin, err)
 	}
+	files.close() // QEMU holds its own copies
 	// Reap it if it ends while this process lives; otherwise init does.
 	go cmd.Wait()
 	inst := vmm.Instance{PID: cmd.Process.Pid, Control: controlPath(spec.Dir), Agent: agentPath(spec.Dir), Accel: accel, VsockCID: spec.VsockCID}
 	inst.PIDStart, _ = vmm.StartTime(inst.PID)
+	if err := b.run(ctx, spec, inst); err != nil {
+		vmm.KillProcess(inst.PID, inst.PIDStart)
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		vmm.WaitExit(wctx, inst)
+		cancel()
+		return vmm.Instance{}, err
+	}
 	return inst, nil
+}
+
+// run places a freshly started, paused QEMU in its cgroup and lets the
+// guest run.
+func (b *Backend) run(ctx context.Context, spec vmm.Spec, inst vmm.Instance) error {
+	if spec.Place != nil {
+		if err := spec.Place(inst.PID); err != nil {
+			return fmt.Errorf("place qemu in the VM's cgroup: %w", err)
+		}
+	}
+	if spec.Incoming {
+		return nil // Load resumes the guest once its state is in
+	}
+	if err := withQMP(ctx, inst.Control, func(q *qmp) error { _, err := q.exec("cont", nil); return err }); err != nil {
+		if !vmm.Alive(inst.PID, inst.PIDStart) {
+			return b.exitErr(inst)
+		}
+		return fmt.Errorf("start the guest's vCPUs: %w", err)
+	}
+	return nil
 }
 
 // WaitReady implements vmm.Backend: it waits for the QMP socket and a

@@ -18,7 +18,8 @@ func TestArgs(t *testing.T) {
 	for _, want := range []string{
 		"-M microvm", "-accel tcg,tb-size=64", "-smp 2", "-m 512", "-nodefaults", "-no-user-config", "-no-reboot",
 		"-kernel /img/vmlinuz", "-initrd /img/initrd.img", "console=ttyS0", "smolvm.id=web",
-		"-chardev file,id=console,path=/d/logs/web.log", "-qmp unix:/d/vms/web/qmp.sock,server=on,wait=off",
+		"-chardev file,id=console,path=/d/logs/web.log", "-chardev socket,id=qmp,path=/d/vms/web/qmp.sock,server=on,wait=off", "-mon chardev=qmp,mode=control",
+		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"file=/d/vms/web/disk.ext4,format=raw", "virtio-blk-device,drive=disk0", "file=/ro.img,format=raw,if=none,cache=unsafe,discard=unmap,readonly=on",
 		"-netdev tap,id=net0,ifname=smol0,script=no,downscript=no", "virtio-net-device,netdev=net0,mac=AA:FC:00:00:00:01",
 		"socket,id=agent,path=/d/vms/web/agent.sock,server=on,wait=off", "virtserialport,chardev=agent,name=org.smolvm.agent",

@@ -132,7 +132,7 @@ func tail(b []byte, n int) string {
 // shareArgs are QEMU's arguments for the shares: one vhost-user-fs device
 // per share. vhost-user needs the guest's memory in a shared memfd, which
 // every VM has (memBackend, for snapshots too).
-func shareArgs(spec vmm.Spec, dev func(string) string) []string {
+func shareArgs(spec vmm.Spec, dev func(string) string, socks []string) []string {
 	if len(spec.Shares) == 0 {
 		return nil
 	}
@@ -144,7 +144,7 @@ func shareArgs(spec vmm.Spec, dev func(string) string) []string {
 	}
 	for i, sh := range spec.Shares {
 		a = append(a,
-			"-chardev", fmt.Sprintf("socket,id=fs%d,path=%s", i, shareSocket(spec.Dir, sh.Tag)),
+			"-chardev", fmt.Sprintf("socket,id=fs%d,%s", i, socks[i]),
 			"-device", fmt.Sprintf("%s,chardev=fs%d,tag=%s", dev("vhost-user-fs"), i, sh.Tag))
 	}
 	return a

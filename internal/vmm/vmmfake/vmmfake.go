@@ -95,6 +95,14 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	}
 	pid := cmd.Process.Pid
 	start, _ := vmm.StartTime(pid)
+	if spec.Place != nil {
+		if err := spec.Place(pid); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			l.Close()
+			return vmm.Instance{}, err
+		}
+	}
 	inst := vmm.Instance{PID: pid, PIDStart: start, Control: ctl, Agent: sock, Accel: vmm.AccelTCG}
 	sctx, cancel := context.WithCancel(context.Background())
 	mu.Lock()
