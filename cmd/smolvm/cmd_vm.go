@@ -20,6 +20,7 @@ type vmFlags struct {
 	memory, vcpus, diskSize                                 int
 	env, dns                                                []string
 	bootTimeout                                             time.Duration
+	egress                                                  egressFlags // network policy (cmd_network.go)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -37,6 +38,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set KEY=VALUE in the guest (repeatable)")
 	fl.StringArrayVar(&f.dns, "dns", nil, "the guest's DNS resolver, an IPv4 address (repeatable; default: its gateway)")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
+	f.egress.add(c, true)
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -85,6 +87,9 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	}
 	cfg.EnvVars = env
 	cfg.DNSServers = f.dns
+	if err := f.egress.apply(&cfg); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, usageError{err}
 	}

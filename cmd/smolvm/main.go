@@ -156,6 +156,8 @@ else $XDG_STATE_HOME/smolvm).
 		newPortCmd(g),
 		newDoctorCmd(g),
 		newCleanupCmd(g),
+		newNetworkCmd(g),
+		newDNSForwarderCmd(),
 	)
 	return root
 }

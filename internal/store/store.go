@@ -139,6 +139,8 @@ var migrations = []string{
 	ALTER TABLE vms ADD COLUMN op TEXT NOT NULL DEFAULT '';
 	UPDATE vms SET op = 'stopping', error = '' WHERE error = 'stop in progress';
 	UPDATE vms SET op = 'deleting', error = '' WHERE error = 'delete in progress';`,
+	// 4: the host address a port forward answers on ('' = 127.0.0.1).
+	`ALTER TABLE port_forwards ADD COLUMN host_ip TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -125,6 +125,10 @@ type Config struct {
 	Upstreams []string
 	// ResolvConf is read when Upstreams is empty; default /etc/resolv.conf.
 	ResolvConf string
+	// UpstreamsOptional lets New succeed when ResolvConf is missing or
+	// lists no nameserver: VMs with their own VM.Upstreams are served,
+	// the others are answered SERVFAIL.
+	UpstreamsOptional bool
 	// Port is the port served on each gateway; default 53.
 	Port uint16
 	// TTLFloor is the least time an address stays in a set; default 30s.
@@ -151,13 +155,15 @@ func (c *Config) defaults() error {
 	}
 	if len(c.Upstreams) == 0 {
 		cc, err := dns.ClientConfigFromFile(c.ResolvConf)
-		if err != nil {
+		if err != nil && !c.UpstreamsOptional {
 			return fmt.Errorf("dnsfwd: read upstream resolvers: %w", err)
 		}
-		for _, s := range cc.Servers {
-			c.Upstreams = append(c.Upstreams, net.JoinHostPort(s, cc.Port))
+		if err == nil {
+			for _, s := range cc.Servers {
+				c.Upstreams = append(c.Upstreams, net.JoinHostPort(s, cc.Port))
+			}
 		}
-		if len(c.Upstreams) == 0 {
+		if len(c.Upstreams) == 0 && !c.UpstreamsOptional {
 			return fmt.Errorf("dnsfwd: %s lists no nameserver", c.ResolvConf)
 		}
 	}
@@ -199,6 +205,25 @@ type VM struct {
 	GuestIP netip.Addr     // GuestIP is the source of the VM's queries.
 	Gateway netip.Addr     // Gateway is the address served for it.
 	Policy  network.Policy // Policy decides which names resolve.
+	// Upstreams, if not empty, are the resolvers ("ip:port") asked for
+	// this VM instead of Config.Upstreams.
+	Upstreams []string
+}
+
+// maxVMUpstreams bounds VM.Upstreams.
+const maxVMUpstreams = 3
+
+// checkUpstreams reports the first upstream that is not ip:port.
+func checkUpstreams(ups []string) error {
+	if len(ups) > maxVMUpstreams {
+		return fmt.Errorf("at most %d upstreams", maxVMUpstreams)
+	}
+	for _, u := range ups {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			return fmt.Errorf("upstream %q: must be ip:port: %w", u, err)
+		}
+	}
+	return nil
 }
 
 type vmState struct {
@@ -243,6 +268,9 @@ func (f *Forwarder) SetVM(vm VM) error {
 		return fmt.Errorf("dnsfwd: vm %q: needs an id and IPv4 guest and gateway addresses", vm.ID)
 	}
 	if err := vm.Policy.Validate(); err != nil {
+		return fmt.Errorf("dnsfwd: vm %s: %w", vm.ID, err)
+	}
+	if err := checkUpstreams(vm.Upstreams); err != nil {
 		return fmt.Errorf("dnsfwd: vm %s: %w", vm.ID, err)
 	}
 	f.mu.Lock()

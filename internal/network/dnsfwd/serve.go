@@ -52,6 +52,8 @@ type VMFile struct {
 	Internet bool     `json:"internet"`
 	AllowOut []string `json:"allow_out,omitempty"`
 	DenyOut  []string `json:"deny_out,omitempty"`
+	// Upstreams are the VM's own resolvers (VM.Upstreams), as ip:port.
+	Upstreams []string `json:"upstreams,omitempty"`
 }
 
 // vm parses v.
@@ -68,12 +70,15 @@ func (v VMFile) vm() (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return VM{ID: v.ID, GuestIP: g, Gateway: gw, Policy: p}, nil
+	if err := checkUpstreams(v.Upstreams); err != nil {
+		return VM{}, err
+	}
+	return VM{ID: v.ID, GuestIP: g, Gateway: gw, Policy: p, Upstreams: v.Upstreams}, nil
 }
 
 // FileOf returns the VMFile of vm.
 func FileOf(vm VM) VMFile {
-	f := VMFile{ID: vm.ID, GuestIP: vm.GuestIP.String(), Gateway: vm.Gateway.String(), Internet: vm.Policy.Internet}
+	f := VMFile{ID: vm.ID, GuestIP: vm.GuestIP.String(), Gateway: vm.Gateway.String(), Internet: vm.Policy.Internet, Upstreams: vm.Upstreams}
 	for _, r := range vm.Policy.AllowOut {
 		f.AllowOut = append(f.AllowOut, r.String())
 	}
