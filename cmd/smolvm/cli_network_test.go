@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smolvm-go/smolvm"
+	"github.com/smolvm-go/smolvm/internal/vmtest"
+)
+
+// TestCLINetworkPolicy drives network set/show, the egress flags of create
+// and port expose's [HOST_IP:] form through the binary on a VM that is
+// created but never booted.
+func TestCLINetworkPolicy(t *testing.T) {
+	vmtest.Require(t)
+	dir := t.TempDir()
+	cfg := smolvm.VMConfig{VMID: "pol", AllowOut: []string{"API.example.test."}}
+	off := false
+	cfg.Internet = &off
+	for _, p := range []*string{&cfg.KernelPath, &cfg.InitrdPath, &cfg.RootfsPath} {
+		*p = filepath.Join(dir, "boot-file")
+		os.WriteFile(*p, []byte("not booted"), 0o644)
+	}
+	h, err := smolvm.Open(context.Background(), smolvm.HostOptions{DataDir: dir, HostDir: filepath.Join(dir, ".host")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := h.Create(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.Release()
+	h.Close()
+	t.Setenv("SMOLVM_HOST_DIR", filepath.Join(dir, ".host"))
+
+	show := func() smolvm.EgressPolicy {
+		t.Helper()
+		r := cli(t, dir, "network", "show", "pol", "--json")
+		var e smolvm.EgressPolicy
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &e) != nil {
+			t.Fatalf("network show: %+v", r)
+		}
+		return e
+	}
+	if e := show(); e.Internet || len(e.AllowOut) != 1 || e.AllowOut[0] != "api.example.test" || e.DenyOut == nil {
+		t.Fatalf("created policy: %+v", e)
+	}
+	if r := cli(t, dir, "network", "set", "pol", "--internet", "on", "--deny-out", "10.1.2.3", "--egress-rate", "10mbit"); r.code != 0 {
+		t.Fatalf("network set: %+v", r)
+	}
+	if e := show(); !e.Internet || len(e.AllowOut) != 1 || len(e.DenyOut) != 1 || e.DenyOut[0] != "10.1.2.3" || e.EgressRate != "10mbit" {
+		t.Fatalf("after set: %+v", e)
+	}
+	r := cli(t, dir, "info", "pol", "--json")
+	var inf map[string]any
+	json.Unmarshal([]byte(r.stdout), &inf)
+	eg, _ := inf["egress"].(map[string]any)
+	if eg == nil || eg["internet"] != true || eg["allow_out"] == nil || eg["deny_out"] == nil {
+		t.Fatalf("info --json egress: %s", r.stdout)
+	}
+	before := show()
+	for _, tc := range []struct {
+		argv []string
+		want string
+	}{
+		{[]string{"network", "set", "pol", "--allow-out", "10.0.0.1/33"}, "allow_out[0]"},
+		{[]string{"network", "set", "pol", "--deny-out", "a..b"}, "deny_out[0]"},
+		{[]string{"network", "set", "pol", "--internet", "maybe"}, "--internet"},
+		{[]string{"network", "set", "pol", "--egress-rate", "10parsecs"}, "egress_rate"},
+		{[]string{"network", "set", "pol", "--allow-out", "pypi.org", "--deny-out", "pypi.org"}, "deny_out"},
+		{[]string{"network", "set", "pol"}, "nothing to change"},
+		{[]string{"create", "--allow-out", "exa mple.com"}, "allow_out"},
+		{[]string{"create", "--network", "off", "--allow-out", "pypi.org"}, "networking"},
+		{[]string{"create", "--dns", "192.0.2.53", "--allow-out", "pypi.org"}, "dns_servers"},
+		{[]string{"create", "--dns-upstream", "resolver.example"}, "dns_upstream"},
+		{[]string{"create", "--egress-rate", "5"}, "egress_rate"},
+		{[]string{"port", "expose", "pol", "192.0.2.1:80"}, "HOST_IP"},
+		{[]string{"port", "expose", "pol", "192.0.2.99:9100:80"}, "host_ip"},
+		{[]string{"port", "expose", "pol", "::80"}, "HOST_IP"},
+	} {
+		r := cli(t, dir, tc.argv...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.argv, r.code, r.stderr, tc.want)
+		}
+	}
+	if after := show(); strings.Join(after.AllowOut, ",") != strings.Join(before.AllowOut, ",") || strings.Join(after.DenyOut, ",") != strings.Join(before.DenyOut, ",") || after.Internet != before.Internet {
+		t.Fatalf("bad input changed the policy: %+v -> %+v", before, after)
+	}
+	if r := cli(t, dir, "port", "expose", "pol", "0.0.0.0:9100:80"); r.code != 0 || !strings.Contains(r.stdout, "0.0.0.0:9100") {
+		t.Fatalf("port expose 0.0.0.0: %+v", r)
+	}
+	if r := cli(t, dir, "port", "expose", "pol", "9101:81"); r.code != 0 || !strings.Contains(r.stdout, "127.0.0.1:9101") {
+		t.Fatalf("port expose: %+v", r)
+	}
+	r = cli(t, dir, "port", "list", "pol", "--json")
+	var ps []smolvm.PortInfo
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &ps) != nil || len(ps) != 2 {
+		t.Fatalf("port list --json: %+v", r)
+	}
+	if ps[0].HostIP != "0.0.0.0" || ps[0].HostPort != 9100 || ps[1].HostIP != "127.0.0.1" || !strings.Contains(r.stdout, `"host_ip"`) {
+		t.Fatalf("port list: %+v", ps)
+	}
+	if r := cli(t, dir, "delete", "pol"); r.code != 0 {
+		t.Fatalf("delete: %+v", r)
+	}
+}
