@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -111,7 +110,9 @@ func (h *Host) forwarderCmd(dir string) (*exec.Cmd, error) {
 		argv = []string{bin, DNSForwarderCommand}
 	}
 	cmd := exec.Command(argv[0], append(argv[1:], "--dir", dir)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, io.Discard, io.Discard
+	// nil: /dev/null, opened by exec itself. A pipe would tie the
+	// supervisor to this process (SIGPIPE once it exits).
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
 	cmd.Dir = "/"
 	return cmd, nil
 }
