@@ -108,3 +108,35 @@ func TestCLINetworkPolicy(t *testing.T) {
 		t.Fatalf("delete: %+v", r)
 	}
 }
+
+func TestParsePublish(t *testing.T) {
+	for _, tc := range []struct {
+		in          string
+		ip          string
+		host, guest int
+		bad         bool
+	}{
+		{in: "8080", guest: 8080},
+		{in: "9000:8080", host: 9000, guest: 8080},
+		{in: "0.0.0.0:9000:8080", ip: "0.0.0.0", host: 9000, guest: 8080},
+		{in: "192.0.2.1::80", ip: "192.0.2.1", guest: 80},
+		{in: "192.0.2.1:80", bad: true},
+		{in: "::80", bad: true},
+		{in: "a:b", bad: true},
+		{in: "0", bad: true},
+		{in: "70000", bad: true},
+		{in: "1:2:3:4", bad: true},
+		{in: "-1", bad: true},
+	} {
+		ip, h, g, err := parsePublish(tc.in)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("%q accepted", tc.in)
+			}
+			continue
+		}
+		if err != nil || ip != tc.ip || h != tc.host || g != tc.guest {
+			t.Errorf("%q = %q %d %d %v", tc.in, ip, h, g, err)
+		}
+	}
+}

@@ -100,7 +100,8 @@ func minimalRootfs(ctx context.Context, dir, busybox string, agent []byte) error
 	// wget still accepts -T and then writes the value through a NULL
 	// pointer: `wget -T 5 URL` dies with SIGSEGV before it does anything.
 	// /usr/bin/wget (first in PATH) runs the timeout through busybox's
-	// timeout instead.
+	// timeout instead. This busybox's sh runs its own applets before
+	// looking in PATH, so login shells get a wget function that calls it.
 	if err := writeFiles(dir, map[string]string{"usr/bin/wget": wgetWrapper}, 0o755); err != nil {
 		return err
 	}
@@ -108,6 +109,7 @@ func minimalRootfs(ctx context.Context, dir, busybox string, agent []byte) error
 	// Names: /etc/hosts, then DNS (glibc's built-in files and dns modules;
 	// the static busybox loads no NSS library).
 	files["etc/nsswitch.conf"] = "hosts: files dns\npasswd: files\ngroup: files\n"
+	files["etc/profile.d/smolvm_wget.sh"] = "wget() { /usr/bin/wget \"$@\"; }\n"
 	files["etc/passwd"] = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 	files["etc/group"] = "root:x:0:\nnogroup:x:65534:\n"
 	files["etc/profile"] = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" +
