@@ -141,7 +141,13 @@ while [ "$n" -gt 0 ]; do
 	set -- "$@" "$a"
 done
 if [ -n "$t" ]; then
-	exec /bin/busybox timeout "$t" /bin/busybox wget "$@"
+	/bin/busybox timeout "$t" /bin/busybox wget "$@"
+	rc=$?
+	if [ "$rc" = 143 ]; then
+		echo "wget: timed out after $t seconds" >&2
+		exit 1
+	fi
+	exit "$rc"
 fi
 exec /bin/busybox wget "$@"
 `
