@@ -37,9 +37,9 @@ const (
 type fakeWorld struct {
 	ns netns.NsHandle
 
-	mu      sync.Mutex
-	records map[string]string // name -> A
-	echoLens map[int]bool     // lengths of ICMP echo requests received
+	mu       sync.Mutex
+	records  map[string]string // name -> A
+	echoLens map[int]bool      // lengths of ICMP echo requests received
 }
 
 func (w *fakeWorld) setRecord(name, addr string) {
