@@ -61,6 +61,19 @@ func ServeDNSForwarder(ctx context.Context, dir string, idleExit time.Duration) 
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGUSR1: the last VM is gone, look now (see forgetDNS).
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	wake := make(chan struct{}, 1)
+	go func() {
+		for range usr1 {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if err := os.MkdirAll(dir, 0o700); err == nil {
 		if f, err := openForwarderLog(dir); err == nil {
@@ -68,7 +81,7 @@ func ServeDNSForwarder(ctx context.Context, dir string, idleExit time.Duration) 
 			log = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		}
 	}
-	err := dnsfwd.Serve(ctx, dnsfwd.ServeConfig{Dir: dir, IdleExit: idleExit,
+	err := dnsfwd.Serve(ctx, dnsfwd.ServeConfig{Dir: dir, IdleExit: idleExit, Wake: wake,
 		Forwarder: dnsfwd.Config{UpstreamsOptional: true, Log: log}})
 	if errors.Is(err, dnsfwd.ErrRunning) || errors.Is(err, context.Canceled) {
 		return nil
@@ -174,9 +187,35 @@ func (h *Host) registerDNS(ctx context.Context, id string, p netplan.Plan, cfg V
 	return nil
 }
 
-// forgetDNS stops the forwarder serving the VM.
+// forgetDNS stops the forwarder serving the VM. When no VM is left, the
+// supervisor is told to look at once (SIGUSR1) and is waited for (at most
+// 2 s), so a delete leaves no process behind. That keeps the supervisor's
+// protocol safe: it releases its lock and looks at its directory once
+// more before it exits, so a VM registered meanwhile is still served.
 func (h *Host) forgetDNS(id string) error {
-	return dnsfwd.RemoveVM(h.forwarderDir(), id)
+	dir := h.forwarderDir()
+	if err := dnsfwd.RemoveVM(dir, id); err != nil {
+		return err
+	}
+	if ids, err := dnsfwd.ListVMs(dir); err != nil || len(ids) > 0 {
+		return nil
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil
+	}
+	pid, alive, err := dnsfwd.Running(dir)
+	if err != nil || !alive || pid <= 0 || !isForwarder(pid, dir) {
+		return nil
+	}
+	if syscall.Kill(pid, syscall.SIGUSR1) != nil {
+		return nil
+	}
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil || !isForwarder(pid, dir) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // dnsForwarder removes forwarder state of VMs that do not run (in every

@@ -211,32 +211,30 @@ func parsePublish(s string) (hostIP string, hostPort, guestPort int, err error) 
 		n, err := strconv.Atoi(p)
 		return n, err == nil && n >= 0 && n <= 65535 && (n > 0 || zeroOK) && p[0] != '+' && p[0] != '-'
 	}
-	var ok bool
+	var hs, gs string
 	switch len(parts) {
 	case 1:
-		guestPort, ok = num(parts[0], false)
+		gs = parts[0]
 	case 2:
 		if _, e := netip.ParseAddr(parts[0]); e == nil {
 			return bad("a host address needs a host port or an empty one (ADDR::GUEST)")
 		}
-		var ok1 bool
-		hostPort, ok1 = num(parts[0], false)
-		guestPort, ok = num(parts[1], false)
-		ok = ok && ok1
+		hs, gs = parts[0], parts[1]
 	case 3:
 		hostIP = parts[0]
 		if a, e := netip.ParseAddr(hostIP); e != nil || !a.Is4() {
-			return bad(fmt.Sprintf("%q is not an IPv4 address", hostIP))
+			return bad(fmt.Sprintf("host_ip %q is not an IPv4 address", hostIP))
 		}
-		var ok1 bool
-		hostPort, ok1 = num(parts[1], true)
-		guestPort, ok = num(parts[2], false)
-		ok = ok && ok1
+		hs, gs = parts[1], parts[2]
 	default:
 		return bad("too many ':'")
 	}
-	if !ok {
-		return bad("ports must be numbers 1-65535")
+	var ok bool
+	if hostPort, ok = num(hs, true); !ok {
+		return bad(fmt.Sprintf("host_port %q must be a number 1-65535", hs))
+	}
+	if guestPort, ok = num(gs, false); !ok {
+		return bad(fmt.Sprintf("guest_port %q must be a number 1-65535", gs))
 	}
 	return hostIP, hostPort, guestPort, nil
 }
