@@ -262,7 +262,8 @@ func (c *cleaner) dnsForwarder(ctx context.Context) error {
 		case alive && len(ids) == 0 && pid > 0 && isForwarder(pid, dir):
 			c.note(fmt.Sprintf("dns forwarder process %d (no VM needs it)", pid))
 			if !c.co.DryRun {
-				syscall.Kill(pid, syscall.SIGTERM)
+				// Its safe idle path: a VM registered meanwhile keeps it.
+				syscall.Kill(pid, syscall.SIGUSR1)
 			}
 		}
 	}

@@ -195,6 +195,9 @@ func newStartCmd(g *globals) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(c.OutOrStdout(), "started %s in %.2fs\n", vm.ID(), time.Since(start).Seconds())
+				if inf := vm.Info(); inf.SSHReady {
+					fmt.Fprintf(c.OutOrStdout(), "SSH ready: ssh -p %d root@localhost (or: smolvm ssh %s)\n", inf.Config.SSHHostPort, vm.ID())
+				}
 				return nil
 			})
 		},
