@@ -4,163 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/smolvm-go/smolvm/internal/network/dnsfwd"
 	"github.com/smolvm-go/smolvm/internal/network/netnstest"
+	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
-
-// Addresses of the fake outside world: a namespace behind the veth wan0,
-// the test namespace's default route.
-const (
-	wanHost    = "198.51.100.1" // the host's (test namespace's) address on wan0
-	wanWorld   = "198.51.100.2" // the world's address; its DNS server listens here
-	pub1       = "203.0.113.10"
-	pub2       = "203.0.113.20"
-	metadataIP = "169.254.169.254"
-	privateIP  = "10.99.0.5"
-)
-
-// fakeWorld is the outside world: HTTP listeners on every address above
-// that answer with the address they were reached on, and a DNS server.
-type fakeWorld struct {
-	ns netns.NsHandle
-
-	mu       sync.Mutex
-	records  map[string]string // name -> A
-	echoLens map[int]bool      // lengths of ICMP echo requests received
-}
-
-func (w *fakeWorld) setRecord(name, addr string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.records[dns.Fqdn(name)] = addr
-}
-
-func (w *fakeWorld) sawEcho(n int) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.echoLens[n]
-}
-
-func newFakeWorld(t *testing.T) *fakeWorld {
-	t.Helper()
-	ns, err := netnstest.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &fakeWorld{ns: ns, records: map[string]string{}, echoLens: map[int]bool{}}
-	t.Cleanup(func() {
-		if l, err := netlink.LinkByName("wan0"); err == nil {
-			netlink.LinkDel(l)
-		}
-		ns.Close()
-	})
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "wan0"}, PeerName: "wan0p"}))
-	pl, err := netlink.LinkByName("wan0p")
-	must(err)
-	must(netlink.LinkSetNsFd(pl, int(ns)))
-	h, err := netlink.NewHandleAt(ns)
-	must(err)
-	defer h.Close()
-	lo, _ := h.LinkByName("lo")
-	pl, err = h.LinkByName("wan0p")
-	must(err)
-	wa, _ := netlink.ParseAddr(wanWorld + "/24")
-	must(h.LinkSetUp(lo))
-	must(h.AddrAdd(pl, wa))
-	must(h.LinkSetUp(pl))
-	for _, a := range []string{pub1, pub2, metadataIP, privateIP} {
-		la, _ := netlink.ParseAddr(a + "/32")
-		must(h.AddrAdd(lo, la))
-	}
-	wan, err := netlink.LinkByName("wan0")
-	must(err)
-	ha, _ := netlink.ParseAddr(wanHost + "/24")
-	must(netlink.AddrAdd(wan, ha))
-	must(netlink.LinkSetUp(wan))
-	must(netlink.RouteAdd(&netlink.Route{Gw: net.ParseIP(wanWorld)}))
-
-	var ln net.Listener
-	var icmp net.PacketConn
-	var dnsConn net.PacketConn
-	must(netnstest.Do(ns, func() (err error) {
-		if ln, err = net.Listen("tcp4", "0.0.0.0:80"); err != nil {
-			return err
-		}
-		if icmp, err = net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
-			return err
-		}
-		dnsConn, err = net.ListenPacket("udp4", wanWorld+":53")
-		return err
-	}))
-	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "hello from %s\n", r.Context().Value(http.LocalAddrContextKey).(net.Addr).(*net.TCPAddr).IP)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, _, err := icmp.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n > 0 && buf[0] == 8 { // echo request: 8 bytes of header + data
-				w.mu.Lock()
-				w.echoLens[n-8] = true
-				w.mu.Unlock()
-			}
-		}
-	}()
-	t.Cleanup(func() { icmp.Close() })
-	ds := &dns.Server{PacketConn: dnsConn, Handler: dns.HandlerFunc(func(rw dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		q := r.Question[0]
-		w.mu.Lock()
-		a, ok := w.records[strings.ToLower(q.Name)]
-		w.mu.Unlock()
-		switch {
-		case !ok:
-			m.Rcode = dns.RcodeNameError
-		case q.Qtype == dns.TypeA:
-			rr, _ := dns.NewRR(fmt.Sprintf("%s 1 IN A %s", q.Name, a))
-			m.Answer = append(m.Answer, rr)
-		}
-		rw.WriteMsg(m)
-	})}
-	go ds.ActivateAndServe()
-	t.Cleanup(func() { ds.Shutdown() })
-	w.setRecord("api.example.test", pub1)
-	w.setRecord("other.example.test", pub2)
-	w.setRecord("meta.example.test", metadataIP)
-	return w
-}
 
 // egressVM returns a started minimal VM whose forwarder asks the fake
 // world's DNS server.
 func egressVM(t *testing.T, h *Host, id string, mod func(*VMConfig)) *VM {
 	t.Helper()
 	cfg := minimalVM(id)
-	cfg.DNSUpstream = []string{wanWorld}
+	cfg.DNSUpstream = []string{vmtest.WANWorld}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -225,7 +86,7 @@ func eventually(t *testing.T, what string, timeout time.Duration, ok func() bool
 // delete.
 func TestEgressPolicyEndToEnd(t *testing.T) {
 	h, dir := vmEnv(t)
-	w := newFakeWorld(t)
+	w := vmtest.NewWorld(t)
 	ctx := context.Background()
 	vm := egressVM(t, h, "eg-a", nil)
 
@@ -233,20 +94,20 @@ func TestEgressPolicyEndToEnd(t *testing.T) {
 		if e := vm.Info().Egress; e == nil || !e.Internet || len(e.AllowOut) != 0 {
 			t.Fatalf("default egress %+v", e)
 		}
-		if got := resolves(t, vm, "api.example.test"); got != pub1 {
-			t.Fatalf("nslookup api.example.test = %q, want %s", got, pub1)
+		if got := resolves(t, vm, "api.example.test"); got != vmtest.Pub1 {
+			t.Fatalf("nslookup api.example.test = %q, want %s", got, vmtest.Pub1)
 		}
-		if got := fetch(t, vm, "http://api.example.test/"); got != "hello from "+pub1 {
+		if got := fetch(t, vm, "http://api.example.test/"); got != "hello from "+vmtest.Pub1 {
 			t.Fatalf("wget by name = %q", got)
 		}
-		if got := fetch(t, vm, "http://"+pub2+"/"); got != "hello from "+pub2 {
+		if got := fetch(t, vm, "http://"+vmtest.Pub2+"/"); got != "hello from "+vmtest.Pub2 {
 			t.Fatalf("wget by address = %q", got)
 		}
-		res, _ := vm.Run(ctx, fmt.Sprintf("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 %s 80", pub2))
-		if !strings.Contains(res.Stdout, "hello from "+pub2) {
+		res, _ := vm.Run(ctx, fmt.Sprintf("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 %s 80", vmtest.Pub2))
+		if !strings.Contains(res.Stdout, "hello from "+vmtest.Pub2) {
 			t.Fatalf("nc: %+v", res)
 		}
-		for _, a := range []string{metadataIP, privateIP, wanHost} {
+		for _, a := range []string{vmtest.MetadataIP, vmtest.PrivateIP, vmtest.WANHost} {
 			if got := fetch(t, vm, "http://"+a+"/"); got != "" {
 				t.Errorf("reached %s by default: %q", a, got)
 			}
@@ -261,9 +122,9 @@ func TestEgressPolicyEndToEnd(t *testing.T) {
 		// The guest pings from its own address (33 data bytes) and from an
 		// address it added to eth0 (77 data bytes; another VM's would be
 		// 172.16.0.3): only the first may leave the host.
-		res, _ := vm.Run(ctx, fmt.Sprintf("ping -c 1 -W 3 -s 33 %s; ip addr add 172.16.0.77/24 dev eth0; ping -c 2 -W 2 -s 77 -I 172.16.0.77 %s; ip addr del 172.16.0.77/24 dev eth0", pub1, pub1))
-		eventually(t, "the guest's own echo request arrives", 10*time.Second, func() bool { return w.sawEcho(33) })
-		if w.sawEcho(77) {
+		res, _ := vm.Run(ctx, fmt.Sprintf("ping -c 1 -W 3 -s 33 %s; ip addr add 172.16.0.77/24 dev eth0; ping -c 2 -W 2 -s 77 -I 172.16.0.77 %s; ip addr del 172.16.0.77/24 dev eth0", vmtest.Pub1, vmtest.Pub1))
+		eventually(t, "the guest's own echo request arrives", 10*time.Second, func() bool { return w.SawEcho(33) })
+		if w.SawEcho(77) {
 			t.Fatalf("an echo request with a forged source left the host: %+v", res)
 		}
 	})
@@ -282,38 +143,38 @@ func TestEgressPolicyEndToEnd(t *testing.T) {
 		if got := resolves(t, vm, "other.example.test"); got != "" {
 			t.Fatalf("a name outside the allow list resolved: %q", got)
 		}
-		if got := fetch(t, vm, "http://"+pub2+"/"); got != "" {
-			t.Fatalf("internet off, yet %s answered: %q", pub2, got)
+		if got := fetch(t, vm, "http://"+vmtest.Pub2+"/"); got != "" {
+			t.Fatalf("internet off, yet %s answered: %q", vmtest.Pub2, got)
 		}
-		if got := fetch(t, vm, "http://api.example.test/"); got != "hello from "+pub1 {
+		if got := fetch(t, vm, "http://api.example.test/"); got != "hello from "+vmtest.Pub1 {
 			t.Fatalf("allowed name: %q", got)
 		}
 		// The record moves: access moves with it.
-		w.setRecord("api.example.test", pub2)
+		w.SetRecord("api.example.test", vmtest.Pub2)
 		eventually(t, "the allowed name answers from its new address", 30*time.Second, func() bool {
-			return fetch(t, vm, "http://api.example.test/") == "hello from "+pub2
+			return fetch(t, vm, "http://api.example.test/") == "hello from "+vmtest.Pub2
 		})
 		eventually(t, "the old address closes (TTL + floor)", 90*time.Second, func() bool {
-			return fetch(t, vm, "http://"+pub1+"/") == ""
+			return fetch(t, vm, "http://"+vmtest.Pub1+"/") == ""
 		})
-		w.setRecord("api.example.test", pub1)
+		w.SetRecord("api.example.test", vmtest.Pub1)
 	})
 
 	t.Run("set-changes-running-vm", func(t *testing.T) {
 		// An AllowOut prefix opens a private service; DenyOut wins.
-		if err := vm.SetEgress(ctx, EgressPolicy{Internet: true, AllowOut: []string{privateIP}, DenyOut: []string{pub2}}); err != nil {
+		if err := vm.SetEgress(ctx, EgressPolicy{Internet: true, AllowOut: []string{vmtest.PrivateIP}, DenyOut: []string{vmtest.Pub2}}); err != nil {
 			t.Fatal(err)
 		}
-		if got := fetch(t, vm, "http://"+privateIP+"/"); got != "hello from "+privateIP {
+		if got := fetch(t, vm, "http://"+vmtest.PrivateIP+"/"); got != "hello from "+vmtest.PrivateIP {
 			t.Fatalf("allowed private service: %q", got)
 		}
-		if got := fetch(t, vm, "http://"+pub2+"/"); got != "" {
+		if got := fetch(t, vm, "http://"+vmtest.Pub2+"/"); got != "" {
 			t.Fatalf("denied address answered: %q", got)
 		}
-		if got := fetch(t, vm, "http://"+pub1+"/"); got != "hello from "+pub1 {
+		if got := fetch(t, vm, "http://"+vmtest.Pub1+"/"); got != "hello from "+vmtest.Pub1 {
 			t.Fatalf("internet on: %q", got)
 		}
-		if got := fetch(t, vm, "http://"+metadataIP+"/"); got != "" {
+		if got := fetch(t, vm, "http://"+vmtest.MetadataIP+"/"); got != "" {
 			t.Fatalf("metadata answered: %q", got)
 		}
 	})
@@ -373,17 +234,17 @@ func TestEgressPolicyEndToEnd(t *testing.T) {
 			t.Fatalf("127.0.0.1:%d: %q", hp, got)
 		}
 		cl := &http.Client{Timeout: 3 * time.Second}
-		if _, err := cl.Get(fmt.Sprintf("http://%s:%d/", wanHost, hp)); err == nil {
-			t.Fatalf("a loopback forward answered on %s", wanHost)
+		if _, err := cl.Get(fmt.Sprintf("http://%s:%d/", vmtest.WANHost, hp)); err == nil {
+			t.Fatalf("a loopback forward answered on %s", vmtest.WANHost)
 		}
-		hp2, err := vm.ExposeOn(ctx, wanHost, 8080, 0)
+		hp2, err := vm.ExposeOn(ctx, vmtest.WANHost, 8080, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// From the outside world, as a remote client would.
 		var body string
-		if err := netnstest.Do(w.ns, func() error {
-			resp, err := cl.Get(fmt.Sprintf("http://%s:%d/", wanHost, hp2))
+		if err := netnstest.Do(w.NS, func() error {
+			resp, err := cl.Get(fmt.Sprintf("http://%s:%d/", vmtest.WANHost, hp2))
 			if err != nil {
 				return err
 			}
@@ -391,7 +252,7 @@ func TestEgressPolicyEndToEnd(t *testing.T) {
 			b := make([]byte, 64)
 			n, _ := resp.Body.Read(b)
 			body = string(b[:n])
-			if _, err := cl.Get(fmt.Sprintf("http://%s:%d/", wanHost, hp)); err == nil {
+			if _, err := cl.Get(fmt.Sprintf("http://%s:%d/", vmtest.WANHost, hp)); err == nil {
 				return errors.New("the loopback forward answered from outside")
 			}
 			return nil
@@ -403,7 +264,7 @@ func TestEgressPolicyEndToEnd(t *testing.T) {
 		for _, p := range ps {
 			hosts[p.HostPort] = p.HostIP
 		}
-		if hosts[hp] != "127.0.0.1" || hosts[hp2] != wanHost {
+		if hosts[hp] != "127.0.0.1" || hosts[hp2] != vmtest.WANHost {
 			t.Fatalf("ports: %+v", ps)
 		}
 		if _, err := vm.ExposeOn(ctx, "192.0.2.99", 8080, 0); !errors.Is(err, ErrInvalidConfig) {

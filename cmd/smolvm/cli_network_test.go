@@ -140,3 +140,53 @@ func TestParsePublish(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIEgressEndToEnd boots one minimal VM through the binary with a
+// domain allow list, checks from the guest (after the creating command has
+// exited, so the DNS forwarder must have outlived it) that only the allowed
+// name resolves and answers, changes the policy with network set, and
+// deletes the VM: no forwarder process is left.
+func TestCLIEgressEndToEnd(t *testing.T) {
+	vmtest.Require(t)
+	vmtest.Setup(t)
+	vmtest.NewWorld(t)
+	dir := t.TempDir()
+	r := cli(t, dir, "create", "--name", "eg", "--image", "minimal", "--memory", "256", "--vcpus", "1",
+		"--internet", "off", "--allow-out", "api.example.test", "--dns-upstream", vmtest.WANWorld, "--start", "--json")
+	if r.code != 0 {
+		t.Fatalf("create --start: %+v", r)
+	}
+	defer cli(t, dir, "delete", "--force", "eg")
+	guest := func(cmd string) string {
+		t.Helper()
+		r := cli(t, dir, "exec", "eg", "--", "sh", "-lc", cmd)
+		if r.code > 128 {
+			t.Fatalf("%s crashed: %+v", cmd, r)
+		}
+		return strings.TrimSpace(r.stdout)
+	}
+	if got := guest("wget -q -T 3 -O - http://api.example.test/"); got != "hello from "+vmtest.Pub1 {
+		t.Fatalf("allowed name: %q", got)
+	}
+	if got := guest("nslookup other.example.test >/dev/null 2>&1 && echo resolved"); got != "" {
+		t.Fatalf("a name outside the allow list: %q", got)
+	}
+	if got := guest("wget -q -T 3 -O - http://" + vmtest.Pub2 + "/ || echo blocked"); got != "blocked" {
+		t.Fatalf("internet off, by address: %q", got)
+	}
+	if r := cli(t, dir, "network", "set", "eg", "--internet", "on"); r.code != 0 {
+		t.Fatalf("network set: %+v", r)
+	}
+	if got := guest("wget -q -T 3 -O - http://" + vmtest.Pub2 + "/"); got != "hello from "+vmtest.Pub2 {
+		t.Fatalf("after network set --internet on: %q", got)
+	}
+	if got := guest("wget -q -T 3 -O - http://" + vmtest.MetadataIP + "/ || echo blocked"); got != "blocked" {
+		t.Fatalf("metadata: %q", got)
+	}
+	if r := cli(t, dir, "delete", "eg"); r.code != 0 {
+		t.Fatalf("delete: %+v", r)
+	}
+	if pids := vmtest.ProcessesOf(dir); len(pids) > 0 {
+		t.Fatalf("processes left after delete: %v", pids)
+	}
+}
