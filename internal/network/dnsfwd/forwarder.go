@@ -47,7 +47,7 @@
 // The forwarder must outlive the CLI command that started a VM, so it runs
 // in a small supervisor process, one per host (per state directory), that
 // serves the gateways of all VMs. Serve is that process's body; the CLI runs
-// it as a hidden subcommand (e.g. `smolvm __dns-forwarder --dir DIR`).
+// it as the hidden subcommand `smolvm _dns-forwarder --dir DIR`.
 //
 // The state directory (DIR, e.g. <data dir>/dnsfwd, mode 0700) holds:
 //
@@ -61,8 +61,9 @@
 // inotify (and rescans every RescanInterval), serving each VM file's
 // gateway with its policy; a changed file (a new policy) is applied at
 // once. Deleting a VM removes its file (RemoveVM). When vms/ has been empty
-// for Config.IdleExit the supervisor exits; before it does, it releases
-// the lock and looks at vms/ once more, so a VM file written by a CLI that
+// for ServeConfig.IdleExit (or at once when ServeConfig.Wake fires; the
+// CLI's supervisor wakes on SIGUSR1) the supervisor exits; before it does,
+// it releases the lock and looks at vms/ once more, so a VM file written by a CLI that
 // saw the lock still held is never left without a forwarder (the CLI
 // writes before it checks the lock, so the supervisor's last look sees the
 // file, takes the lock again and goes on serving; if another supervisor
