@@ -373,3 +373,13 @@ func sshBanner(ctx context.Context, addr string) bool {
 	_, err = io.ReadFull(c, buf)
 	return err == nil && string(buf) == "SSH-"
 }
+
+// clone returns a deep copy of e (nil for nil).
+func (e *EgressPolicy) clone() *EgressPolicy {
+	if e == nil {
+		return nil
+	}
+	c := *e
+	c.AllowOut, c.DenyOut = slices.Clone(e.AllowOut), slices.Clone(e.DenyOut)
+	return &c
+}
