@@ -114,6 +114,22 @@ type VMConfig struct {
 	// DiskIOPS throttles the VM's disks to this many operations per
 	// second; 0 means no limit.
 	DiskIOPS int64 `json:"disk_iops,omitempty"`
+	// Network policy (egress.go): what the guest may reach, and the DNS
+	// forwarder on its gateway. See EgressPolicy for the order of rules.
+
+	// Internet reports whether public addresses are reachable by default;
+	// nil means true.
+	Internet *bool `json:"internet,omitempty"`
+	// AllowOut lists IPv4 addresses, CIDRs or domains (exact, or "*.x.y")
+	// the guest may reach even with Internet off or in a private range.
+	AllowOut []string `json:"allow_out,omitempty"`
+	// DenyOut lists destinations the guest never reaches; it wins.
+	DenyOut []string `json:"deny_out,omitempty"`
+	// EgressRate caps outbound traffic, e.g. "10mbit" or "2MB/s"; empty: none.
+	EgressRate string `json:"egress_rate,omitempty"`
+	// DNSUpstream are the resolvers (IPv4[:port]) the DNS forwarder asks
+	// for this VM; empty means the host's /etc/resolv.conf.
+	DNSUpstream []string `json:"dns_upstream,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -176,6 +192,7 @@ func (c VMConfig) WithDefaults() VMConfig {
 	c.EnvVars = maps.Clone(c.EnvVars)
 	c.DNSServers = slices.Clone(c.DNSServers)
 	c.Mounts = slices.Clone(c.Mounts)
+	c.AllowOut, c.DenyOut, c.DNSUpstream = slices.Clone(c.AllowOut), slices.Clone(c.DenyOut), slices.Clone(c.DNSUpstream)
 	return c
 }
 
@@ -249,7 +266,10 @@ func (c VMConfig) Validate() error {
 	if err := validateMounts(c.Mounts); err != nil {
 		return err
 	}
-	return validateLimits(c)
+	if err := validateLimits(c); err != nil {
+		return err
+	}
+	return c.validateEgress()
 }
 
 // validateBackend accepts auto and every backend built into the program.
@@ -327,6 +347,13 @@ type VMInfo struct {
 	Saved bool `json:"saved"`
 	// Limits are the VM's resource limits (issue 13, security).
 	Limits Limits `json:"limits"`
+	// Network policy (egress.go).
+
+	// Egress is the VM's egress policy; nil for a VM without network.
+	Egress *EgressPolicy `json:"egress"`
+	// SSHReady reports whether the VM runs and its SSH forward reached a
+	// listening sshd when it started.
+	SSHReady bool `json:"ssh_ready"`
 }
 
 // SocketPaths are a VM's host-side control sockets.

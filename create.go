@@ -204,6 +204,7 @@ func (h *Host) create(ctx context.Context, cfg VMConfig, o callOptions) (*VM, er
 	if err := cfg.Validate(); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrInvalidConfig, err)
 	}
+	cfg.normalizeEgress()
 	c := &createOp{h: h, cfg: cfg, o: o}
 	if err := runSteps(ctx, h, createSteps, c, ErrBackend); err != nil {
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)

@@ -83,6 +83,11 @@ type HostOptions struct {
 	// Progress receives progress of long work (image builds on first use)
 	// as stage names and counts; nil prints to a terminal on stderr.
 	Progress func(stage string, done, total int64)
+	// ForwarderCommand is the command (argv) that runs the DNS forwarder
+	// supervisor, to which "--dir DIR" is added; empty means
+	// `smolvm _dns-forwarder` with the smolvm binary found next to this
+	// program, next to $SMOLVM_AGENT or in PATH (network policy, egress.go).
+	ForwarderCommand []string
 
 	// probe describes the host's acceleration; tests fill it.
 	probe vmm.Probe
@@ -207,6 +212,9 @@ type record struct {
 	// Restore, when set, makes the next Start load a saved state (see
 	// snapshot.go).
 	Restore *pendingRestore `json:"restore,omitempty"`
+	// SSHReadyPID is the VMM process of the start that found the guest's
+	// sshd answering through the SSH forward (network policy, egress.go).
+	SSHReadyPID int `json:"ssh_ready_pid,omitempty"`
 }
 
 // plan returns the network identity of a VM from its lease and SSH forward.
@@ -261,6 +269,10 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 	if rec.Config.NoNetwork {
 		return inf, nil
 	}
+	eg := rec.Config.Egress()
+	inf.Egress = &eg
+	inf.SSHReady = p.SSHPort != 0 && rec.SSHReadyPID != 0 && rec.SSHReadyPID == row.PID &&
+		(inf.Status == StateRunning || inf.Status == StatePaused)
 	inf.Network, err = networkConfigOf(p)
 	return inf, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/smolvm-go/smolvm/internal/netplan"
 	"github.com/smolvm-go/smolvm/internal/network"
@@ -17,7 +18,9 @@ func netLease(id string, p netplan.Plan) network.Lease {
 }
 
 func netForward(id string, p netplan.Plan, f store.PortForward) network.Forward {
-	return network.Forward{HostPort: uint16(f.HostPort), GuestPort: uint16(f.GuestPort), GuestIP: p.GuestIP, VMID: id}
+	fw := network.Forward{HostPort: uint16(f.HostPort), GuestPort: uint16(f.GuestPort), GuestIP: p.GuestIP, VMID: id}
+	fw.HostIP, _ = netip.ParseAddr(f.HostIP) // "" (127.0.0.1) unless published elsewhere
+	return fw
 }
 
 // setupNetwork makes a VM's TAP device, NAT and isolation rules and its
@@ -44,59 +47,28 @@ func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) erro
 // teardownNetwork removes a VM's TAP device and every rule of it. Missing
 // pieces count as removed, so it is safe to call at any point.
 func (h *Host) teardownNetwork(ctx context.Context, id string, p netplan.Plan) error {
-	return network.Teardown(ctx, netLease(id, p))
+	return errors.Join(h.forgetDNS(id), network.Teardown(ctx, netLease(id, p)))
 }
 
 // PortInfo is a host TCP port forwarded to a guest port.
 type PortInfo struct {
-	// HostPort is the port on the host (localhost and the host's addresses).
+	// HostPort is the port on the host.
 	HostPort int `json:"host_port"`
 	// GuestPort is the port in the guest.
 	GuestPort int `json:"guest_port"`
 	// Kind is "ssh" for the SSH forward, "expose" for ExposeLocal.
 	Kind string `json:"kind"`
+	// HostIP is the host address the forward answers on: 127.0.0.1
+	// unless published elsewhere, 0.0.0.0 for every address.
+	HostIP string `json:"host_ip"`
 }
 
 // ExposeLocal forwards hostPort (0: pick a free one from 2200 up) on the
-// host to guestPort in the guest and returns the host port. A host port
-// already in use is an error matching ErrNetwork and ErrAlreadyExists.
+// host's 127.0.0.1 to guestPort in the guest and returns the host port. A
+// host port already in use is an error matching ErrNetwork and
+// ErrAlreadyExists. ExposeOn publishes on another host address.
 func (vm *VM) ExposeLocal(ctx context.Context, guestPort, hostPort int) (int, error) {
-	if guestPort < 1 || guestPort > 65535 {
-		return 0, wrapErr("expose", vm.id, ErrInvalidConfig, configErr("guest_port", fmt.Sprint(guestPort), "must be between 1 and 65535"))
-	}
-	if hostPort < 0 || hostPort > 65535 {
-		return 0, wrapErr("expose", vm.id, ErrInvalidConfig, configErr("host_port", fmt.Sprint(hostPort), "must be between 1 and 65535 (0: pick one)"))
-	}
-	unlock, err := vm.h.lockVM(ctx, vm.id)
-	if err != nil {
-		return 0, err
-	}
-	defer unlock()
-	_, rec, err := vm.load(ctx)
-	if errors.Is(err, store.ErrNotFound) {
-		return 0, errNoVM("expose", vm.id)
-	}
-	if err != nil {
-		return 0, wrapErr("expose", vm.id, ErrBackend, err)
-	}
-	if rec.Config.NoNetwork {
-		return 0, wrapErr("expose", vm.id, ErrState, errors.New("the VM has no network"))
-	}
-	plan, err := vm.h.plan(ctx, vm.id)
-	if err != nil {
-		return 0, wrapErr("expose", vm.id, ErrBackend, err)
-	}
-	p, err := vm.h.st.AllocatePort(ctx, vm.id, guestPort, store.KindExpose, hostPort)
-	if err != nil {
-		return 0, wrapErr("expose", vm.id, ErrNetwork, err)
-	}
-	if vm.running(ctx) {
-		if err := network.AddForward(ctx, netForward(vm.id, plan, p)); err != nil {
-			vm.h.st.ReleasePort(context.WithoutCancel(ctx), p.HostPort)
-			return 0, wrapErr("expose", vm.id, ErrNetwork, err)
-		}
-	}
-	return p.HostPort, nil
+	return vm.ExposeOn(ctx, "", guestPort, hostPort)
 }
 
 // UnexposeLocal removes the forward of hostPort.
@@ -132,7 +104,7 @@ func (vm *VM) Ports(ctx context.Context) ([]PortInfo, error) {
 	}
 	out := make([]PortInfo, 0, len(ps))
 	for _, p := range ps {
-		out = append(out, PortInfo{HostPort: p.HostPort, GuestPort: p.GuestPort, Kind: p.Kind})
+		out = append(out, PortInfo{HostPort: p.HostPort, GuestPort: p.GuestPort, Kind: p.Kind, HostIP: hostIPOf(p)})
 	}
 	return out, nil
 }

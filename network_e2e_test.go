@@ -162,16 +162,12 @@ func TestSSHDefaultImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// sshd starts in the background at boot: retry briefly.
-	var out []byte
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, err = exec.Command(argv[0], argv[1:]...).CombinedOutput()
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
+	// Start returned once sshd answered through the forward: the first
+	// try must work, as a user's immediate ssh would.
+	if !vm.Info().SSHReady {
+		t.Fatalf("info does not say SSH ready: %+v", vm.Info())
 	}
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "sshd-guest" {
 		t.Fatalf("ssh hostname: %q %v", out, err)
 	}

@@ -37,8 +37,11 @@ var restoreSteps = []step[*startOp]{
 	{name: "verify", kind: ErrState, do: func(ctx context.Context, s *startOp) error { return s.verifyRestore(ctx) }},
 	stepNamed(startSteps, "runtime-dir"),
 	stepNamed(startSteps, "network"),
+	stepNamed(startSteps, "cgroup"),
+	stepNamed(startSteps, "egress"),
 	{name: "launch", do: func(ctx context.Context, s *startOp) (err error) {
 		spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
+		s.confine(&spec)
 		spec.Incoming = true
 		s.inst, err = s.backend.Launch(ctx, spec)
 		return err
@@ -83,6 +86,7 @@ var restoreSteps = []step[*startOp]{
 		}
 		return nil
 	}},
+	stepNamed(startSteps, "wait-ssh"),
 	{name: "finish", do: func(ctx context.Context, s *startOp) error {
 		p := s.rec.Restore
 		if err := s.h().updateRecord(ctx, s.vm.id, func(r *record) error { r.Restore = nil; return nil }); err != nil {

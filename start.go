@@ -71,6 +71,16 @@ var startSteps = []step[*startOp]{
 	{name: "cgroup", do: func(ctx context.Context, s *startOp) error { return s.makeCgroup() }, undo: func(ctx context.Context, s *startOp, _ error) {
 		s.h().removeCgroup(ctx, s.vm.id)
 	}},
+	{name: "egress", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
+		if s.rec.Config.NoNetwork {
+			return nil
+		}
+		return s.h().applyEgress(ctx, s.vm.id, s.plan, s.rec.Config)
+	}, undo: func(ctx context.Context, s *startOp, _ error) {
+		if !s.rec.Config.NoNetwork {
+			s.h().forgetDNS(s.vm.id)
+		}
+	}},
 	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launch(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) {
 		s.backend.Kill(s.inst)
 		vmm.WaitExit(ctx, s.inst)
@@ -91,6 +101,7 @@ var startSteps = []step[*startOp]{
 	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error { return s.waitAgent(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) { s.vm.dropClient() }},
 	{name: "guest-setup", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error { return s.guestSetup(ctx) }},
 	{name: "wait-ready", kind: ErrTimeout, do: func(ctx context.Context, s *startOp) error { return s.waitReady(ctx) }},
+	{name: "wait-ssh", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error { return s.waitSSH(ctx) }},
 }
 
 // Start boots the VM and waits until its agent answers. On failure

@@ -37,6 +37,7 @@ func (vm *VM) Info() VMInfo {
 	defer vm.mu.Unlock()
 	inf := vm.info
 	inf.Config = inf.Config.WithDefaults() // copies EnvVars
+	inf.Egress = inf.Egress.clone()
 	return inf
 }
 

@@ -141,7 +141,14 @@ func printInfo(c *cobra.Command, inf smolvm.VMInfo) error {
 			[]string{"TAP:", n.TapDevice()},
 			[]string{"MAC:", n.GuestMAC()})
 		if p := n.SSHHostPort(); p != 0 {
-			rows = append(rows, []string{"SSH:", fmt.Sprintf("smolvm ssh %s   (localhost port %d)", inf.VMID, p)})
+			ready := ""
+			if inf.SSHReady {
+				ready = ", SSH ready"
+			}
+			rows = append(rows, []string{"SSH:", fmt.Sprintf("smolvm ssh %s   (localhost port %d%s)", inf.VMID, p, ready)})
+		}
+		if e := inf.Egress; e != nil {
+			rows = append(rows, []string{"Egress:", egressSummary(*e)})
 		}
 	} else {
 		rows = append(rows, []string{"Network:", "off"})

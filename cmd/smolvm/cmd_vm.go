@@ -23,6 +23,7 @@ type vmFlags struct {
 	mounts                                                  []string // host folders (issue 15)
 	cpuQuota                                                float64  // resource limits (issue 13)
 	diskBPS, diskIOPS                                       int64
+	egress                                                  egressFlags // network policy (cmd_network.go)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -44,6 +45,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.Float64Var(&f.cpuQuota, "cpu-quota", 0, "cap the VM's CPU time in CPUs, e.g. 0.5 (default: its vCPU count)")
 	fl.Int64Var(&f.diskBPS, "disk-bps", 0, "throttle the VM's disk to this many bytes/s, reads and writes together (0: no limit)")
 	fl.Int64Var(&f.diskIOPS, "disk-iops", 0, "throttle the VM's disk to this many operations/s (0: no limit)")
+	f.egress.add(c, true)
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -94,6 +96,9 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	cfg.EnvVars = env
 	cfg.DNSServers = f.dns
 	if cfg.Mounts, err = parseMounts(f.mounts); err != nil {
+		return cfg, err
+	}
+	if err := f.egress.apply(&cfg); err != nil {
 		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil {
@@ -204,6 +209,9 @@ func newStartCmd(g *globals) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(c.OutOrStdout(), "started %s in %.2fs\n", vm.ID(), time.Since(start).Seconds())
+				if inf := vm.Info(); inf.SSHReady {
+					fmt.Fprintf(c.OutOrStdout(), "SSH ready: ssh -p %d root@localhost (or: smolvm ssh %s)\n", inf.Config.SSHHostPort, vm.ID())
+				}
 				return nil
 			})
 		},

@@ -159,6 +159,8 @@ else $XDG_STATE_HOME/smolvm).
 		newCleanupCmd(g),
 		newSnapshotCmd(g),
 		newSetupCmd(g),
+		newNetworkCmd(g),
+		newDNSForwarderCmd(),
 	)
 	return root
 }

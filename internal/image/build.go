@@ -24,7 +24,7 @@ import (
 
 // builderVersion changes whenever the build recipe changes in a way that
 // must invalidate cached images.
-const builderVersion = 2
+const builderVersion = 3 // 3: the minimal image's wget wrapper and nsswitch.conf
 
 // File names inside an image directory.
 const (

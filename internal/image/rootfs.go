@@ -96,7 +96,20 @@ func minimalRootfs(ctx context.Context, dir, busybox string, agent []byte) error
 			return err
 		}
 	}
+	// Debian's busybox 1.35 is built without FEATURE_WGET_TIMEOUT, yet its
+	// wget still accepts -T and then writes the value through a NULL
+	// pointer: `wget -T 5 URL` dies with SIGSEGV before it does anything.
+	// /usr/bin/wget (first in PATH) runs the timeout through busybox's
+	// timeout instead. This busybox's sh runs its own applets before
+	// looking in PATH, so login shells get a wget function that calls it.
+	if err := writeFiles(dir, map[string]string{"usr/bin/wget": wgetWrapper}, 0o755); err != nil {
+		return err
+	}
 	files := etcFiles()
+	// Names: /etc/hosts, then DNS (glibc's built-in files and dns modules;
+	// the static busybox loads no NSS library).
+	files["etc/nsswitch.conf"] = "hosts: files dns\npasswd: files\ngroup: files\n"
+	files["etc/profile.d/smolvm_wget.sh"] = "wget() { /usr/bin/wget \"$@\"; }\n"
 	files["etc/passwd"] = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 	files["etc/group"] = "root:x:0:\nnogroup:x:65534:\n"
 	files["etc/profile"] = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" +
@@ -110,6 +123,34 @@ func minimalRootfs(ctx context.Context, dir, busybox string, agent []byte) error
 	}
 	return installAgent(dir, agent)
 }
+
+// wgetWrapper is the minimal image's wget: busybox wget with -T SECONDS
+// (-TSECONDS, --timeout=SECONDS) turned into busybox timeout.
+const wgetWrapper = `#!/bin/sh
+# Written by smolvm: busybox wget crashes on -T (built without its timeout
+# feature), so the timeout is applied with busybox timeout.
+t=
+n=$#
+while [ "$n" -gt 0 ]; do
+	a=$1; shift; n=$((n - 1))
+	case $a in
+	-T|--timeout) t=$1; shift; n=$((n - 1)); continue ;;
+	-T*) t=${a#-T}; continue ;;
+	--timeout=*) t=${a#--timeout=}; continue ;;
+	esac
+	set -- "$@" "$a"
+done
+if [ -n "$t" ]; then
+	/bin/busybox timeout "$t" /bin/busybox wget "$@"
+	rc=$?
+	if [ "$rc" = 143 ]; then
+		echo "wget: timed out after $t seconds" >&2
+		exit 1
+	fi
+	exit "$rc"
+fi
+exec /bin/busybox wget "$@"
+`
 
 // installAgent copies the agent binary into the root filesystem.
 func installAgent(dir string, agent []byte) error {

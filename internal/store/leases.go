@@ -125,15 +125,28 @@ type PortForward struct {
 	VMID      string
 	GuestPort int
 	Kind      string
+	// HostIP is the host address the forward answers on: "" for
+	// 127.0.0.1 only, "0.0.0.0" for every address, else that address.
+	HostIP string
 }
 
 // AllocatePort records a forward of hostPort (0: the first free port from
 // FirstPort that nothing on the host is bound to) to guestPort of vmID.
 func (s *Store) AllocatePort(ctx context.Context, vmID string, guestPort int, kind string, hostPort int) (PortForward, error) {
+	return s.AllocatePortOn(ctx, vmID, guestPort, kind, "", hostPort)
+}
+
+// AllocatePortOn is AllocatePort for a forward answering on hostIP (see
+// PortForward.HostIP).
+func (s *Store) AllocatePortOn(ctx context.Context, vmID string, guestPort int, kind, hostIP string, hostPort int) (PortForward, error) {
 	var out PortForward
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		out, err = allocPort(ctx, tx, vmID, guestPort, kind, hostPort)
+		if err == nil && hostIP != "" {
+			out.HostIP = hostIP
+			_, err = tx.ExecContext(ctx, "UPDATE port_forwards SET host_ip = ? WHERE host_port = ?", hostIP, out.HostPort)
+		}
 		return err
 	})
 	return out, err
@@ -220,7 +233,7 @@ func (s *Store) ReleasePort(ctx context.Context, hostPort int) error {
 
 // Ports returns the forwards of vmID ("" for all), by host port.
 func (s *Store) Ports(ctx context.Context, vmID string) ([]PortForward, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT host_port, vm_id, guest_port, kind FROM port_forwards WHERE ? = '' OR vm_id = ? ORDER BY host_port", vmID, vmID)
+	rows, err := s.db.QueryContext(ctx, "SELECT host_port, vm_id, guest_port, kind, host_ip FROM port_forwards WHERE ? = '' OR vm_id = ? ORDER BY host_port", vmID, vmID)
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +241,7 @@ func (s *Store) Ports(ctx context.Context, vmID string) ([]PortForward, error) {
 	var out []PortForward
 	for rows.Next() {
 		var p PortForward
-		if err := rows.Scan(&p.HostPort, &p.VMID, &p.GuestPort, &p.Kind); err != nil {
+		if err := rows.Scan(&p.HostPort, &p.VMID, &p.GuestPort, &p.Kind, &p.HostIP); err != nil {
 			return nil, err
 		}
 		out = append(out, p)

@@ -141,6 +141,8 @@ var migrations = []string{
 	UPDATE vms SET op = 'deleting', error = '' WHERE error = 'delete in progress';`,
 	// 4: a snapshot's description (the SDK's JSON: files, checksums, config).
 	`ALTER TABLE snapshots ADD COLUMN meta TEXT NOT NULL DEFAULT '';`,
+	// 5: the host address a port forward answers on ('' = 127.0.0.1).
+	`ALTER TABLE port_forwards ADD COLUMN host_ip TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -47,7 +47,7 @@
 // The forwarder must outlive the CLI command that started a VM, so it runs
 // in a small supervisor process, one per host (per state directory), that
 // serves the gateways of all VMs. Serve is that process's body; the CLI runs
-// it as a hidden subcommand (e.g. `smolvm __dns-forwarder --dir DIR`).
+// it as the hidden subcommand `smolvm _dns-forwarder --dir DIR`.
 //
 // The state directory (DIR, e.g. <data dir>/dnsfwd, mode 0700) holds:
 //
@@ -61,8 +61,9 @@
 // inotify (and rescans every RescanInterval), serving each VM file's
 // gateway with its policy; a changed file (a new policy) is applied at
 // once. Deleting a VM removes its file (RemoveVM). When vms/ has been empty
-// for Config.IdleExit the supervisor exits; before it does, it releases
-// the lock and looks at vms/ once more, so a VM file written by a CLI that
+// for ServeConfig.IdleExit (or at once when ServeConfig.Wake fires; the
+// CLI's supervisor wakes on SIGUSR1) the supervisor exits; before it does,
+// it releases the lock and looks at vms/ once more, so a VM file written by a CLI that
 // saw the lock still held is never left without a forwarder (the CLI
 // writes before it checks the lock, so the supervisor's last look sees the
 // file, takes the lock again and goes on serving; if another supervisor
@@ -125,6 +126,10 @@ type Config struct {
 	Upstreams []string
 	// ResolvConf is read when Upstreams is empty; default /etc/resolv.conf.
 	ResolvConf string
+	// UpstreamsOptional lets New succeed when ResolvConf is missing or
+	// lists no nameserver: VMs with their own VM.Upstreams are served,
+	// the others are answered SERVFAIL.
+	UpstreamsOptional bool
 	// Port is the port served on each gateway; default 53.
 	Port uint16
 	// TTLFloor is the least time an address stays in a set; default 30s.
@@ -151,13 +156,15 @@ func (c *Config) defaults() error {
 	}
 	if len(c.Upstreams) == 0 {
 		cc, err := dns.ClientConfigFromFile(c.ResolvConf)
-		if err != nil {
+		if err != nil && !c.UpstreamsOptional {
 			return fmt.Errorf("dnsfwd: read upstream resolvers: %w", err)
 		}
-		for _, s := range cc.Servers {
-			c.Upstreams = append(c.Upstreams, net.JoinHostPort(s, cc.Port))
+		if err == nil {
+			for _, s := range cc.Servers {
+				c.Upstreams = append(c.Upstreams, net.JoinHostPort(s, cc.Port))
+			}
 		}
-		if len(c.Upstreams) == 0 {
+		if len(c.Upstreams) == 0 && !c.UpstreamsOptional {
 			return fmt.Errorf("dnsfwd: %s lists no nameserver", c.ResolvConf)
 		}
 	}
@@ -199,6 +206,25 @@ type VM struct {
 	GuestIP netip.Addr     // GuestIP is the source of the VM's queries.
 	Gateway netip.Addr     // Gateway is the address served for it.
 	Policy  network.Policy // Policy decides which names resolve.
+	// Upstreams, if not empty, are the resolvers ("ip:port") asked for
+	// this VM instead of Config.Upstreams.
+	Upstreams []string
+}
+
+// maxVMUpstreams bounds VM.Upstreams.
+const maxVMUpstreams = 3
+
+// checkUpstreams reports the first upstream that is not ip:port.
+func checkUpstreams(ups []string) error {
+	if len(ups) > maxVMUpstreams {
+		return fmt.Errorf("at most %d upstreams", maxVMUpstreams)
+	}
+	for _, u := range ups {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			return fmt.Errorf("upstream %q: must be ip:port: %w", u, err)
+		}
+	}
+	return nil
 }
 
 type vmState struct {
@@ -243,6 +269,9 @@ func (f *Forwarder) SetVM(vm VM) error {
 		return fmt.Errorf("dnsfwd: vm %q: needs an id and IPv4 guest and gateway addresses", vm.ID)
 	}
 	if err := vm.Policy.Validate(); err != nil {
+		return fmt.Errorf("dnsfwd: vm %s: %w", vm.ID, err)
+	}
+	if err := checkUpstreams(vm.Upstreams); err != nil {
 		return fmt.Errorf("dnsfwd: vm %s: %w", vm.ID, err)
 	}
 	f.mu.Lock()

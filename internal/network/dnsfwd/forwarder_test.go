@@ -143,22 +143,31 @@ func newTestWorld(t *testing.T) *world {
 // query asks the guest's resolver (its gateway) for name's A record.
 func (w *world) query(t *testing.T, name string) (rcode int, addrs []string) {
 	t.Helper()
+	rcode, addrs, err := w.tryQuery(name)
+	if err != nil {
+		t.Fatalf("query %s: %v", name, err)
+	}
+	return rcode, addrs
+}
+
+// tryQuery is query that returns its error (e.g. nothing listens yet).
+func (w *world) tryQuery(name string) (rcode int, addrs []string, err error) {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
 	var resp *dns.Msg
-	err := netnstest.Do(w.guest.ns, func() (err error) {
+	err = netnstest.Do(w.guest.ns, func() (err error) {
 		resp, _, err = (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, "172.16.0.1:53")
 		return err
 	})
 	if err != nil {
-		t.Fatalf("query %s: %v", name, err)
+		return 0, nil, err
 	}
 	for _, rr := range resp.Answer {
 		if a, ok := rr.(*dns.A); ok {
 			addrs = append(addrs, a.A.String())
 		}
 	}
-	return resp.Rcode, addrs
+	return resp.Rcode, addrs, nil
 }
 
 func (w *world) mustResolve(t *testing.T, name, want string) {
@@ -402,7 +411,11 @@ func TestSupervisor(t *testing.T) {
 		t.Errorf("second EnsureRunning started another supervisor (%d, was %d)", pid2, pid)
 	}
 
-	waitFor(t, "the supervisor answers", func() bool { rc, _ := w.query(t, "www.example.test"); return rc == dns.RcodeSuccess })
+	// Running means the lock is held; the listeners follow within moments.
+	waitFor(t, "the supervisor answers", func() bool {
+		rc, _, err := w.tryQuery("www.example.test")
+		return err == nil && rc == dns.RcodeSuccess
+	})
 
 	vm.Policy = policy(t, false, []string{"api.example.test"}, nil)
 	if err := network.SetPolicy(t.Context(), w.lease, vm.Policy); err != nil {

@@ -44,14 +44,22 @@ func (f *Forwarder) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	q := r.Question[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 2*f.cfg.UpstreamTimeout*time.Duration(len(f.cfg.Upstreams)))
+	ups := vm.Upstreams
+	if len(ups) == 0 {
+		ups = f.cfg.Upstreams
+	}
+	if len(ups) == 0 {
+		reply(w, r, dns.RcodeServerFailure, nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*f.cfg.UpstreamTimeout*time.Duration(len(ups)))
 	defer cancel()
 
 	deny, allow := vm.Policy.NameVerdict(q.Name)
 	switch {
 	case deny:
 		if q.Qtype == dns.TypeA {
-			if ans, err := f.resolve(ctx, q); err == nil {
+			if ans, err := f.resolve(ctx, ups, q); err == nil {
 				f.addAddrs(ctx, vm, ans, true)
 			}
 		}
@@ -61,7 +69,7 @@ func (f *Forwarder) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		reply(w, r, dns.RcodeRefused, nil)
 		return
 	}
-	ans, err := f.resolve(ctx, q)
+	ans, err := f.resolve(ctx, ups, q)
 	if err != nil {
 		f.cfg.Log.Debug("dnsfwd: upstream", "vm", vm.ID, "name", q.Name, "err", err)
 		reply(w, r, dns.RcodeServerFailure, nil)
@@ -150,8 +158,8 @@ func addrOf(a net.Addr) netip.Addr {
 }
 
 // resolve answers q from the cache or the upstream resolvers.
-func (f *Forwarder) resolve(ctx context.Context, q dns.Question) (*answer, error) {
-	key := cacheKey{name: strings.ToLower(q.Name), qtype: q.Qtype}
+func (f *Forwarder) resolve(ctx context.Context, ups []string, q dns.Question) (*answer, error) {
+	key := cacheKey{name: strings.ToLower(q.Name), qtype: q.Qtype, upstreams: strings.Join(ups, ",")}
 	if a := f.cache.get(key, time.Now()); a != nil {
 		return a, nil
 	}
@@ -160,7 +168,7 @@ func (f *Forwarder) resolve(ctx context.Context, q dns.Question) (*answer, error
 	m.RecursionDesired = true
 	m.SetEdns0(MaxQuerySize, false)
 	var lastErr error
-	for _, up := range f.cfg.Upstreams {
+	for _, up := range ups {
 		resp, err := f.exchange(ctx, m, up)
 		if err != nil {
 			lastErr = err
@@ -254,8 +262,9 @@ func (a *answer) nsRRs(now time.Time) []dns.RR     { return a.age(a.ns, now) }
 func (a *answer) rrs(now time.Time) []dns.RR       { return a.answerRRs(now) }
 
 type cacheKey struct {
-	name  string
-	qtype uint16
+	name      string
+	qtype     uint16
+	upstreams string // the resolvers asked, so VMs with their own do not share answers
 }
 
 // cache holds at most max answers until they expire.

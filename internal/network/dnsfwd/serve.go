@@ -42,6 +42,10 @@ type ServeConfig struct {
 	Forwarder Config
 	// IdleExit is how long Serve keeps running with no VM; default 10s.
 	IdleExit time.Duration
+	// Wake, if not nil, makes Serve look at once whether it is idle (as
+	// if IdleExit had passed): the last VM's owner sends on it after
+	// removing the VM's file, so the supervisor exits without lingering.
+	Wake <-chan struct{}
 }
 
 // VMFile is the JSON form of a VM in DIR/vms/ID.json.
@@ -52,6 +56,8 @@ type VMFile struct {
 	Internet bool     `json:"internet"`
 	AllowOut []string `json:"allow_out,omitempty"`
 	DenyOut  []string `json:"deny_out,omitempty"`
+	// Upstreams are the VM's own resolvers (VM.Upstreams), as ip:port.
+	Upstreams []string `json:"upstreams,omitempty"`
 }
 
 // vm parses v.
@@ -68,12 +74,15 @@ func (v VMFile) vm() (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return VM{ID: v.ID, GuestIP: g, Gateway: gw, Policy: p}, nil
+	if err := checkUpstreams(v.Upstreams); err != nil {
+		return VM{}, err
+	}
+	return VM{ID: v.ID, GuestIP: g, Gateway: gw, Policy: p, Upstreams: v.Upstreams}, nil
 }
 
 // FileOf returns the VMFile of vm.
 func FileOf(vm VM) VMFile {
-	f := VMFile{ID: vm.ID, GuestIP: vm.GuestIP.String(), Gateway: vm.Gateway.String(), Internet: vm.Policy.Internet}
+	f := VMFile{ID: vm.ID, GuestIP: vm.GuestIP.String(), Gateway: vm.Gateway.String(), Internet: vm.Policy.Internet, Upstreams: vm.Upstreams}
 	for _, r := range vm.Policy.AllowOut {
 		f.AllowOut = append(f.AllowOut, r.String())
 	}
@@ -221,8 +230,14 @@ func lockDir(dir string) (*os.File, error) {
 func Running(dir string) (pid int, running bool, err error) {
 	f, err := lockDir(dir)
 	if errors.Is(err, ErrRunning) {
-		b, _ := readBounded(filepath.Join(dir, "pid"), 32)
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		// The supervisor writes its pid just after taking the lock.
+		for i := 0; i < 20 && pid == 0; i++ {
+			if i > 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			b, _ := readBounded(filepath.Join(dir, "pid"), 32)
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
 		return pid, true, nil
 	}
 	if err != nil {
@@ -304,10 +319,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	idleSince := time.Now()
 	tick := time.NewTicker(RescanInterval)
 	defer tick.Stop()
+	woken := false
 	for {
 		if s.sync() > 0 {
 			idleSince = time.Now()
-		} else if time.Since(idleSince) >= cfg.IdleExit {
+		} else if woken || time.Since(idleSince) >= cfg.IdleExit {
 			// Release the lock, then look once more (see the package comment).
 			os.Remove(pidPath)
 			lk.Close()
@@ -325,10 +341,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			continue
 		}
 		wait := min(RescanInterval, max(cfg.IdleExit-time.Since(idleSince), 10*time.Millisecond))
+		woken = false
 		select {
 		case <-ctx.Done():
 			os.Remove(pidPath)
 			return ctx.Err()
+		case <-cfg.Wake:
+			woken = true
 		case <-events:
 		case <-tick.C:
 		case <-time.After(wait):
