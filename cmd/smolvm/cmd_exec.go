@@ -44,6 +44,16 @@ func onVM(c *cobra.Command, g *globals, id string, fn func(vm *smolvm.VM) error)
 	return fn(vm)
 }
 
+// onHandle is onVM for commands that also work against a remote server.
+func onHandle(c *cobra.Command, g *globals, id string, fn func(vm vmHandle) error) error {
+	vm, err := g.vm(c.Context(), id)
+	if err != nil {
+		return err
+	}
+	defer vm.Release()
+	return fn(vm)
+}
+
 func newExecCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
 	var env []string
@@ -64,7 +74,7 @@ stdout and stderr streamed separately. The command's exit code becomes smolvm's 
 			if err != nil {
 				return err
 			}
-			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+			return onHandle(c, g, a[0], func(vm vmHandle) error {
 				eo := smolvm.ExecOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user, Timeout: timeout,
 					Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr()}
 				if interactive {
@@ -94,7 +104,7 @@ func newFileCmd(g *globals) *cobra.Command {
 		Example: "  smolvm file upload web ./script.py /root/script.py",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+			return onHandle(c, g, a[0], func(vm vmHandle) error {
 				return vm.UploadFile(c.Context(), a[1], a[2])
 			})
 		},
@@ -104,7 +114,7 @@ func newFileCmd(g *globals) *cobra.Command {
 		Example: "  smolvm file download web /root/out.txt ./out.txt",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+			return onHandle(c, g, a[0], func(vm vmHandle) error {
 				return vm.DownloadFile(c.Context(), a[1], a[2])
 			})
 		},

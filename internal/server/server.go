@@ -332,7 +332,7 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 		case errors.As(err, &mbe):
 			return apierr.New(apierr.TooLarge, "request body larger than %d bytes", mbe.Limit)
 		case errors.As(err, &ute):
-			return apierr.New(apierr.BadRequest, "field %q: got JSON %s, want %s", ute.Field, ute.Value, ute.Type)
+			return apierr.New(apierr.BadRequest, "field %q: got JSON %s, want %s", strings.TrimPrefix(ute.Field, "VMConfig."), ute.Value, ute.Type)
 		case errors.As(err, &se):
 			return apierr.New(apierr.BadRequest, "malformed JSON at byte %d: %v", se.Offset, err)
 		case errors.Is(err, io.EOF):
