@@ -58,21 +58,36 @@ func newExecCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
 	var env []string
 	var dir, user string
-	var interactive bool
+	var interactive, tty, detached bool
+	var tag string
 	c := &cobra.Command{
 		Use:   "exec ID [flags] -- COMMAND [ARG...]",
 		Short: "Run a command in a running VM",
 		Long: `Run COMMAND in the VM through its agent (sh -lc, so the VM's env vars apply), with
 stdout and stderr streamed separately. The command's exit code becomes smolvm's exit code.
--i forwards smolvm's standard input to the command.`,
+-i forwards smolvm's standard input to the command. -t runs it on a pseudo-terminal (stdout
+and stderr merged; input forwarded when stdin is a terminal). --detach starts it in the
+background, prints its pid and returns: see ps, attach, kill.`,
 		Example: `  smolvm exec web -- uname -a
   echo hi | smolvm exec -i web -- cat
-  smolvm exec web --timeout 5s -- 'sleep 10'`,
+  smolvm exec web --timeout 5s -- 'sleep 10'
+  smolvm exec -t web -- top
+  smolvm exec --detach --tag server web -- httpd -f -p 8080`,
 		Args: args(cobra.MinimumNArgs(2)),
 		RunE: func(c *cobra.Command, a []string) error {
 			envm, err := parseEnv(env)
 			if err != nil {
 				return err
+			}
+			if detached || tty {
+				return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+					if detached {
+						return detach(c, g, vm, smolvm.ProcessOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user,
+							Timeout: timeout, Tag: tag, Stdin: interactive, Pty: tty})
+					}
+					st, err := runTerminal(c, vm, smolvm.TerminalOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user}, interactive)
+					return exitOf(c, st, err)
+				})
 			}
 			return onHandle(c, g, a[0], func(vm vmHandle) error {
 				eo := smolvm.ExecOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user, Timeout: timeout,
@@ -90,32 +105,47 @@ stdout and stderr streamed separately. The command's exit code becomes smolvm's 
 	c.Flags().StringVarP(&dir, "workdir", "w", "", "working directory in the guest")
 	c.Flags().StringVarP(&user, "user", "u", "", "user name or uid in the guest (default root)")
 	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward standard input to the command")
+	c.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a pseudo-terminal")
+	c.Flags().BoolVarP(&detached, "detach", "d", false, "start the command in the background and print its pid")
+	c.Flags().StringVar(&tag, "tag", "", "label shown by ps (with --detach)")
+	c.Flags().BoolVar(&g.jsonOut, "json", false, `with --detach, print {"pid": N}`)
 	return c
 }
 
 func newFileCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "file",
-		Short: "Copy files into and out of a running VM",
+		Short: "Copy files and directories into and out of a running VM, and manage its files",
 	}
+	c.AddCommand(newFileFsCmds(g)...)
 	c.AddCommand(&cobra.Command{
 		Use:     "upload ID LOCAL GUEST",
-		Short:   "Copy a host file into the guest (mode kept, parents created, replaced atomically)",
+		Short:   "Copy a host file or directory into the guest (modes, links and mtimes kept; parents created)",
 		Example: "  smolvm file upload web ./script.py /root/script.py",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return onHandle(c, g, a[0], func(vm vmHandle) error {
-				return vm.UploadFile(c.Context(), a[1], a[2])
+			if g.remoteURL() != "" { // a server takes single files
+				return onHandle(c, g, a[0], func(vm vmHandle) error {
+					return vm.UploadFile(c.Context(), a[1], a[2])
+				})
+			}
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				return uploadPath(c, g, vm, a[1], a[2])
 			})
 		},
 	}, &cobra.Command{
 		Use:     "download ID GUEST LOCAL",
-		Short:   "Copy a guest file to the host (mode kept)",
+		Short:   "Copy a guest file or directory to the host (modes, links and mtimes kept; nothing may escape LOCAL)",
 		Example: "  smolvm file download web /root/out.txt ./out.txt",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return onHandle(c, g, a[0], func(vm vmHandle) error {
-				return vm.DownloadFile(c.Context(), a[1], a[2])
+			if g.remoteURL() != "" { // a server gives single files
+				return onHandle(c, g, a[0], func(vm vmHandle) error {
+					return vm.DownloadFile(c.Context(), a[1], a[2])
+				})
+			}
+			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+				return downloadPath(c, g, vm, a[1], a[2])
 			})
 		},
 	})

@@ -125,6 +125,6 @@ addresses). Forwarded ports are the only way into a VM.`,
 			})
 		},
 	}
-	c.AddCommand(expose, list, closeCmd)
+	c.AddCommand(expose, list, closeCmd, newPortWaitCmd(g))
 	return c
 }

@@ -155,6 +155,7 @@ else $XDG_STATE_HOME/smolvm).
 		newLogsCmd(g),
 		newExecCmd(g),
 		newFileCmd(g),
+		newShellCmd(g), newPsCmd(g), newAttachCmd(g), newKillCmd(g),
 		newEnvCmd(g),
 		newImageCmd(g),
 		newSSHCmd(g),
