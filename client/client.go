@@ -5,11 +5,9 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -378,44 +376,7 @@ func (vm *VM) Exec(ctx context.Context, eo smolvm.ExecOptions) (smolvm.ExitStatu
 		return smolvm.ExitStatus{}, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var ev execEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return smolvm.ExitStatus{}, fmt.Errorf("exec: bad event from the server: %w", err)
-		}
-		switch ev.Type {
-		case "stdout", "stderr":
-			w := eo.Stdout
-			if ev.Type == "stderr" {
-				w = eo.Stderr
-			}
-			if w != nil {
-				if _, err := io.WriteString(w, ev.Data); err != nil {
-					return smolvm.ExitStatus{}, err
-				}
-			}
-		case "exit":
-			st := smolvm.ExitStatus{Signal: ev.Signal, TimedOut: ev.TimedOut}
-			if ev.ExitCode != nil {
-				st.ExitCode = *ev.ExitCode
-			}
-			if st.TimedOut {
-				return st, fmt.Errorf("exec %s: command killed after %v: %w", vm.id, eo.Timeout, smolvm.ErrTimeout)
-			}
-			return st, nil
-		case "error":
-			if ev.Error == nil {
-				return smolvm.ExitStatus{}, errors.New("exec: error event without an error")
-			}
-			return smolvm.ExitStatus{}, &Error{Status: http.StatusOK, Kind: ev.Error.Kind, Message: ev.Error.Message}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return smolvm.ExitStatus{}, fmt.Errorf("exec %s: stream broken: %w: %w", vm.id, err, smolvm.ErrCommandUnavailable)
-	}
-	return smolvm.ExitStatus{}, fmt.Errorf("exec %s: stream ended without an exit event: %w", vm.id, smolvm.ErrCommandUnavailable)
+	return readEvents(resp.Body, eo.Stdout, eo.Stderr, "exec "+vm.id)
 }
 
 // Run runs a shell command and collects its output, like smolvm.VM.Run.

@@ -150,6 +150,12 @@ func TestAuthAndBadInput(t *testing.T) {
 		{"no path", call{method: "GET", path: "/v1/sandboxes/vm-00000000/files", skipReqCheck: true}, 422, "invalid_config", "path"},
 		{"bad mode", call{method: "PUT", path: "/v1/sandboxes/vm-00000000/files?path=/tmp/x&mode=rwx", raw: []byte("x"), ctype: "application/octet-stream"}, 422, "invalid_config", "mode"},
 		{"bad timeout body", call{method: "POST", path: "/v1/sandboxes/vm-00000000/timeout", body: map[string]any{"timeout_seconds": "soon"}, skipReqCheck: true}, 400, "bad_request", ""},
+		{"bad pid", call{method: "POST", path: "/v1/sandboxes/vm-00000000/processes/abc/signal", body: map[string]any{}}, 422, "invalid_config", "pid"},
+		{"process unknown field", call{method: "POST", path: "/v1/sandboxes/vm-00000000/processes", body: map[string]any{"cmd": "x", "shell": "y"}}, 400, "bad_request", "shell"},
+		{"fs traversal", call{method: "GET", path: "/v1/sandboxes/vm-00000000/fs/stat?path=/a/../../etc"}, 422, "invalid_config", "path"},
+		{"fs mkdir relative", call{method: "POST", path: "/v1/sandboxes/vm-00000000/fs/mkdir", body: map[string]any{"path": "a/b"}}, 422, "invalid_config", "path"},
+		{"fs move traversal", call{method: "POST", path: "/v1/sandboxes/vm-00000000/fs/move", body: map[string]any{"from": "/a", "to": "/b/../c"}}, 422, "invalid_config", "to"},
+		{"pty without upgrade", call{method: "GET", path: "/v1/sandboxes/vm-00000000/pty"}, 400, "bad_request", "WebSocket"},
 		{"bad guest port", call{method: "POST", path: "/v1/sandboxes/vm-00000000/ports", body: map[string]any{"guest_port": 0}, skipReqCheck: true}, 422, "invalid_config", "guest_port"},
 	} {
 		c.c.key = testKey

@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/smolvm-go/smolvm"
 	"github.com/smolvm-go/smolvm/client"
 	"github.com/smolvm-go/smolvm/internal/vmtest"
@@ -334,6 +336,134 @@ func TestSandboxes(t *testing.T) {
 		if res := do(t, u, call{method: "DELETE", path: fmt.Sprintf("%s/ports/%d", sp, p.HostPort), key: testKey}); res.status != 204 {
 			t.Errorf("close: %d %s", res.status, res.body)
 		}
+	})
+
+	t.Run("background processes", func(t *testing.T) {
+		var started struct{ Pid int }
+		res := do(t, u, call{method: "POST", path: sp + "/processes", key: testKey, body: map[string]any{"cmd": "echo begun; read line; echo got $line; exit 4", "stdin": true, "tag": "reader"}})
+		if res.status != 201 {
+			t.Fatalf("start: %d %s", res.status, res.body)
+		}
+		res.decode(t, &started)
+		pp := fmt.Sprintf("%s/processes/%d", sp, started.Pid)
+		var ps []smolvm.ProcessInfo
+		do(t, u, call{method: "GET", path: sp + "/processes", key: testKey}).decode(t, &ps)
+		if len(ps) != 1 || ps[0].Tag != "reader" || !ps[0].Running {
+			t.Errorf("processes: %+v", ps)
+		}
+		if res := do(t, u, call{method: "POST", path: pp + "/stdin", key: testKey, body: map[string]any{"data": "hello\n", "close": true}}); res.status != 204 {
+			t.Fatalf("stdin: %d %s", res.status, res.body)
+		}
+		res = do(t, u, call{method: "GET", path: pp + "/attach", key: testKey})
+		if res.status != 200 || !strings.Contains(string(res.body), "begun") || !strings.Contains(string(res.body), "got hello") || !strings.Contains(string(res.body), `"exit_code":4`) {
+			t.Errorf("attach: %d %s", res.status, res.body)
+		}
+		var st smolvm.ExitStatus
+		do(t, u, call{method: "POST", path: pp + "/wait", key: testKey}).decode(t, &st)
+		if st.ExitCode != 4 {
+			t.Errorf("wait: %+v", st)
+		}
+		// A long one, signalled.
+		do(t, u, call{method: "POST", path: sp + "/processes", key: testKey, body: map[string]any{"argv": []string{"sleep", "300"}}}).decode(t, &started)
+		pp = fmt.Sprintf("%s/processes/%d", sp, started.Pid)
+		if res := do(t, u, call{method: "POST", path: pp + "/signal", key: testKey, body: map[string]any{"signal": "KILL"}}); res.status != 204 {
+			t.Errorf("signal: %d %s", res.status, res.body)
+		}
+		do(t, u, call{method: "POST", path: pp + "/wait", key: testKey}).decode(t, &st)
+		if st.ExitCode != 137 {
+			t.Errorf("killed: %+v", st)
+		}
+		if res := do(t, u, call{method: "GET", path: sp + "/processes/99999/attach", key: testKey}); res.status != 404 {
+			t.Errorf("attach to an unknown pid: %d %s", res.status, res.body)
+		}
+	})
+
+	t.Run("terminal over WebSocket", func(t *testing.T) {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		hdr := http.Header{"Authorization": {"Bearer " + testKey}}
+		if _, resp, err := websocket.Dial(wctx, "ws"+strings.TrimPrefix(u, "http")+sp+"/pty", &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + otherKey}}}); err == nil || resp == nil || resp.StatusCode != 404 {
+			t.Errorf("another key's terminal: %v", err)
+		}
+		c, _, err := websocket.Dial(wctx, "ws"+strings.TrimPrefix(u, "http")+sp+"/pty?cmd=sh&rows=30&cols=100", &websocket.DialOptions{HTTPHeader: hdr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		c.Write(wctx, websocket.MessageText, []byte(`{"type":"resize","rows":40,"cols":120}`))
+		c.Write(wctx, websocket.MessageBinary, []byte("stty size; echo mark$((6*7)); exit 3\n"))
+		var out strings.Builder
+		for {
+			typ, data, err := c.Read(wctx)
+			if err != nil {
+				t.Fatalf("read: %v (output %q)", err, out.String())
+			}
+			if typ == websocket.MessageBinary {
+				out.Write(data)
+				continue
+			}
+			var m PtyControl
+			json.Unmarshal(data, &m)
+			if m.Type != "exit" || m.ExitCode == nil || *m.ExitCode != 3 {
+				t.Errorf("end: %s", data)
+			}
+			break
+		}
+		if !strings.Contains(out.String(), "mark42") || !strings.Contains(out.String(), "40 120") {
+			t.Errorf("terminal output %q", out.String())
+		}
+	})
+
+	t.Run("filesystem calls", func(t *testing.T) {
+		for _, c := range []call{
+			{method: "POST", path: sp + "/fs/mkdir", body: map[string]any{"path": "/root/d/e", "mode": "0700"}},
+			{method: "PUT", path: sp + "/files?path=/root/d/e/f.txt", raw: []byte("12345"), ctype: "application/octet-stream"},
+			{method: "POST", path: sp + "/fs/move", body: map[string]any{"from": "/root/d/e/f.txt", "to": "/root/d/g.txt"}},
+		} {
+			c.key = testKey
+			if res := do(t, u, c); res.status != 204 {
+				t.Fatalf("%s %s: %d %s", c.method, c.path, res.status, res.body)
+			}
+		}
+		var fi smolvm.FileInfo
+		do(t, u, call{method: "GET", path: sp + "/fs/stat?path=/root/d/g.txt", key: testKey}).decode(t, &fi)
+		if fi.Size != 5 || fi.Type != "file" || fi.Name != "g.txt" {
+			t.Errorf("stat: %+v", fi)
+		}
+		var l []smolvm.FileInfo
+		do(t, u, call{method: "GET", path: sp + "/fs/list?path=/root/d&depth=2", key: testKey}).decode(t, &l)
+		if len(l) != 2 {
+			t.Errorf("list: %+v", l)
+		}
+		if res := do(t, u, call{method: "POST", path: sp + "/fs/remove", key: testKey, body: map[string]any{"path": "/root/d"}}); res.status == 204 {
+			t.Error("non-recursive remove of a full directory succeeded")
+		}
+		if res := do(t, u, call{method: "POST", path: sp + "/fs/remove", key: testKey, body: map[string]any{"path": "/root/d", "recursive": true}}); res.status != 204 {
+			t.Errorf("remove: %d %s", res.status, res.body)
+		}
+		if res := do(t, u, call{method: "GET", path: sp + "/fs/stat?path=/root/d", key: testKey}); res.status != 404 {
+			t.Errorf("stat after remove: %d", res.status)
+		}
+		// watch: a change made after the stream began arrives on it.
+		req, _ := http.NewRequest("GET", u+sp+"/fs/watch?path=/tmp", nil)
+		req.Header.Set("X-API-Key", testKey)
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		resp, err := http.DefaultClient.Do(req.WithContext(wctx))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("watch: %v %v", resp, err)
+		}
+		defer resp.Body.Close()
+		do(t, u, call{method: "PUT", path: sp + "/files?path=/tmp/watched", key: testKey, raw: []byte("x"), ctype: "application/octet-stream"})
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			var ev smolvm.FsEvent
+			json.Unmarshal(sc.Bytes(), &ev)
+			if ev.Path == "/tmp/watched" {
+				return
+			}
+		}
+		t.Errorf("no event for /tmp/watched: %v", sc.Err())
 	})
 
 	t.Run("pause resume stop start", func(t *testing.T) {
