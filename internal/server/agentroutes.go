@@ -356,10 +356,14 @@ func (s *Server) pty(w http.ResponseWriter, r *http.Request, key string) error {
 			switch m.Type {
 			case "resize":
 				if m.Rows > 0 && m.Cols > 0 {
-					term.Resize(ctx, m.Rows, m.Cols)
+					if err := term.Resize(ctx, m.Rows, m.Cols); err != nil {
+						s.log.Warn("pty resize", "sandbox", vm.ID(), "error", err.Error())
+					}
 				}
 			case "signal":
-				term.Signal(ctx, m.Signal)
+				if err := term.Signal(ctx, m.Signal); err != nil {
+					s.log.Warn("pty signal", "sandbox", vm.ID(), "error", err.Error())
+				}
 			}
 		}
 	}()
