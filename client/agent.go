@@ -54,7 +54,9 @@ func (vm *VM) Processes(ctx context.Context) ([]smolvm.ProcessInfo, error) {
 	return out, err
 }
 
-func (vm *VM) pidPath(pid int, op string) string { return vm.path("/processes/" + strconv.Itoa(pid) + "/" + op) }
+func (vm *VM) pidPath(pid int, op string) string {
+	return vm.path("/processes/" + strconv.Itoa(pid) + "/" + op)
+}
 
 // Signal signals a background process's group ("TERM", "KILL", "9", ...).
 func (vm *VM) Signal(ctx context.Context, pid int, sig string) error {
