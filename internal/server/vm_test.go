@@ -640,6 +640,13 @@ func TestSandboxes(t *testing.T) {
 				t.Errorf("%s: %d %s %s", op, code, out, e)
 			}
 		}
+		if out, e, code := cli("run", "--image", "minimal", "--memory", "256", "--vcpus", "1", "--", "echo ran; exit 9"); code != 9 || out != "ran\n" {
+			t.Errorf("run: %d %q %s", code, out, e)
+		}
+		out, _, _ = cli("list", "--json")
+		if err := json.Unmarshal([]byte(out), &l); err != nil || len(l) != 2 {
+			t.Errorf("run left a sandbox behind: %s %v", out, err)
+		}
 		if _, _, code := cli("info", "vm-00000000"); code != 3 {
 			t.Errorf("info of an unknown id: exit %d, want 3", code)
 		}
