@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -45,6 +46,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, o ServeOptions) err
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	if (o.TLSCert == "") != (o.TLSKey == "") {
 		return errors.New("give both --tls-cert and --tls-key, or neither")

@@ -163,3 +163,39 @@ func TestLimitPerKey(t *testing.T) {
 		}
 	}
 }
+
+// TestTimeoutSave: on_timeout "save" keeps the sandbox (stopped, disk kept)
+// and clears its timeout instead of deleting it.
+func TestTimeoutSave(t *testing.T) {
+	vmtest.Require(t)
+	vmtest.Setup(t)
+	ts := newTestServer(t, t.TempDir(), Options{StaticKeys: []string{testKey}, ReapInterval: 100 * time.Millisecond})
+	defer ts.close()
+	u := ts.URL()
+	var sb Sandbox
+	res := do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: sandboxBody(map[string]any{"start": false, "timeout_seconds": 1, "on_timeout": "save"})})
+	if res.status != 201 {
+		t.Fatalf("create: %d %s", res.status, res.body)
+	}
+	res.decode(t, &sb)
+	if sb.OnTimeout != "save" || sb.ExpiresAt == nil {
+		t.Fatalf("created: %+v", sb)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got Sandbox
+		res := do(t, u, call{method: "GET", path: "/v1/sandboxes/" + sb.VMID, key: testKey})
+		if res.status != 200 {
+			t.Fatalf("saved sandbox: %d %s", res.status, res.body)
+		}
+		res.decode(t, &got)
+		if got.ExpiresAt == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("timeout never handled")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	do(t, u, call{method: "DELETE", path: "/v1/sandboxes/" + sb.VMID, key: testKey})
+}
