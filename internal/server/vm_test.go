@@ -498,6 +498,26 @@ func TestSandboxes(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics", func(t *testing.T) {
+		res := do(t, u, call{method: "GET", path: "/metrics", key: testKey})
+		body := string(res.body)
+		for _, want := range []string{
+			`smolvm_sandboxes{state="running"} 1`,
+			`smolvm_sandbox_create_duration_seconds_count 1`,
+			`smolvm_sandbox_start_duration_seconds_count 2`,
+			`smolvm_exec_duration_seconds_count`,
+			`smolvm_agent_errors_total`,
+			`smolvm_bytes_transferred_total{direction="upload"} 1.04857`,
+			`smolvm_bytes_transferred_total{direction="download"} 1.04857`,
+			`smolvm_api_requests_total{code="404",route="GET /v1/sandboxes/{id}"}`,
+			`smolvm_api_requests_total{code="201",route="POST /v1/sandboxes"} 1`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
+
 	t.Run("Go client", func(t *testing.T) {
 		c, err := client.New(u, testKey)
 		if err != nil {
