@@ -165,13 +165,14 @@ func active(st smolvm.VMState) bool {
 }
 
 // checkLimit fails when key already has MaxRunningPerKey active sandboxes
-// (other than except).
+// (other than except), counting creates under way.
 func (s *Server) checkLimit(ctx context.Context, key, except string) error {
 	sbs, err := s.st.Sandboxes(ctx, key)
 	if err != nil {
 		return err
 	}
-	if len(sbs) < s.o.MaxRunningPerKey {
+	pending := s.pending[key] // creates under way; createMu is held by create's caller
+	if len(sbs)+pending < s.o.MaxRunningPerKey {
 		return nil
 	}
 	infos, err := s.h.List(ctx, smolvm.ListOptions{})
@@ -182,7 +183,7 @@ func (s *Server) checkLimit(ctx context.Context, key, except string) error {
 	for _, sb := range sbs {
 		owned[sb.VMID] = true
 	}
-	n := 0
+	n := pending
 	for _, inf := range infos {
 		if owned[inf.VMID] && inf.VMID != except && active(inf.Status) {
 			n++
@@ -203,13 +204,30 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 		return err
 	}
 	ctx := r.Context()
+	// The limit check reserves a slot, so creates of one key (which may
+	// build an image first) run in parallel without passing the limit.
 	s.createMu.Lock()
 	err := s.checkLimit(ctx, key, "")
-	var vm *smolvm.VM
 	if err == nil {
-		start := time.Now()
-		vm, err = s.h.Create(ctx, req.VMConfig, smolvm.WithProgress(func(string, int64, int64) {}))
-		s.metrics.createDur.Observe(time.Since(start).Seconds())
+		s.pending[key]++
+	}
+	s.createMu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		s.createMu.Lock()
+		s.pending[key]--
+		if s.pending[key] == 0 {
+			delete(s.pending, key)
+		}
+		s.createMu.Unlock()
+	}()
+	start := time.Now()
+	vm, err := s.h.Create(ctx, req.VMConfig, smolvm.WithProgress(func(string, int64, int64) {}))
+	s.metrics.createDur.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return err
 	}
 	sb := store.Sandbox{VMID: req.VMID, KeyID: key, Metadata: req.Metadata, OnTimeout: req.OnTimeout}
 	if sb.OnTimeout == "" {
@@ -218,14 +236,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 	if req.TimeoutSeconds > 0 {
 		sb.Expires = time.Now().Add(time.Duration(req.TimeoutSeconds) * time.Second)
 	}
-	if err == nil {
-		if err = s.st.AddSandbox(ctx, sb); err != nil {
-			err = errors.Join(err, vm.ForceDelete(context.WithoutCancel(ctx)))
-		}
-	}
-	s.createMu.Unlock()
-	if err != nil {
-		return err
+	if err := s.st.AddSandbox(ctx, sb); err != nil {
+		return errors.Join(err, vm.ForceDelete(context.WithoutCancel(ctx)))
 	}
 	s.mu.Lock()
 	s.vms[vm.ID()] = vm
@@ -392,7 +404,10 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request, key string) error
 	if err != nil {
 		return err
 	}
-	if err := s.checkLimit(r.Context(), key, vm.ID()); err != nil {
+	s.createMu.Lock()
+	err = s.checkLimit(r.Context(), key, vm.ID())
+	s.createMu.Unlock()
+	if err != nil {
 		return err
 	}
 	t := time.Now()

@@ -142,17 +142,33 @@ func TestLimitPerKey(t *testing.T) {
 	ts := newTestServer(t, dir, Options{StaticKeys: []string{testKey, otherKey}, MaxRunningPerKey: 1})
 	defer ts.close()
 	u := ts.URL()
+	// Three at once: exactly one gets the key's only slot.
 	var sb Sandbox
-	res := do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: sandboxBody(map[string]any{"start": false})})
-	if res.status != 201 {
-		t.Fatalf("first: %d %s", res.status, res.body)
+	results := make(chan response, 3)
+	for i := 0; i < 3; i++ {
+		go func() {
+			results <- do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: sandboxBody(map[string]any{"start": false})})
+		}()
 	}
-	res.decode(t, &sb)
+	created := 0
+	for i := 0; i < 3; i++ {
+		res := <-results
+		switch {
+		case res.status == 201:
+			created++
+			res.decode(t, &sb)
+		case res.status != 429 || res.kind() != "limit_exceeded":
+			t.Errorf("concurrent create: %d %s", res.status, res.body)
+		}
+	}
+	if created != 1 {
+		t.Fatalf("%d concurrent creates passed a limit of 1", created)
+	}
 	if res := do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: sandboxBody(map[string]any{"start": false})}); res.status != 429 || res.kind() != "limit_exceeded" {
 		t.Errorf("second: %d %s", res.status, res.body)
 	}
 	var other Sandbox
-	res = do(t, u, call{method: "POST", path: "/v1/sandboxes", key: otherKey, body: sandboxBody(map[string]any{"start": false})})
+	res := do(t, u, call{method: "POST", path: "/v1/sandboxes", key: otherKey, body: sandboxBody(map[string]any{"start": false})})
 	if res.status != 201 {
 		t.Errorf("other key: %d %s", res.status, res.body)
 	}

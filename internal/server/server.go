@@ -77,8 +77,9 @@ type Server struct {
 
 	mu  sync.Mutex
 	vms map[string]*smolvm.VM // handles, shared by requests so they share one agent connection
-	// createMu makes a key's limit check and its create one step.
+	// createMu guards pending and makes a limit check and its reservation one step.
 	createMu sync.Mutex
+	pending  map[string]int // creates under way, by key
 
 	stop chan struct{}
 	done chan struct{}
@@ -109,7 +110,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("server: open state: %w", err)
 	}
 	s := &Server{h: o.Host, st: st, o: o, log: o.Logger, static: map[string][32]byte{}, vms: map[string]*smolvm.VM{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		pending: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	for _, k := range o.StaticKeys {
 		if k = strings.TrimSpace(k); k != "" {
 			sum := sha256.Sum256([]byte(k))
