@@ -92,6 +92,11 @@ type VMConfig struct {
 	// NoNetwork gives the VM no NIC, address or port forwards; the agent
 	// still works (over virtio-serial or vsock).
 	NoNetwork bool `json:"no_network,omitempty"`
+
+	// Host folders (agent area, issue 15).
+
+	// Mounts share host directories with the guest (QEMU only).
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -153,6 +158,7 @@ func (c VMConfig) WithDefaults() VMConfig {
 	}
 	c.EnvVars = maps.Clone(c.EnvVars)
 	c.DNSServers = slices.Clone(c.DNSServers)
+	c.Mounts = slices.Clone(c.Mounts)
 	return c
 }
 
@@ -223,7 +229,7 @@ func (c VMConfig) Validate() error {
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		return configErr("boot_args", c.BootArgs, "must be one line")
 	}
-	return nil
+	return validateMounts(c.Mounts)
 }
 
 // validateBackend accepts auto and every backend built into the program.
@@ -289,6 +295,11 @@ type VMInfo struct {
 	Error     string         `json:"error,omitempty"`
 	CreatedAt time.Time      `json:"created_at"`
 	UpdatedAt time.Time      `json:"updated_at"`
+
+	// Host folders (agent area, issue 15).
+
+	// Mounts are the host folders shared with the guest (as in Config).
+	Mounts []Mount `json:"mounts"`
 }
 
 // SocketPaths are a VM's host-side control sockets.

@@ -106,6 +106,7 @@ var createSteps = []step[*createOp]{
 		}
 		return nil
 	}},
+	{name: "mounts", do: func(ctx context.Context, c *createOp) error { return checkMountSources(c.cfg.Mounts) }},
 	{name: "host-network", kind: ErrNetwork, do: func(ctx context.Context, c *createOp) error {
 		if c.cfg.NoNetwork {
 			return nil
@@ -272,6 +273,9 @@ func (h *Host) chooseBackend(ctx context.Context, cfg VMConfig, b boot) (vmm.Bac
 	accel, reason := h.opts.probe.Resolve(vmm.Accel(cfg.Accel))
 	fits := func(be vmm.Backend) error {
 		req := be.Requirements()
+		if len(cfg.Mounts) > 0 && !req.HostFolders {
+			return fmt.Errorf("host folders (mounts) are not supported by the %s backend (virtio-fs needs QEMU): %w", be.Kind(), vmm.ErrUnavailable)
+		}
 		if req.NeedsKVM && accel != vmm.AccelKVM {
 			if cfg.Accel == AccelTCG {
 				return configErr("accel", string(cfg.Accel), fmt.Sprintf("the %s backend runs only with KVM", be.Kind()))

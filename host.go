@@ -244,6 +244,7 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 		UpdatedAt: row.Updated,
 	}
 	inf.Config.SSHHostPort = 0
+	inf.Mounts = append([]Mount{}, rec.Config.Mounts...)
 	p, err := h.plan(ctx, row.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return inf, nil // an interrupted create

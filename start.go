@@ -176,7 +176,7 @@ func (s *startOp) guestSetup(ctx context.Context) error {
 			return fmt.Errorf("set env vars: %w", err)
 		}
 	}
-	return nil
+	return mountFolders(s.bootCtx, s.client, s.rec.Config.Mounts)
 }
 
 // bootErr adds the tail of the console log to a failed boot; a deadline is
@@ -262,6 +262,7 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 		ConsoleLog: h.logPath(id),
 		Accel:      vmm.Accel(cfg.Accel),
 		VsockCID:   p.CID, // every VM has one; the backend uses it where vsock exists
+		Shares:     sharesOf(cfg.Mounts),
 	}
 	// The guest agent also listens on vsock; the backend attaches a vsock
 	// device only where the host supports it.

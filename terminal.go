@@ -86,15 +86,15 @@ func (t *Terminal) Signal(ctx context.Context, sig string) error {
 
 // Wait waits for the command to end and returns how it ended. Output not
 // read yet is discarded: call it after Read returned io.EOF to see it all.
-// It releases the agent channel.
+// It closes the terminal, releasing the agent channel.
 func (t *Terminal) Wait(ctx context.Context) (ExitStatus, error) {
 	res, err := t.t.Wait(ctx)
 	st := ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}
 	if err != nil {
-		return st, t.vm.agentErr(ctx, "terminal", err)
+		err = t.vm.agentErr(ctx, "terminal", err)
 	}
 	t.Close()
-	return st, nil
+	return st, err
 }
 
 // Close kills the command if it still runs and releases the agent channel.

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -248,4 +250,23 @@ func newPortWaitCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "give up after this long (0: wait forever)")
 	return c
+}
+
+// parseMounts reads --mount values; a relative host path is taken from the
+// current directory.
+func parseMounts(vals []string) ([]smolvm.Mount, error) {
+	var out []smolvm.Mount
+	for _, v := range vals {
+		if host, rest, ok := strings.Cut(v, ":"); ok && host != "" && !filepath.IsAbs(host) {
+			if abs, err := filepath.Abs(host); err == nil {
+				v = abs + ":" + rest
+			}
+		}
+		m, err := smolvm.ParseMount(v)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--mount %q: %w", v, err)}
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }

@@ -146,6 +146,9 @@ func printInfo(c *cobra.Command, inf smolvm.VMInfo) error {
 	} else {
 		rows = append(rows, []string{"Network:", "off"})
 	}
+	for _, m := range inf.Mounts {
+		rows = append(rows, []string{"Mount:", m.HostPath + " -> " + m.GuestPath + map[bool]string{true: " (read-only)"}[m.ReadOnly]})
+	}
 	if len(inf.Config.EnvVars) > 0 {
 		keys := make([]string, 0, len(inf.Config.EnvVars))
 		for k := range inf.Config.EnvVars {

@@ -20,6 +20,7 @@ type vmFlags struct {
 	memory, vcpus, diskSize                                 int
 	env, dns                                                []string
 	bootTimeout                                             time.Duration
+	mounts                                                  []string // host folders (issue 15)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -37,6 +38,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set KEY=VALUE in the guest (repeatable)")
 	fl.StringArrayVar(&f.dns, "dns", nil, "the guest's DNS resolver, an IPv4 address (repeatable; default: its gateway)")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
+	fl.StringArrayVar(&f.mounts, "mount", nil, "share a host folder: HOST_DIR:GUEST_DIR[:ro] (repeatable; QEMU only)")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -85,6 +87,9 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	}
 	cfg.EnvVars = env
 	cfg.DNSServers = f.dns
+	if cfg.Mounts, err = parseMounts(f.mounts); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, usageError{err}
 	}

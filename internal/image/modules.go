@@ -16,12 +16,14 @@ import (
 
 // GuestModules are the kernel modules the guest init needs, in the order it
 // wants them: virtio transports (mmio for microvm and Firecracker, pci for
-// q35), the block, net and console drivers, and vsock over virtio. Modules
+// q35), the block, net and console drivers, vsock over virtio, and virtio-fs
+// for host folders (Debian's cloud kernel has no 9p). Modules
 // the kernel has built in (ext4 in Debian's cloud kernel) are skipped, as are
 // their dependencies' duplicates.
 var GuestModules = []string{
 	"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
 	"vsock", "vmw_vsock_virtio_transport", "ext4", "virtio_balloon",
+	"virtiofs", // host folders (VMConfig.Mounts)
 }
 
 // errModuleMissing is wrapped when a wanted module is neither a module file

@@ -136,6 +136,9 @@ func validateCreate(req *CreateRequest) error {
 			return &smolvm.ConfigError{Field: f.name, Value: f.v, Rule: "host paths cannot be set over the API; use image"}
 		}
 	}
+	if len(req.Mounts) > 0 {
+		return &smolvm.ConfigError{Field: "mounts", Value: req.Mounts[0].HostPath, Rule: "host folders cannot be shared over the API"}
+	}
 	if req.DiskMode == smolvm.DiskShared {
 		return &smolvm.ConfigError{Field: "disk_mode", Value: "shared", Rule: "a sandbox cannot write to a shared image over the API"}
 	}

@@ -79,6 +79,19 @@ type Spec struct {
 	Accel Accel
 	// Machine is the QEMU machine type ("microvm" or "q35"); empty means microvm.
 	Machine string
+	// Shares are host directories shared with the guest (virtio-fs); only
+	// backends whose Requirements say HostFolders take them.
+	Shares []Share
+}
+
+// Share is a host directory shared with the guest over virtio-fs.
+type Share struct {
+	// Tag is the name the guest mounts it by.
+	Tag string
+	// Source is the absolute host directory.
+	Source string
+	// ReadOnly makes the host side refuse writes.
+	ReadOnly bool
 }
 
 // Instance is a launched VM: what the caller must record to control it later,
@@ -135,6 +148,8 @@ type Requirements struct {
 	Kernel KernelFormat
 	// NeedsKVM is set when it cannot run guests under software emulation.
 	NeedsKVM bool
+	// HostFolders is set when it can share host directories (Spec.Shares).
+	HostFolders bool
 }
 
 // Dialer opens one candidate channel to a VM's guest agent.

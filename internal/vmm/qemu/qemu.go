@@ -54,7 +54,7 @@ func (b *Backend) Usable(ctx context.Context) (bool, string) {
 
 // Requirements implements vmm.Backend.
 func (b *Backend) Requirements() vmm.Requirements {
-	return vmm.Requirements{Kernel: vmm.KernelBzImage}
+	return vmm.Requirements{Kernel: vmm.KernelBzImage, HostFolders: true}
 }
 
 // Runtime files of a VM in its runtime directory.
@@ -203,6 +203,7 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 	// Free page reporting hands the memory the guest frees back to the
 	// host: a booted guest otherwise keeps every page it ever touched.
 	a = append(a, "-device", dev("virtio-balloon")+",free-page-reporting=on")
+	a = append(a, shareArgs(spec, dev)...)
 	serialDev := "virtio-serial-device"
 	if machine != "microvm" {
 		serialDev = "virtio-serial-pci"
@@ -244,10 +245,15 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 		return vmm.Instance{}, err
 	}
 	defer errFile.Close()
+	stopShares, err := startShares(spec)
+	if err != nil {
+		return vmm.Instance{}, err
+	}
 	cmd := exec.Command(bin, b.args(spec, accel)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, errFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
+		stopShares()
 		return vmm.Instance{}, fmt.Errorf("start %s: %w", bin, err)
 	}
 	// Reap it if it ends while this process lives; otherwise init does.
@@ -300,7 +306,13 @@ func (b *Backend) Stop(ctx context.Context, inst vmm.Instance) error {
 }
 
 // Kill implements vmm.Backend.
-func (b *Backend) Kill(inst vmm.Instance) error { return vmm.KillProcess(inst.PID, inst.PIDStart) }
+func (b *Backend) Kill(inst vmm.Instance) error {
+	err := vmm.KillProcess(inst.PID, inst.PIDStart)
+	if inst.Control != "" {
+		killShares(filepath.Dir(inst.Control))
+	}
+	return err
+}
 
 // Pause implements vmm.Backend.
 func (b *Backend) Pause(ctx context.Context, inst vmm.Instance) error {
