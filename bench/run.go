@@ -22,6 +22,7 @@ type Results struct {
 	SSH         *SSHResult         `json:"ssh,omitempty"`
 	Concurrency []ConcurrencyPoint `json:"concurrency,omitempty"`
 	Transfer    *TransferResult    `json:"transfer,omitempty"`
+	API         *APIResult         `json:"api,omitempty"` // api.go
 	Targets     []Target           `json:"targets"`
 	Errors      []string           `json:"errors,omitempty"`
 }
@@ -101,6 +102,10 @@ func runInside(ctx context.Context, cfg config, ns string) (*Results, error) {
 	if !cfg.skip["transfer"] && ctx.Err() == nil {
 		res.Transfer, err = b.benchTransfer(ctx)
 		fail("transfer", err)
+	}
+	if !cfg.skip["api"] && ctx.Err() == nil {
+		res.API, err = b.benchAPI(ctx)
+		fail("api", err)
 	}
 	res.Meta.DurationS = time.Since(res.Meta.Started).Seconds()
 	res.Meta.LoadAvgEnd = loadavg()

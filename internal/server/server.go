@@ -167,6 +167,29 @@ func (s *Server) Close() error {
 	return s.st.Close()
 }
 
+// VM returns the server's own handle on the VM id, shared with the
+// requests (so a program embedding the server, or a benchmark, uses the
+// same agent connection). It checks no ownership.
+func (s *Server) VM(ctx context.Context, id string) (*smolvm.VM, error) {
+	s.mu.Lock()
+	vm := s.vms[id]
+	s.mu.Unlock()
+	if vm != nil {
+		return vm, nil
+	}
+	vm, err := s.h.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.vms[id]; old != nil {
+		return old, nil
+	}
+	s.vms[id] = vm
+	return vm, nil
+}
+
 // Handler returns the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.mux }
 
