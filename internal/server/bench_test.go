@@ -42,7 +42,7 @@ func TestBenchAPI(t *testing.T) {
 		t.Fatalf("create: %d %s", res.status, res.body)
 	}
 	// The SDK side uses the server's own handle, so both share one agent connection.
-	vm, _, err := ts.sandbox(httptestRequest(sb.VMID), StaticKeyID(testKey))
+	vm, err := ts.VM(ctx, sb.VMID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,10 +101,3 @@ func TestBenchAPI(t *testing.T) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// httptestRequest is a request whose path value "id" is id.
-func httptestRequest(id string) *http.Request {
-	r, _ := http.NewRequest("GET", "/v1/sandboxes/"+id, nil)
-	r.SetPathValue("id", id)
-	return r
-}
