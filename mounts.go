@@ -6,7 +6,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
@@ -129,4 +131,44 @@ func mountFolders(ctx context.Context, c *agent.Client, ms []Mount) error {
 		}
 	}
 	return nil
+}
+
+// shares kills virtio-fs daemons left by VMs whose VMM is gone (a daemon
+// QEMU never connected to would wait forever). A VM being started is
+// skipped: its lock is held.
+func (c *cleaner) shares(ctx context.Context) error {
+	prefix := "--socket-path=" + filepath.Join(c.h.dir, "vms") + "/"
+	live := map[string]bool{}
+	for _, id := range c.h.vmmProcesses() {
+		live[id] = true
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		i := strings.Index(string(b), prefix)
+		if i < 0 {
+			continue
+		}
+		id, _, _ := strings.Cut(string(b)[i+len(prefix):], "/")
+		if ValidateVMID(id) != nil || live[id] {
+			continue
+		}
+		unlock, err := c.h.tryLockVM(id)
+		if err != nil {
+			continue // a start is under way
+		}
+		c.note(fmt.Sprintf("virtiofsd %d (vm %s)", pid, id))
+		if !c.co.DryRun {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		unlock()
+	}
+	return ctx.Err()
 }

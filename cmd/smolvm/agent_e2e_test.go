@@ -11,14 +11,18 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm"
 	"github.com/smolvm-go/smolvm/internal/vmtest"
@@ -92,6 +96,7 @@ func TestAgentFeatures(t *testing.T) {
 			t.Fatalf("exec -t: %+v", r)
 		}
 	})
+	t.Run("shell-tty", func(t *testing.T) { testShellTTY(t, dir) })
 	t.Run("background-server", func(t *testing.T) { testBackgroundServer(t, dir, vm) })
 	vm.Release()
 	t.Run("detached-output", func(t *testing.T) {
@@ -693,5 +698,85 @@ func testHostFolders(t *testing.T, dir, rw, ro string) {
 	ents, _ := os.ReadDir(ro)
 	if fi, err := os.Stat(filepath.Join(ro, "hello")); len(ents) != 1 || err != nil || fi.Mode().Perm() != 0o644 {
 		t.Fatalf("ro folder changed on the host: %v %v", ents, fi)
+	}
+}
+
+// openPty returns a new pseudo-terminal pair.
+func openPty(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
+}
+
+// testShellTTY runs `smolvm shell` on a host pseudo-terminal, as a user at
+// a terminal would: raw mode (Ctrl-C reaches the guest instead of killing
+// smolvm), the window size and its changes (SIGWINCH) follow.
+func testShellTTY(t *testing.T, dir string) {
+	m, s := openPty(t)
+	defer m.Close()
+	unix.IoctlSetWinsize(int(m.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 30, Col: 100})
+	cmd := exec.Command(filepath.Join(vmtest.Binaries(t), "smolvm"), "--data-dir", dir, "shell", "a1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
+	cmd.Env = append(os.Environ(), "TERM=xterm")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer cmd.Process.Kill()
+	out := &syncBuffer{}
+	go io.Copy(out, m)
+	type_ := func(s string) {
+		if _, err := m.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type_("stty size; echo $TERM\n")
+	off, _ := expect(t, out, 0, `\n30 100\r?\nxterm\r?\n`)
+	// A new size: the kernel sends smolvm SIGWINCH, smolvm resizes the guest's terminal.
+	unix.IoctlSetWinsize(int(m.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 50, Col: 120})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		type_("stty size\n")
+		var m []string
+		off, m = expect(t, out, off, `\n(\d+ \d+)\r?\n`)
+		if m[1] == "50 120" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("size after SIGWINCH: %s", m[1])
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	type_("sleep 100\n")
+	time.Sleep(300 * time.Millisecond)
+	type_("\x03")
+	type_("echo after-$((20+1))\n")
+	off, _ = expect(t, out, off, `after-21`)
+	type_("exit 3\n")
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Fatalf("shell exit: %v (output %q)", err, out.String()[off:])
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("shell did not exit: %q", out.String()[off:])
 	}
 }
