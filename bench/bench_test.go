@@ -118,6 +118,9 @@ func checkResults(t *testing.T, res *Results, cfg config) {
 	if m.Netns != vmtest.Netns() || m.QEMUVersion == "" || m.Accel == "" || m.DurationS <= 0 || m.BenchRSSMiB <= 0 {
 		t.Errorf("meta incomplete: %+v", m)
 	}
+	if a := res.API; a == nil || a.SDKExec.N != 5*cfg.cmds || a.APIExec.N != 5*cfg.cmds || a.ListPerS <= 0 {
+		t.Errorf("api section: %+v", a)
+	}
 	if len(res.Errors) > 0 {
 		t.Errorf("errors: %q", res.Errors)
 	}

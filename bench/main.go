@@ -47,7 +47,7 @@ type config struct {
 }
 
 // sections are the parts of the benchmark that --skip can name.
-var sections = []string{"lifecycle", "baseline", "ssh", "concurrency", "transfer", "snapshot"}
+var sections = []string{"lifecycle", "baseline", "ssh", "concurrency", "transfer", "snapshot", "api"}
 
 func parseFlags(args []string) (config, error) {
 	var c config
@@ -122,7 +122,7 @@ func contains(list []string, s string) bool {
 // images returns the images the requested sections boot.
 func (c config) images() []string {
 	var imgs []string
-	if !c.skip["lifecycle"] || !c.skip["baseline"] || !c.skip["concurrency"] || !c.skip["transfer"] || !c.skip["snapshot"] {
+	if !c.skip["lifecycle"] || !c.skip["baseline"] || !c.skip["concurrency"] || !c.skip["transfer"] || !c.skip["snapshot"] || !c.skip["api"] {
 		imgs = append(imgs, c.image)
 	}
 	if !c.skip["ssh"] && !contains(imgs, "default") {

@@ -121,6 +121,9 @@ func report(out io.Writer, r *Results) {
 		w.Flush()
 		fmt.Fprintf(out, "  upload %.1f MiB/s, download %.1f MiB/s (p50)\n", t.UploadMiBps, t.DownloadMiBps)
 	}
+	if a := r.API; a != nil {
+		reportAPI(out, w, header, row, left, a)
+	}
 	w.Flush()
 	if r.Snapshot != nil {
 		reportSnapshot(out, r.Snapshot)

@@ -22,6 +22,7 @@ type Results struct {
 	SSH         *SSHResult         `json:"ssh,omitempty"`
 	Concurrency []ConcurrencyPoint `json:"concurrency,omitempty"`
 	Transfer    *TransferResult    `json:"transfer,omitempty"`
+	API         *APIResult         `json:"api,omitempty"` // api.go
 	Targets     []Target           `json:"targets"`
 	Errors      []string           `json:"errors,omitempty"`
 	Snapshot    *SnapshotResult    `json:"snapshot,omitempty"`
@@ -106,6 +107,10 @@ func runInside(ctx context.Context, cfg config, ns string) (*Results, error) {
 	if !cfg.skip["snapshot"] && ctx.Err() == nil {
 		res.Snapshot, err = b.benchSnapshot(ctx, res.Concurrency)
 		fail("snapshot", err)
+	}
+	if !cfg.skip["api"] && ctx.Err() == nil {
+		res.API, err = b.benchAPI(ctx)
+		fail("api", err)
 	}
 	res.Meta.DurationS = time.Since(res.Meta.Started).Seconds()
 	res.Meta.LoadAvgEnd = loadavg()

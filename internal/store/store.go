@@ -143,6 +143,8 @@ var migrations = []string{
 	`ALTER TABLE snapshots ADD COLUMN meta TEXT NOT NULL DEFAULT '';`,
 	// 5: the host address a port forward answers on ('' = 127.0.0.1).
 	`ALTER TABLE port_forwards ADD COLUMN host_ip TEXT NOT NULL DEFAULT '';`,
+	// 6: the HTTP server's API keys and sandboxes (apikeys.go).
+	serverSchema,
 }
 
 // SchemaVersion is the schema version this package writes.
