@@ -293,7 +293,7 @@ func home(user string) string {
 }
 
 func vmOf(ctx context.Context) *smolvm.VM { return ctx.Value(ctxVM).(*smolvm.VM) }
-func userOf(ctx context.Context) string  { return ctx.Value(ctxUser).(string) }
+func userOf(ctx context.Context) string   { return ctx.Value(ctxUser).(string) }
 
 // resolvePath makes an SDK path absolute: relative paths are relative to
 // the user's home, as in E2B.

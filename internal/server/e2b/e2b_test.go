@@ -68,8 +68,14 @@ func (f *fakeBackend) SetTimeout(_ context.Context, key, id string, _ time.Durat
 	_, err := f.sb(key, id)
 	return err
 }
-func (f *fakeBackend) Pause(_ context.Context, key, id string) error  { _, err := f.sb(key, id); return err }
-func (f *fakeBackend) Resume(_ context.Context, key, id string) error { _, err := f.sb(key, id); return err }
+func (f *fakeBackend) Pause(_ context.Context, key, id string) error {
+	_, err := f.sb(key, id)
+	return err
+}
+func (f *fakeBackend) Resume(_ context.Context, key, id string) error {
+	_, err := f.sb(key, id)
+	return err
+}
 func (f *fakeBackend) VM(_ context.Context, id string) (*smolvm.VM, error) {
 	f.mu.Lock()
 	f.vmCalls++
