@@ -44,6 +44,16 @@ func onVM(c *cobra.Command, g *globals, id string, fn func(vm *smolvm.VM) error)
 	return fn(vm)
 }
 
+// onHandle is onVM for commands that also work against a remote server.
+func onHandle(c *cobra.Command, g *globals, id string, fn func(vm vmHandle) error) error {
+	vm, err := g.vm(c.Context(), id)
+	if err != nil {
+		return err
+	}
+	defer vm.Release()
+	return fn(vm)
+}
+
 func newExecCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
 	var env []string
@@ -69,15 +79,17 @@ background, prints its pid and returns: see ps, attach, kill.`,
 			if err != nil {
 				return err
 			}
-			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
-				if detached {
-					return detach(c, g, vm, smolvm.ProcessOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user,
-						Timeout: timeout, Tag: tag, Stdin: interactive, Pty: tty})
-				}
-				if tty {
+			if detached || tty {
+				return onVM(c, g, a[0], func(vm *smolvm.VM) error {
+					if detached {
+						return detach(c, g, vm, smolvm.ProcessOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user,
+							Timeout: timeout, Tag: tag, Stdin: interactive, Pty: tty})
+					}
 					st, err := runTerminal(c, vm, smolvm.TerminalOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user}, interactive)
 					return exitOf(c, st, err)
-				}
+				})
+			}
+			return onHandle(c, g, a[0], func(vm vmHandle) error {
 				eo := smolvm.ExecOptions{Shell: shellJoin(a[1:]), Env: envm, Dir: dir, User: user, Timeout: timeout,
 					Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr()}
 				if interactive {
@@ -112,6 +124,11 @@ func newFileCmd(g *globals) *cobra.Command {
 		Example: "  smolvm file upload web ./script.py /root/script.py",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
+			if g.remoteURL() != "" { // a server takes single files
+				return onHandle(c, g, a[0], func(vm vmHandle) error {
+					return vm.UploadFile(c.Context(), a[1], a[2])
+				})
+			}
 			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
 				return uploadPath(c, g, vm, a[1], a[2])
 			})
@@ -122,6 +139,11 @@ func newFileCmd(g *globals) *cobra.Command {
 		Example: "  smolvm file download web /root/out.txt ./out.txt",
 		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(c *cobra.Command, a []string) error {
+			if g.remoteURL() != "" { // a server gives single files
+				return onHandle(c, g, a[0], func(vm vmHandle) error {
+					return vm.DownloadFile(c.Context(), a[1], a[2])
+				})
+			}
 			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
 				return downloadPath(c, g, vm, a[1], a[2])
 			})

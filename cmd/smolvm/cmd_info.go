@@ -51,7 +51,7 @@ func newListCmd(g *globals) *cobra.Command {
 				}
 				lo.Status = st
 			}
-			h, err := g.host(c.Context())
+			h, err := g.api(c.Context())
 			if err != nil {
 				return err
 			}
@@ -100,7 +100,7 @@ disk_mode, backend, ...), network (guest_ip, gateway_ip, netmask, tap_device, gu
 ssh_host_port; null without network), pid, backend, accel, sockets, created_at, updated_at.`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := g.get(c.Context(), a[0])
+			vm, err := g.vm(c.Context(), a[0])
 			if err != nil {
 				return err
 			}

@@ -126,11 +126,11 @@ The image is built on first use. With --start it is booted too.`,
 				return err
 			}
 			g.bootTimeout = f.bootTimeout
-			h, err := g.host(c.Context())
+			h, err := g.api(c.Context())
 			if err != nil {
 				return err
 			}
-			vm, err := h.Create(c.Context(), cfg, smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())))
+			vm, err := h.Create(c.Context(), cfg, smolvm.ProgressWriter(c.ErrOrStderr()))
 			if err != nil {
 				return err
 			}
@@ -162,10 +162,10 @@ func printVM(c *cobra.Command, g *globals, inf smolvm.VMInfo) error {
 }
 
 // withVMs runs fn on each VM named in ids and reports every failure.
-func withVMs(c *cobra.Command, g *globals, ids []string, fn func(ctx context.Context, vm *smolvm.VM) error) error {
+func withVMs(c *cobra.Command, g *globals, ids []string, fn func(ctx context.Context, vm vmHandle) error) error {
 	var failed []error
 	for _, id := range ids {
-		vm, err := g.get(c.Context(), id)
+		vm, err := g.vm(c.Context(), id)
 		if err == nil {
 			err = fn(c.Context(), vm)
 		}
@@ -183,7 +183,7 @@ func newStartCmd(g *globals) *cobra.Command {
 		Short: "Boot VMs and wait until their agent answers",
 		Args:  args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+			return withVMs(c, g, a, func(ctx context.Context, vm vmHandle) error {
 				defer vm.Release()
 				start := time.Now()
 				if err := vm.Start(ctx); err != nil {
@@ -207,7 +207,7 @@ func newStopCmd(g *globals) *cobra.Command {
 		Long:  "Power VMs off through the guest agent (waiting at most --timeout), then tell the VMM to quit, then kill it.",
 		Args:  args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+			return withVMs(c, g, a, func(ctx context.Context, vm vmHandle) error {
 				defer vm.Release()
 				// The clean power-off gets --timeout; quitting and killing
 				// the VMM afterwards have their own deadlines.
@@ -226,13 +226,13 @@ func newStopCmd(g *globals) *cobra.Command {
 }
 
 func newPauseCmds(g *globals) []*cobra.Command {
-	mk := func(use, short, done string, fn func(*smolvm.VM, context.Context) error) *cobra.Command {
+	mk := func(use, short, done string, fn func(vmHandle, context.Context) error) *cobra.Command {
 		return &cobra.Command{
 			Use:   use + " ID...",
 			Short: short,
 			Args:  args(cobra.MinimumNArgs(1)),
 			RunE: func(c *cobra.Command, a []string) error {
-				return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+				return withVMs(c, g, a, func(ctx context.Context, vm vmHandle) error {
 					defer vm.Release()
 					if err := fn(vm, ctx); err != nil {
 						return err
@@ -244,8 +244,8 @@ func newPauseCmds(g *globals) []*cobra.Command {
 		}
 	}
 	return []*cobra.Command{
-		mk("pause", "Stop VMs' vCPUs (memory and network stay; commands wait)", "paused", (*smolvm.VM).Pause),
-		mk("resume", "Restart paused VMs' vCPUs", "resumed", (*smolvm.VM).Resume),
+		mk("pause", "Stop VMs' vCPUs (memory and network stay; commands wait)", "paused", vmHandle.Pause),
+		mk("resume", "Restart paused VMs' vCPUs", "resumed", vmHandle.Resume),
 	}
 }
 
@@ -258,7 +258,7 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		Long:    "Stop VMs (cleanly, or at once with --force) and remove them: VMM process, sockets, disk copy, console log, address lease and port forwards.",
 		Args:    args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			return withVMs(c, g, a, func(ctx context.Context, vm *smolvm.VM) error {
+			return withVMs(c, g, a, func(ctx context.Context, vm vmHandle) error {
 				del := vm.Delete
 				if force {
 					del = vm.ForceDelete
@@ -296,11 +296,11 @@ The command's exit code becomes smolvm's exit code.`,
 			keep := keep || !rm
 			ctx := c.Context()
 			g.bootTimeout = f.bootTimeout
-			h, err := g.host(ctx)
+			h, err := g.api(ctx)
 			if err != nil {
 				return err
 			}
-			vm, err := h.Create(ctx, cfg, smolvm.WithProgress(smolvm.ProgressWriter(c.ErrOrStderr())))
+			vm, err := h.Create(ctx, cfg, smolvm.ProgressWriter(c.ErrOrStderr()))
 			if err != nil {
 				return err
 			}

@@ -87,12 +87,16 @@ type globals struct {
 	jsonOut     bool
 	bootTimeout time.Duration // set by a command's own flags
 	h           *smolvm.Host
+	remote      string // --host: a server's URL (remote.go)
 }
 
 // host opens the data directory once per command.
 func (g *globals) host(ctx context.Context) (*smolvm.Host, error) {
 	if g.h != nil {
 		return g.h, nil
+	}
+	if g.remoteURL() != "" {
+		return nil, errLocalOnly()
 	}
 	h, err := smolvm.Open(ctx, smolvm.HostOptions{DataDir: g.dataDir, FirecrackerBinary: g.fcPath, BootTimeout: g.bootTimeout})
 	if err != nil {
@@ -135,6 +139,7 @@ else $XDG_STATE_HOME/smolvm).
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "", "state directory (default $SMOLVM_DATA_DIR or the per-user default)")
 	root.PersistentFlags().StringVar(&g.fcPath, "firecracker", "", "Firecracker binary (default $SMOLVM_FIRECRACKER, else firecracker in PATH)")
+	root.PersistentFlags().StringVar(&g.remote, "host", "", "drive the smolvm server at this URL (default $SMOLVM_HOST; key in $SMOLVM_API_KEY)")
 	root.PersistentPostRun = func(*cobra.Command, []string) { g.close() }
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newPauseCmds(g)...)
@@ -157,6 +162,8 @@ else $XDG_STATE_HOME/smolvm).
 		newPortCmd(g),
 		newDoctorCmd(g),
 		newCleanupCmd(g),
+		newServeCmd(g),
+		newAPIKeyCmd(g),
 	)
 	return root
 }

@@ -139,6 +139,8 @@ var migrations = []string{
 	ALTER TABLE vms ADD COLUMN op TEXT NOT NULL DEFAULT '';
 	UPDATE vms SET op = 'stopping', error = '' WHERE error = 'stop in progress';
 	UPDATE vms SET op = 'deleting', error = '' WHERE error = 'delete in progress';`,
+	// 4: the HTTP server's API keys and sandboxes (apikeys.go).
+	serverSchema,
 }
 
 // SchemaVersion is the schema version this package writes.
