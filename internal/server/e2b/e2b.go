@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/smolvm-go/smolvm"
+	"github.com/smolvm-go/smolvm/internal/apierr"
 	"github.com/smolvm-go/smolvm/internal/server/e2b/filesystempb/filesystempbconnect"
 	"github.com/smolvm-go/smolvm/internal/server/e2b/processpb/processpbconnect"
 )
@@ -317,27 +318,20 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
-// statusOf maps an error's kind to an HTTP status.
+// statusOf maps an error's kind to an HTTP status: the API's own mapping
+// (internal/apierr), except that E2B reports every invalid request as 400.
 func statusOf(err error) int {
-	switch {
-	case errors.Is(err, ErrUnauthorized):
+	if errors.Is(err, ErrUnauthorized) {
 		return http.StatusUnauthorized
-	case errors.Is(err, smolvm.ErrNotFound):
-		return http.StatusNotFound
-	case errors.Is(err, smolvm.ErrInvalidConfig):
-		return http.StatusBadRequest
-	case errors.Is(err, smolvm.ErrAlreadyExists), errors.Is(err, smolvm.ErrState):
-		return http.StatusConflict
-	case errors.Is(err, smolvm.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
 		return http.StatusGatewayTimeout
-	case errors.Is(err, smolvm.ErrUnavailable):
-		return http.StatusServiceUnavailable
 	}
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return http.StatusRequestEntityTooLarge
+	_, st := apierr.Classify(err)
+	if st == http.StatusUnprocessableEntity {
+		st = http.StatusBadRequest
 	}
-	return http.StatusInternalServerError
+	return st
 }
 
 // writeJSON writes v with status.
