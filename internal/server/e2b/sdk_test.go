@@ -207,7 +207,7 @@ func TestSDK(t *testing.T) {
 	}
 	for _, want := range []string{"create", "run stdout stderr exit", "run nonzero raises", "run envs cwd user", "run streaming callbacks",
 		"run timeoutMs", "background server list connect kill", "sendStdin closeStdin", "files text", "files binary 256",
-		"files list exists makeDir rename remove getInfo", "pty input resize", "list connect setTimeout", "kill"} {
+		"files list exists makeDir rename remove getInfo", "watchDir", "pty input resize", "list connect setTimeout", "kill"} {
 		if !seen[want] {
 			t.Errorf("check %q did not run", want)
 		}

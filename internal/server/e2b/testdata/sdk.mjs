@@ -122,6 +122,17 @@ await check('files list exists makeDir rename remove getInfo', async () => {
   assert.equal(await sbx.files.exists('/tmp/e2b/dir/moved.txt'), false)
   await assert.rejects(sbx.files.read('/tmp/e2b/dir/moved.txt'))
 })
+await check('watchDir', async () => {
+  await sbx.files.makeDir('/tmp/watched')
+  const events = []
+  const h = await sbx.files.watchDir('/tmp/watched', (e) => { events.push(`${e.type}:${e.name}`) })
+  await sbx.files.write('/tmp/watched/new.txt', 'x')
+  await sbx.commands.run('rm /tmp/watched/new.txt')
+  for (let i = 0; i < 50 && !events.includes('remove:new.txt'); i++) await sleep(100)
+  await h.stop()
+  assert.ok(events.includes('create:new.txt') || events.includes('write:new.txt'), JSON.stringify(events))
+  assert.ok(events.includes('remove:new.txt'), JSON.stringify(events))
+})
 await check('pty input resize', async () => {
   let out = ''
   const dec = new TextDecoder()
