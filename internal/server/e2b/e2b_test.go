@@ -232,11 +232,14 @@ func TestHelpers(t *testing.T) {
 			t.Errorf("relTo(%q, %q) = %q", c.root, c.p, got)
 		}
 	}
-	ev, ok := eventOf("/w", smolvm.FsEvent{Op: "renamed", Path: "/w/new", OldPath: "/w/old"})
-	if !ok || ev.Name != "old" || ev.Type.String() != "EVENT_TYPE_RENAME" {
-		t.Errorf("eventOf rename: %v", ev)
+	evs := eventsOf("/w", smolvm.FsEvent{Op: "renamed", Path: "/w/new", OldPath: "/w/old"})
+	if len(evs) != 2 || evs[0].Name != "old" || evs[0].Type.String() != "EVENT_TYPE_RENAME" || evs[1].Name != "new" || evs[1].Type.String() != "EVENT_TYPE_CREATE" {
+		t.Errorf("eventsOf rename: %v", evs)
 	}
-	if _, ok := eventOf("/w", smolvm.FsEvent{Op: "overflow"}); ok {
+	if evs := eventsOf("/w", smolvm.FsEvent{Op: "renamed", Path: "/w/in"}); len(evs) != 1 || evs[0].Type.String() != "EVENT_TYPE_CREATE" {
+		t.Errorf("eventsOf rename into the watch: %v", evs)
+	}
+	if evs := eventsOf("/w", smolvm.FsEvent{Op: "overflow"}); len(evs) != 0 {
 		t.Error("overflow became an event")
 	}
 }

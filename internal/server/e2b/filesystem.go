@@ -157,31 +157,38 @@ func (f *filesystemService) Remove(ctx context.Context, req *connect.Request[fil
 	return connect.NewResponse(&filesystempb.RemoveResponse{}), nil
 }
 
-// eventOf converts a SmolVM file-system event to E2B's; overflow and
-// unknown operations have none.
-func eventOf(root string, ev smolvm.FsEvent) (*filesystempb.FilesystemEvent, bool) {
-	var t filesystempb.EventType
+// eventsOf converts a SmolVM file-system event to E2B's, as inotify
+// watchers report them: a rename is a rename of the old name (when it was
+// inside the watch) and a creation of the new one. Overflow and unknown
+// operations have none.
+func eventsOf(root string, ev smolvm.FsEvent) []*filesystempb.FilesystemEvent {
+	name := func(p string) string {
+		if rel, ok := relTo(root, p); ok {
+			return rel
+		}
+		return p
+	}
+	one := func(t filesystempb.EventType, p string) []*filesystempb.FilesystemEvent {
+		return []*filesystempb.FilesystemEvent{{Name: name(p), Type: t}}
+	}
 	switch ev.Op {
 	case "created":
-		t = filesystempb.EventType_EVENT_TYPE_CREATE
+		return one(filesystempb.EventType_EVENT_TYPE_CREATE, ev.Path)
 	case "modified":
-		t = filesystempb.EventType_EVENT_TYPE_WRITE
+		return one(filesystempb.EventType_EVENT_TYPE_WRITE, ev.Path)
 	case "removed":
-		t = filesystempb.EventType_EVENT_TYPE_REMOVE
+		return one(filesystempb.EventType_EVENT_TYPE_REMOVE, ev.Path)
 	case "renamed":
-		t = filesystempb.EventType_EVENT_TYPE_RENAME
-	default:
-		return nil, false
+		var out []*filesystempb.FilesystemEvent
+		if ev.OldPath != "" {
+			out = one(filesystempb.EventType_EVENT_TYPE_RENAME, ev.OldPath)
+		}
+		if ev.Path != "" {
+			out = append(out, one(filesystempb.EventType_EVENT_TYPE_CREATE, ev.Path)...)
+		}
+		return out
 	}
-	p := ev.Path
-	if t == filesystempb.EventType_EVENT_TYPE_RENAME && ev.OldPath != "" {
-		p = ev.OldPath // E2B reports a rename under the old name
-	}
-	name := p
-	if rel, ok := relTo(root, p); ok {
-		name = rel
-	}
-	return &filesystempb.FilesystemEvent{Name: name, Type: t}, true
+	return nil
 }
 
 // relTo returns p relative to root when it is inside it.
@@ -215,7 +222,7 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 			}
 			return connectErr(err)
 		}
-		if fe, ok := eventOf(p, ev); ok {
+		for _, fe := range eventsOf(p, ev) {
 			if err := stream.Send(&filesystempb.WatchDirResponse{Event: &filesystempb.WatchDirResponse_Filesystem{Filesystem: fe}}); err != nil {
 				return err
 			}
@@ -246,7 +253,7 @@ func (pw *pollWatcher) run(ctx context.Context) {
 			pw.mu.Unlock()
 			return
 		}
-		if fe, ok := eventOf(pw.root, ev); ok {
+		for _, fe := range eventsOf(pw.root, ev) {
 			if len(pw.events) >= maxWatcherEvents {
 				pw.events = pw.events[1:]
 			}

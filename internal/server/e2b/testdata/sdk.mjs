@@ -92,7 +92,7 @@ await check('files text', async () => {
   const info = await sbx.files.write('/tmp/e2b/text.txt', 'héllo\nworld\n')
   assert.equal(info.path, '/tmp/e2b/text.txt')
   assert.equal(await sbx.files.read('/tmp/e2b/text.txt'), 'héllo\nworld\n')
-  await sbx.files.write('notes.txt', 'relative')
+  await sbx.files.write('notes.txt', 'relative\n')
   assert.equal((await sbx.commands.run('cat /home/user/notes.txt; stat -c %U /home/user/notes.txt')).stdout, 'relative\nuser\n')
 })
 await check('files binary 256', async () => {
@@ -157,10 +157,24 @@ await check('list connect setTimeout', async () => {
   assert.ok(info.endAt.getTime() - Date.now() > 200_000 && info.endAt.getTime() - Date.now() <= 301_000, String(info.endAt))
 })
 await check('latency', async () => {
-  const n = 20, times = []
-  for (let i = 0; i < n; i++) { const t0 = process.hrtime.bigint(); await sbx.commands.run('true'); times.push(Number(process.hrtime.bigint() - t0) / 1e6) }
-  times.sort((a, b) => a - b)
-  return { p50_ms: times[n / 2], min_ms: times[0] }
+  // commands.run('true') through the SDK vs the same command through the
+  // native API on the same VM, interleaved so load affects both alike.
+  const native = async () => {
+    const r = await fetch(`${process.env.E2B_API_URL}/v1/sandboxes/${sbx.sandboxId}/exec`, {
+      method: 'POST', headers: { 'X-API-Key': process.env.E2B_API_KEY, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ argv: ['/bin/bash', '-l', '-c', 'true'], user: 'user' }),
+    })
+    assert.equal(r.status, 200)
+    assert.equal((await r.json()).exit_code, 0)
+  }
+  const n = 20, sdk = [], api = []
+  const time = async (fn, into) => { const t0 = process.hrtime.bigint(); await fn(); into.push(Number(process.hrtime.bigint() - t0) / 1e6) }
+  for (let i = 0; i < n; i++) {
+    await time(() => sbx.commands.run('true'), sdk)
+    await time(native, api)
+  }
+  const p50 = (a) => a.sort((x, y) => x - y)[n / 2]
+  return { sdk_p50_ms: +p50(sdk).toFixed(1), native_p50_ms: +p50(api).toFixed(1), sdk_min_ms: +sdk[0].toFixed(1), native_min_ms: +api[0].toFixed(1) }
 })
 await check('kill', async () => {
   await sbx.kill()
