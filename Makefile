@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 export CGO_ENABLED := 0
 
-.PHONY: all build setup user test vet fmt deps clean
+.PHONY: all build setup user test vet fmt deps clean proto
 
 all: build
 
@@ -41,3 +41,11 @@ test: vet
 
 clean:
 	rm -rf $(BIN)
+
+# proto regenerates the E2B envd code from our .proto files (needs protoc,
+# protoc-gen-go and protoc-gen-connect-go; the generated code is committed).
+proto:
+	cd internal/server/e2b && protoc -I proto \
+		--go_out=. --go_opt=module=github.com/smolvm-go/smolvm/internal/server/e2b \
+		--connect-go_out=. --connect-go_opt=module=github.com/smolvm-go/smolvm/internal/server/e2b \
+		process/process.proto filesystem/filesystem.proto

@@ -153,6 +153,8 @@ type Inputs struct {
 	Suite    string   `json:"suite,omitempty"`
 	Sources  []string `json:"sources,omitempty"`
 	Packages []string `json:"packages,omitempty"`
+	// Users are the non-root users the default image has (uid 1000 up).
+	Users []string `json:"users,omitempty"`
 	// Modules are the module names asked for.
 	Modules []string `json:"modules"`
 	// Compression is the initramfs compression.

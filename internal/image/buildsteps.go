@@ -83,7 +83,7 @@ func (b *builder) resolveBuiltin(ctx context.Context, in *Inputs, name string) e
 		if err != nil {
 			return err
 		}
-		in.Suite, in.Sources, in.Packages = debianSuite, sources, DefaultPackages
+		in.Suite, in.Sources, in.Packages, in.Users = debianSuite, sources, DefaultPackages, DefaultUsers
 	}
 	return nil
 }
@@ -225,7 +225,7 @@ func (b *builder) minimalTree(ctx context.Context, rootDir string) error {
 // defaultTree fills rootDir with Debian by mmdebstrap.
 func (b *builder) defaultTree(ctx context.Context, rootDir string) error {
 	b.progress("rootfs: mmdebstrap "+debianSuite, 0, 1)
-	if err := defaultRootfs(ctx, rootDir, b.m.Inputs.Sources, b.m.Inputs.Packages, b.agent); err != nil {
+	if err := defaultRootfs(ctx, rootDir, b.m.Inputs.Sources, b.m.Inputs.Packages, b.m.Inputs.Users, b.agent); err != nil {
 		return fmt.Errorf("default rootfs: %w", err)
 	}
 	b.progress("rootfs: mmdebstrap "+debianSuite, 1, 1)

@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -27,6 +28,10 @@ var DefaultPackages = []string{
 	"openssh-server", "python3", "ca-certificates", "iproute2", "procps",
 	"curl", "less", "iputils-ping", "netbase",
 }
+
+// DefaultUsers are the non-root users of the default image: "user", as in
+// E2B's templates (the E2B SDK runs commands as it by default).
+var DefaultUsers = []string{"user"}
 
 // gatewayPlaceholder is the resolver written at build time; the init
 // rewrites resolv.conf from the kernel command line at boot.
@@ -206,7 +211,7 @@ fi
 
 // defaultRootfs fills dir with Debian minbase plus packages (DefaultPackages
 // for the default image), built by mmdebstrap from the host's own apt sources.
-func defaultRootfs(ctx context.Context, dir string, sources, packages []string, agent []byte) error {
+func defaultRootfs(ctx context.Context, dir string, sources, packages, users []string, agent []byte) error {
 	args := []string{
 		"--variant=minbase",
 		"--include=" + strings.Join(packages, ","),
@@ -244,7 +249,73 @@ func defaultRootfs(ctx context.Context, dir string, sources, packages []string, 
 	if err := writeFiles(dir, files, 0o644); err != nil {
 		return err
 	}
+	for i, u := range users {
+		if err := addUser(dir, u, 1000+i); err != nil {
+			return fmt.Errorf("add user %s: %w", u, err)
+		}
+	}
 	return installAgent(dir, agent)
+}
+
+// addUser adds a login user with its own group and a home directory (from
+// /etc/skel) to the Debian tree at root, as useradd would, without running
+// anything inside it.
+func addUser(root, name string, id int) error {
+	home := "/home/" + name
+	add := map[string]string{
+		"etc/passwd":  fmt.Sprintf("%s:x:%d:%d::%s:/bin/bash\n", name, id, id, home),
+		"etc/group":   fmt.Sprintf("%s:x:%d:\n", name, id),
+		"etc/shadow":  name + ":!:19000:0:99999:7:::\n",
+		"etc/gshadow": name + ":!::\n",
+	}
+	for f, line := range add {
+		p := filepath.Join(root, f)
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) && (f == "etc/shadow" || f == "etc/gshadow") {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			b = append(b, '\n')
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, append(b, line...), fi.Mode().Perm()); err != nil {
+			return err
+		}
+	}
+	h := filepath.Join(root, home)
+	if err := os.MkdirAll(h, 0o755); err != nil {
+		return err
+	}
+	skel := filepath.Join(root, "etc/skel")
+	if ents, err := os.ReadDir(skel); err == nil {
+		for _, e := range ents {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(skel, e.Name()))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(h, e.Name()), b, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if os.Geteuid() != 0 {
+		return nil // not root: cannot give the files away (tests as a user)
+	}
+	return filepath.WalkDir(h, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, id, id)
+	})
 }
 
 // dirUsage returns the bytes and inodes a directory tree needs.

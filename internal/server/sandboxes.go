@@ -206,7 +206,18 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 	if err := validateCreate(&req); err != nil {
 		return err
 	}
-	ctx := r.Context()
+	vm, sb, err := s.createSandbox(r.Context(), key, req)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/sandboxes/"+vm.ID())
+	return writeJSON(w, http.StatusCreated, view(vm.Info(), sb))
+}
+
+// createSandbox creates a validated sandbox owned by key and, unless
+// req.Start says not to, starts it. A failure leaves nothing behind. The
+// E2B layer creates its sandboxes through it too.
+func (s *Server) createSandbox(ctx context.Context, key string, req CreateRequest) (*smolvm.VM, store.Sandbox, error) {
 	// The limit check reserves a slot, so creates of one key (which may
 	// build an image first) run in parallel without passing the limit.
 	s.createMu.Lock()
@@ -216,7 +227,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 	}
 	s.createMu.Unlock()
 	if err != nil {
-		return err
+		return nil, store.Sandbox{}, err
 	}
 	defer func() {
 		s.createMu.Lock()
@@ -230,7 +241,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 	vm, err := s.h.Create(ctx, req.VMConfig, smolvm.WithProgress(func(string, int64, int64) {}))
 	s.metrics.createDur.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return err
+		return nil, store.Sandbox{}, err
 	}
 	sb := store.Sandbox{VMID: req.VMID, KeyID: key, Metadata: req.Metadata, OnTimeout: req.OnTimeout}
 	if sb.OnTimeout == "" {
@@ -240,7 +251,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 		sb.Expires = time.Now().Add(time.Duration(req.TimeoutSeconds) * time.Second)
 	}
 	if err := s.st.AddSandbox(ctx, sb); err != nil {
-		return errors.Join(err, vm.ForceDelete(context.WithoutCancel(ctx)))
+		return nil, sb, errors.Join(err, vm.ForceDelete(context.WithoutCancel(ctx)))
 	}
 	s.mu.Lock()
 	s.vms[vm.ID()] = vm
@@ -251,12 +262,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 		s.metrics.startDur.Observe(time.Since(start).Seconds())
 		if err != nil {
 			s.forget(vm.ID())
-			return errors.Join(err, vm.ForceDelete(context.WithoutCancel(ctx)))
+			return nil, sb, errors.Join(err, vm.ForceDelete(context.WithoutCancel(ctx)))
 		}
 	}
 	sb.Created = time.Now()
-	w.Header().Set("Location", "/v1/sandboxes/"+vm.ID())
-	return writeJSON(w, http.StatusCreated, view(vm.Info(), sb))
+	return vm, sb, nil
 }
 
 // forget drops the cached handle of id.
@@ -273,26 +283,37 @@ func (s *Server) forget(id string) {
 // sandbox returns the handle and record of the sandbox named in the path,
 // if key owns it; any other key's sandbox does not exist for this one.
 func (s *Server) sandbox(r *http.Request, key string) (*smolvm.VM, store.Sandbox, error) {
-	id := r.PathValue("id")
+	return s.lookup(r.Context(), key, r.PathValue("id"))
+}
+
+// lookup returns the handle and record of sandbox id if key owns it; any
+// other key's sandbox does not exist for this one.
+func (s *Server) lookup(ctx context.Context, key, id string) (*smolvm.VM, store.Sandbox, error) {
 	if err := smolvm.ValidateVMID(id); err != nil {
 		return nil, store.Sandbox{}, fmt.Errorf("sandbox id: %w", err)
 	}
-	sb, err := s.st.GetSandbox(r.Context(), id)
+	sb, err := s.st.GetSandbox(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && sb.KeyID != key) {
 		return nil, store.Sandbox{}, fmt.Errorf("sandbox %s: %w", id, smolvm.ErrNotFound)
 	}
 	if err != nil {
 		return nil, sb, err
 	}
+	vm, err := s.vmHandle(ctx, id)
+	return vm, sb, err
+}
+
+// vmHandle returns the shared handle of VM id, opening it on first use.
+func (s *Server) vmHandle(ctx context.Context, id string) (*smolvm.VM, error) {
 	s.mu.Lock()
 	vm := s.vms[id]
 	s.mu.Unlock()
 	if vm != nil {
-		return vm, sb, nil
+		return vm, nil
 	}
-	vm, err = s.h.Get(r.Context(), id)
+	vm, err := s.h.Get(ctx, id)
 	if err != nil {
-		return nil, sb, err
+		return nil, err
 	}
 	s.mu.Lock()
 	if old := s.vms[id]; old != nil {
@@ -301,7 +322,7 @@ func (s *Server) sandbox(r *http.Request, key string) (*smolvm.VM, store.Sandbox
 		s.vms[id] = vm
 	}
 	s.mu.Unlock()
-	return vm, sb, nil
+	return vm, nil
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request, key string) error {

@@ -120,6 +120,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	s.metrics = newMetrics(s)
 	s.mux = http.NewServeMux()
 	s.register()
+	if err := s.registerE2B(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	go s.reaper()
 	return s, nil
 }
@@ -323,13 +327,19 @@ func (s *Server) authenticate(r *http.Request) (string, error) {
 	if key == "" {
 		return "", apierr.New(apierr.Unauthorized, "no API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
 	}
+	return s.keyID(r.Context(), key)
+}
+
+// keyID returns the id of an API key: a static key's or a valid stored
+// key's.
+func (s *Server) keyID(ctx context.Context, key string) (string, error) {
 	sum := sha256.Sum256([]byte(key))
 	for id, h := range s.static {
 		if subtle.ConstantTimeCompare(sum[:], h[:]) == 1 {
 			return id, nil
 		}
 	}
-	k, err := s.st.APIKeyByHash(r.Context(), sum[:])
+	k, err := s.st.APIKeyByHash(ctx, sum[:])
 	if errors.Is(err, store.ErrNotFound) {
 		return "", apierr.New(apierr.Unauthorized, "invalid or revoked API key")
 	}
@@ -337,7 +347,7 @@ func (s *Server) authenticate(r *http.Request) (string, error) {
 		return "", err
 	}
 	if time.Since(k.LastUsed) > time.Minute {
-		s.st.TouchAPIKey(context.WithoutCancel(r.Context()), k.ID)
+		s.st.TouchAPIKey(context.WithoutCancel(ctx), k.ID)
 	}
 	return k.ID, nil
 }
