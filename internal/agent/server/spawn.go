@@ -242,18 +242,27 @@ func (o *output) exited() {
 // last user closed it), a sink error, or the grace after exit.
 func (o *output) pump(sink func([]byte) error) {
 	buf := make([]byte, proto.ChunkSize)
+	retried := false
 	for {
 		if o.done.Load() {
 			_ = o.f.SetReadDeadline(time.Now().Add(outputGrace))
 		}
 		n, err := o.f.Read(buf)
 		if n > 0 {
+			retried = false
 			if err := sink(buf[:n]); err != nil {
 				return
 			}
 		}
 		if err != nil && o.tty && !o.done.Load() && errors.Is(err, syscall.EIO) {
 			time.Sleep(ttyPoll) // see ttyPoll
+			continue
+		}
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !retried {
+			// The deadline exited() set may have passed while this
+			// goroutine waited for a CPU (a busy guest), with output still
+			// in the pipe: read once more with a deadline of our own.
+			retried = true
 			continue
 		}
 		if err != nil {
