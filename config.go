@@ -307,6 +307,9 @@ type CommandResult struct {
 	Stdout string `json:"stdout"`
 	// Stderr is everything the command wrote to standard error.
 	Stderr string `json:"stderr"`
+	// Truncated reports whether Stdout or Stderr was cut at the output cap
+	// (Run keeps at most DefaultMaxOutputBytes per stream by default).
+	Truncated bool `json:"truncated"`
 }
 
 // OK reports whether the command exited with status 0.

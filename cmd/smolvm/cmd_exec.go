@@ -98,17 +98,7 @@ func newFileCmd(g *globals) *cobra.Command {
 				return vm.UploadFile(c.Context(), a[1], a[2])
 			})
 		},
-	}, &cobra.Command{
-		Use:     "download ID GUEST LOCAL",
-		Short:   "Copy a guest file to the host (mode kept)",
-		Example: "  smolvm file download web /root/out.txt ./out.txt",
-		Args:    args(cobra.ExactArgs(3)),
-		RunE: func(c *cobra.Command, a []string) error {
-			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
-				return vm.DownloadFile(c.Context(), a[1], a[2])
-			})
-		},
-	})
+	}, newFileDownloadCmd(g))
 	return c
 }
 
