@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smolvm-go/smolvm/internal/bootparams"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
@@ -92,6 +93,13 @@ type VMConfig struct {
 	// NoNetwork gives the VM no NIC, address or port forwards; the agent
 	// still works (over virtio-serial or vsock).
 	NoNetwork bool `json:"no_network,omitempty"`
+
+	// Bounds (issue 13).
+
+	// ConsoleLogMaxBytes caps the VM's console log on disk (the newest
+	// output is kept); 0 means HostOptions.ConsoleLogMaxBytes, else
+	// DefaultConsoleLogMaxBytes (8 MiB). At least 64 KiB, at most 1 GiB.
+	ConsoleLogMaxBytes int64 `json:"console_log_max_bytes,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -223,7 +231,10 @@ func (c VMConfig) Validate() error {
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		return configErr("boot_args", c.BootArgs, "must be one line")
 	}
-	return nil
+	if err := validateBootArgs(c.BootArgs); err != nil {
+		return err
+	}
+	return validateConsoleMax(c.ConsoleLogMaxBytes)
 }
 
 // validateBackend accepts auto and every backend built into the program.
@@ -319,4 +330,13 @@ func (r CommandResult) OK() bool { return r.ExitCode == 0 }
 func (r CommandResult) Output() string {
 	s := strings.TrimSuffix(r.Stdout, "\n")
 	return strings.TrimSuffix(s, "\r")
+}
+
+// validateBootArgs refuses boot_args that would override the host's
+// smolvm.* keys or replace the init (issue 13).
+func validateBootArgs(s string) error {
+	if err := bootparams.CheckUserArgs(s); err != nil {
+		return configErr("boot_args", s, "must not set smolvm.* keys, init= or rdinit=: "+err.Error())
+	}
+	return nil
 }

@@ -83,6 +83,10 @@ type HostOptions struct {
 	// Progress receives progress of long work (image builds on first use)
 	// as stage names and counts; nil prints to a terminal on stderr.
 	Progress func(stage string, done, total int64)
+	// ConsoleLogMaxBytes is the default cap of a VM's console log on disk
+	// (VMConfig.ConsoleLogMaxBytes overrides it); 0 means
+	// DefaultConsoleLogMaxBytes.
+	ConsoleLogMaxBytes int64
 
 	// probe describes the host's acceleration; tests fill it.
 	probe vmm.Probe

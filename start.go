@@ -1,7 +1,6 @@
 package smolvm
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/bootparams"
+	"github.com/smolvm-go/smolvm/internal/consolelog"
 	"github.com/smolvm-go/smolvm/internal/netplan"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
@@ -140,12 +140,18 @@ func (s *startOp) runtimeDir(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
 		return err
 	}
-	os.Remove(logPath)
+	consolelog.Remove(logPath)
 	return nil
 }
 
 func (s *startOp) launch(ctx context.Context) (err error) {
 	spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
+	// The console goes through a logger that caps it on disk; it ends
+	// with the VMM (or at once if the launch fails and the pipe closes).
+	if spec.ConsoleFile, err = startConsoleLogger(spec.ConsoleLog, s.h().consoleMax(s.rec.Config)); err != nil {
+		return err
+	}
+	defer spec.ConsoleFile.Close()
 	s.inst, err = s.backend.Launch(ctx, spec)
 	return err
 }
@@ -193,58 +199,6 @@ func (s *startOp) bootErr(err error) error {
 		err = fmt.Errorf("%w\n--- last lines of the console (%s) ---\n%s", err, logPath, tail)
 	}
 	return err
-}
-
-// waitMarker waits until the guest's ready marker appears on its console,
-// reading only what is new, or until the VMM dies or ctx ends.
-func waitMarker(ctx context.Context, logPath string, inst vmm.Instance) error {
-	marker := []byte(bootparams.ReadyMarker)
-	var off int64
-	var tail []byte
-	buf := make([]byte, 64<<10)
-	for {
-		if f, err := os.Open(logPath); err == nil {
-			for {
-				n, err := f.ReadAt(buf, off)
-				if n > 0 {
-					off += int64(n)
-					chunk := append(tail, buf[:n]...)
-					if bytes.Contains(chunk, marker) {
-						f.Close()
-						return nil
-					}
-					// Keep enough to find a marker split across reads.
-					tail = append([]byte(nil), chunk[max(0, len(chunk)-len(marker)):]...)
-				}
-				if err != nil {
-					break
-				}
-			}
-			f.Close()
-		}
-		if !vmm.Alive(inst.PID, inst.PIDStart) {
-			return fmt.Errorf("VMM process %d exited before the guest was ready: %w", inst.PID, vmm.ErrNotRunning)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-// consoleTail returns the last n lines of a console log.
-func consoleTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	s := strings.ReplaceAll(string(b), "\r", "")
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // spec builds the VMM launch spec of a VM from its record and network

@@ -20,6 +20,7 @@ type vmFlags struct {
 	memory, vcpus, diskSize                                 int
 	env, dns                                                []string
 	bootTimeout                                             time.Duration
+	consoleLogMiB                                           int // bounds (issue 13)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -37,6 +38,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set KEY=VALUE in the guest (repeatable)")
 	fl.StringArrayVar(&f.dns, "dns", nil, "the guest's DNS resolver, an IPv4 address (repeatable; default: its gateway)")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "how long to wait for the guest to boot")
+	fl.IntVar(&f.consoleLogMiB, "console-log-size", 0, "cap the console log on disk at this many MiB, newest output kept (default 8)")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -46,6 +48,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		DiskMode: smolvm.DiskMode(f.diskMode), Backend: smolvm.BackendKind(f.backend),
 	}
 	cfg.Accel = smolvm.Accel(f.accel)
+	cfg.ConsoleLogMaxBytes = int64(f.consoleLogMiB) << 20
 	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
 	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
 		return cfg, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}
@@ -358,45 +361,3 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func newLogsCmd(g *globals) *cobra.Command {
-	var follow bool
-	c := &cobra.Command{
-		Use:   "logs ID",
-		Short: "Print a VM's serial console",
-		Args:  args(cobra.ExactArgs(1)),
-		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := g.get(c.Context(), a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			f, err := os.Open(vm.ConsoleLog())
-			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%s has no console log yet (it never started)", a[0])
-			}
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			for {
-				if _, err := io.Copy(c.OutOrStdout(), f); err != nil {
-					return err
-				}
-				if !follow {
-					return nil
-				}
-				if vm.Refresh(c.Context()) == nil && vm.Info().Status != smolvm.StateRunning && vm.Info().Status != smolvm.StatePaused {
-					_, err := io.Copy(c.OutOrStdout(), f)
-					return err
-				}
-				select {
-				case <-c.Context().Done():
-					return nil
-				case <-time.After(200 * time.Millisecond):
-				}
-			}
-		},
-	}
-	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing while the VM runs")
-	return c
-}

@@ -154,3 +154,22 @@ func ModuleParams(cmdline, module string) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// CheckUserArgs reports the first word of user-supplied kernel arguments
+// that would override what the host sets: a smolvm.* key (the guest reads
+// those as instructions from the host) or init=/rdinit= (which would
+// replace the agent as PID 1). Quotes and the kernel's equivalence of '-'
+// and '_' in parameter names do not get around it.
+func CheckUserArgs(args string) error {
+	for _, word := range strings.Fields(args) {
+		k, _, _ := strings.Cut(strings.ReplaceAll(word, `"`, ""), "=")
+		norm := strings.ReplaceAll(strings.ToLower(k), "-", "_")
+		switch {
+		case strings.HasPrefix(norm, "smolvm."):
+			return fmt.Errorf("%q: smolvm.* keys are set by the host", word)
+		case norm == "init" || norm == "rdinit":
+			return fmt.Errorf("%q: the init is the smolvm agent and cannot be replaced", word)
+		}
+	}
+	return nil
+}

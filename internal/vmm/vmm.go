@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -79,6 +80,15 @@ type Spec struct {
 	Accel Accel
 	// Machine is the QEMU machine type ("microvm" or "q35"); empty means microvm.
 	Machine string
+
+	// Bounded console (issue 13).
+
+	// ConsoleFile, if set, is where the VMM writes the serial console
+	// instead of opening ConsoleLog itself: the write end of the pipe of a
+	// logger that caps the log (ConsoleLog is then only read). The backend
+	// passes it to the VMM process as an open descriptor, so it works for
+	// an unprivileged VMM; the caller closes it after Launch.
+	ConsoleFile *os.File
 }
 
 // Instance is a launched VM: what the caller must record to control it later,

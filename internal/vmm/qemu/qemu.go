@@ -172,9 +172,9 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 		"-name", "smolvm-"+spec.ID,
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path="+spec.ConsoleLog,
+		"-chardev", consoleChardev(spec),
 		"-serial", "chardev:console",
-		"-qmp", "unix:"+controlPath(spec.Dir)+",server=on,wait=off",
+		"-qmp", "unix:"+optValue(controlPath(spec.Dir))+",server=on,wait=off",
 	)
 	if spec.Initrd != "" {
 		a = append(a, "-initrd", spec.Initrd)
@@ -186,7 +186,7 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 		return kind + "-pci"
 	}
 	for i, d := range spec.Disks {
-		opt := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=unsafe,discard=unmap", i, d.Path)
+		opt := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=unsafe,discard=unmap", i, optValue(d.Path))
 		if d.ReadOnly {
 			opt += ",readonly=on"
 		}
@@ -209,7 +209,7 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int) []string {
 	}
 	a = append(a,
 		"-device", serialDev,
-		"-chardev", "socket,id=agent,path="+agentPath(spec.Dir)+",server=on,wait=off",
+		"-chardev", "socket,id=agent,path="+optValue(agentPath(spec.Dir))+",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 	)
 	return a
@@ -245,7 +245,7 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	}
 	defer errFile.Close()
 	cmd := exec.Command(bin, b.args(spec, accel)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, errFile
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, consoleStdout(spec), errFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return vmm.Instance{}, fmt.Errorf("start %s: %w", bin, err)
