@@ -96,3 +96,21 @@ func (c *capBuffer) String() string {
 	}
 	return unsafe.String(unsafe.SliceData(c.b), len(c.b))
 }
+
+// RedactedValue replaces secret values in output meant for people and logs.
+const RedactedValue = "********"
+
+// Redacted returns a copy of inf whose env var values are RedactedValue:
+// the names stay visible, the values (often API keys) do not. The CLI's
+// info and list print this unless --show-values.
+func (inf VMInfo) Redacted() VMInfo {
+	if len(inf.Config.EnvVars) == 0 {
+		return inf
+	}
+	env := make(map[string]string, len(inf.Config.EnvVars))
+	for k := range inf.Config.EnvVars {
+		env[k] = RedactedValue
+	}
+	inf.Config.EnvVars = env
+	return inf
+}

@@ -139,6 +139,9 @@ func Open(ctx context.Context, o HostOptions) (*Host, error) {
 	if imageDir == "" {
 		imageDir = filepath.Join(dir, "images")
 	}
+	if err := secureDataDir(dir); err != nil {
+		return nil, wrapErr("open", "", ErrInvalidConfig, err)
+	}
 	claims := netplan.Claims{Dir: filepath.Join(o.HostDir, "leases")}
 	st, err := store.OpenWith(ctx, dir, store.Options{Claims: claims})
 	if err != nil {

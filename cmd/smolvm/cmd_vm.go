@@ -159,7 +159,7 @@ The image is built on first use. With --start it is booted too.`,
 
 func printVM(c *cobra.Command, g *globals, inf smolvm.VMInfo) error {
 	if g.jsonOut {
-		return writeJSON(c.OutOrStdout(), inf)
+		return writeJSON(c.OutOrStdout(), inf.Redacted())
 	}
 	return printInfo(c, inf)
 }
@@ -360,4 +360,3 @@ func shellQuote(s string) string {
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
-
