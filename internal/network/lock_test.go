@@ -23,7 +23,7 @@ func TestOpenLockRefusesUnsafePlaces(t *testing.T) {
 
 	open := filepath.Join(base, "open")
 	os.Mkdir(open, 0o777)
-	os.Chmod(open, 0o1777)
+	os.Chmod(open, os.ModeSticky|0o777)
 	if _, err := openLock(open); err == nil || !strings.Contains(err.Error(), "mode") {
 		t.Errorf("world-writable dir: err = %v", err)
 	}
