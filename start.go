@@ -219,7 +219,11 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 	}
 	// The guest agent also listens on vsock; the backend attaches a vsock
 	// device only where the host supports it.
-	bp := bootparams.Params{ID: id, AgentPort: proto.DefaultVsockPort}
+	bp := bootparams.Params{ID: id, AgentPort: proto.DefaultVsockPort,
+		// Over AF_VSOCK (QEMU) the agent serves only privileged source
+		// ports, i.e. root; Firecracker's hybrid vsock is a Unix socket in a
+		// root-only directory and picks its own ports.
+		AgentAnyPeer: be.Kind() == vmm.Kind(BackendFirecracker)}
 	if !cfg.NoNetwork {
 		spec.NIC = &vmm.NIC{TAP: p.TAP, MAC: p.MAC}
 		bp.Addr, bp.Gateway = p.GuestPrefix(), p.Gateway

@@ -57,3 +57,12 @@ func TestCheckUserArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentAnyPeerRoundTrip(t *testing.T) {
+	for _, anyPeer := range []bool{false, true} {
+		p, err := Parse(Params{ID: "x", AgentPort: 1024, AgentAnyPeer: anyPeer}.Format())
+		if err != nil || p.AgentAnyPeer != anyPeer {
+			t.Fatalf("AgentAnyPeer %v -> %+v, %v", anyPeer, p, err)
+		}
+	}
+}
