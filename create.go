@@ -145,7 +145,7 @@ func (c *createOp) lock(ctx context.Context) (err error) {
 func (c *createOp) record(ctx context.Context) error {
 	rec := record{Config: c.cfg, Boot: c.boot}
 	rec.Boot.Disk = c.recordedDisk() // never the cached image's own disk
-	rec.Config.SSHHostPort = 0 // the port table holds it
+	rec.Config.SSHHostPort = 0       // the port table holds it
 	recJSON, _ := json.Marshal(rec)
 	// Every VM gets a lease index (its vsock context id comes from it);
 	// only a VM with networking uses its address and TAP.
