@@ -32,17 +32,23 @@ const DefaultConsoleLogMaxBytes = consolelog.DefaultMaxBytes
 // consoleLoggerEnv marks a process started as a console logger.
 const consoleLoggerEnv = "_SMOLVM_CONSOLE_LOGGER"
 
+// consoleLogPathEnv and consoleLogMaxEnv pass the log's path and cap to
+// the logger. They are not on its command line, which names only the VM,
+// so the logger never looks like a process of the data directory.
+const (
+	consoleLogPathEnv = "_SMOLVM_CONSOLE_LOG_PATH"
+	consoleLogMaxEnv  = "_SMOLVM_CONSOLE_LOG_MAX"
+)
+
 func init() {
 	if os.Getenv(consoleLoggerEnv) != "1" {
 		return
 	}
-	// argv: smolvm-console-log PATH MAX_BYTES; the pipe is standard input.
+	// The pipe is standard input.
 	code := 0
-	if len(os.Args) != 3 {
+	if n, err := strconv.ParseInt(os.Getenv(consoleLogMaxEnv), 10, 64); err != nil || os.Getenv(consoleLogPathEnv) == "" {
 		code = 2
-	} else if n, err := strconv.ParseInt(os.Args[2], 10, 64); err != nil {
-		code = 2
-	} else if err := consolelog.Run(os.Stdin, os.Args[1], n); err != nil {
+	} else if err := consolelog.Run(os.Stdin, os.Getenv(consoleLogPathEnv), n); err != nil {
 		code = 1
 	}
 	os.Exit(code)
@@ -52,16 +58,17 @@ func init() {
 // returns the write end of its pipe, for the VMM; the caller closes it
 // once the VMM has it. The logger runs in its own session and outlives
 // this process.
-func startConsoleLogger(path string, maxBytes int64) (*os.File, error) {
+func startConsoleLogger(id, path string, maxBytes int64) (*os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
 	cmd := &exec.Cmd{
-		Path:        "/proc/self/exe",
-		Args:        []string{"smolvm-console-log", path, strconv.FormatInt(maxBytes, 10)},
-		Env:         []string{consoleLoggerEnv + "=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
+		Path: "/proc/self/exe",
+		Args: []string{"smolvm-console-log", id},
+		Env: []string{consoleLoggerEnv + "=1", consoleLogPathEnv + "=" + path,
+			consoleLogMaxEnv + "=" + strconv.FormatInt(maxBytes, 10), "PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
 		Dir:         "/",
 		Stdin:       r,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},

@@ -148,7 +148,7 @@ func (s *startOp) launch(ctx context.Context) (err error) {
 	spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
 	// The console goes through a logger that caps it on disk; it ends
 	// with the VMM (or at once if the launch fails and the pipe closes).
-	if spec.ConsoleFile, err = startConsoleLogger(spec.ConsoleLog, s.h().consoleMax(s.rec.Config)); err != nil {
+	if spec.ConsoleFile, err = startConsoleLogger(s.vm.id, spec.ConsoleLog, s.h().consoleMax(s.rec.Config)); err != nil {
 		return err
 	}
 	defer spec.ConsoleFile.Close()
