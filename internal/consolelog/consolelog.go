@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"syscall"
+	"time"
 )
 
 // DefaultMaxBytes is the default cap of one VM's console on disk (8 MiB).
@@ -24,6 +25,13 @@ const DefaultMaxBytes = 8 << 20
 
 // MinMaxBytes is the smallest cap accepted (64 KiB).
 const MinMaxBytes = 64 << 10
+
+// A read shorter than smallRead makes Run wait batchDelay before the
+// next one.
+const (
+	smallRead  = 4096
+	batchDelay = 5 * time.Millisecond
+)
 
 // Rotated returns the name of the older half of the log at path.
 func Rotated(path string) string { return path + ".1" }
@@ -48,6 +56,12 @@ func Run(r io.Reader, path string, maxBytes int64) error {
 	var werr error
 	for {
 		n, rerr := r.Read(buf)
+		if rerr == nil && n < smallRead {
+			// A serial console trickles in a few bytes per write: let some
+			// accumulate instead of paying a read and a write per byte.
+			// The pipe holds far more than arrives meanwhile.
+			time.Sleep(batchDelay)
+		}
 		p := buf[:n]
 		for len(p) > 0 && werr == nil {
 			if size >= half {
