@@ -1,9 +1,9 @@
 package consolelog
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,13 +14,19 @@ import (
 // the newest line last.
 func TestRunCaps(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vm.log")
-	pr, pw := io.Pipe()
+	pr, pw, err := os.Pipe() // a kernel pipe, as the VMM's console is
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
 	done := make(chan error, 1)
 	const max = 256 << 10
 	go func() { done <- Run(pr, path, max) }()
+	bw := bufio.NewWriterSize(pw, 8192)
 	for i := range 100000 {
-		fmt.Fprintf(pw, "line %d of a console flood\n", i)
+		fmt.Fprintf(bw, "line %d of a console flood\n", i)
 	}
+	bw.Flush()
 	pw.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
