@@ -44,11 +44,12 @@ func init() {
 	if os.Getenv(consoleLoggerEnv) != "1" {
 		return
 	}
-	// The pipe is standard input.
+	// The pipe is standard input, the log file (made by the parent)
+	// standard output.
 	code := 0
 	if n, err := strconv.ParseInt(os.Getenv(consoleLogMaxEnv), 10, 64); err != nil || os.Getenv(consoleLogPathEnv) == "" {
 		code = 2
-	} else if err := consolelog.Run(os.Stdin, os.Getenv(consoleLogPathEnv), n); err != nil {
+	} else if err := consolelog.Run(os.Stdin, os.Stdout, os.Getenv(consoleLogPathEnv), n); err != nil {
 		code = 1
 	}
 	os.Exit(code)
@@ -59,6 +60,14 @@ func init() {
 // once the VMM has it. The logger runs in its own session and outlives
 // this process.
 func startConsoleLogger(id, path string, maxBytes int64) (*os.File, error) {
+	// The file exists before the VMM runs, made here and not by the
+	// logger, so a logger that starts late cannot recreate the log of a VM
+	// deleted meanwhile.
+	logf, err := consolelog.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("console log: %w", err)
+	}
+	defer logf.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -71,6 +80,7 @@ func startConsoleLogger(id, path string, maxBytes int64) (*os.File, error) {
 			consoleLogMaxEnv + "=" + strconv.FormatInt(maxBytes, 10), "PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
 		Dir:         "/",
 		Stdin:       r,
+		Stdout:      logf,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	if err := cmd.Start(); err != nil {

@@ -36,22 +36,29 @@ const (
 // Rotated returns the name of the older half of the log at path.
 func Rotated(path string) string { return path + ".1" }
 
-// Run copies r to path until r ends, keeping path and Rotated(path)
-// together under maxBytes (DefaultMaxBytes if <= 0). It starts both files
-// afresh. Errors writing the file end the copy but r is still drained, so
-// the writer (the VMM) never blocks on a full pipe.
-func Run(r io.Reader, path string, maxBytes int64) error {
+// Create makes a fresh, empty log file at path (mode 0600, never through a
+// symlink) and removes its rotated half. The caller hands it to Run, so the
+// file exists as soon as the VM is launched, whenever Run starts.
+func Create(path string) (*os.File, error) {
+	os.Remove(Rotated(path))
+	return create(path)
+}
+
+// Run copies r into f, the log at path made by Create, until r ends,
+// keeping path and Rotated(path) together under maxBytes
+// (DefaultMaxBytes if <= 0). Once the log has been deleted (its VM was),
+// Run writes nothing more and recreates nothing. Errors writing end the
+// copy but r is still drained, so the writer (the VMM) never blocks on a
+// full pipe. Run closes f.
+func Run(r io.Reader, f *os.File, path string, maxBytes int64) error {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxBytes
 	}
 	half := max(maxBytes/2, 1)
-	os.Remove(Rotated(path))
-	f, err := create(path)
-	if err != nil {
-		io.Copy(io.Discard, r)
-		return err
-	}
 	var size int64
+	if fi, err := f.Stat(); err == nil {
+		size = fi.Size()
+	}
 	buf := make([]byte, 64<<10)
 	var werr error
 	for {
@@ -65,7 +72,12 @@ func Run(r io.Reader, path string, maxBytes int64) error {
 		p := buf[:n]
 		for len(p) > 0 && werr == nil {
 			if size >= half {
+				if deleted(f) {
+					werr = errDeleted
+					break
+				}
 				f.Close()
+				f = nil
 				if werr = os.Rename(path, Rotated(path)); werr != nil {
 					break
 				}
@@ -84,12 +96,28 @@ func Run(r io.Reader, path string, maxBytes int64) error {
 			if f != nil {
 				f.Close()
 			}
-			if errors.Is(rerr, io.EOF) {
+			if errors.Is(rerr, io.EOF) || errors.Is(werr, errDeleted) {
+				if errors.Is(werr, errDeleted) {
+					werr = nil
+				}
 				return werr
 			}
 			return errors.Join(werr, rerr)
 		}
 	}
+}
+
+// errDeleted stops the copy once the log was deleted.
+var errDeleted = errors.New("console log deleted")
+
+// deleted reports whether f has no name left.
+func deleted(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink == 0
 }
 
 // create makes a fresh log file, never following a symlink planted in

@@ -21,7 +21,11 @@ func TestRunCaps(t *testing.T) {
 	defer pr.Close()
 	done := make(chan error, 1)
 	const max = 256 << 10
-	go func() { done <- Run(pr, path, max) }()
+	f, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- Run(pr, f, path, max) }()
 	bw := bufio.NewWriterSize(pw, 8192)
 	for i := range 100000 {
 		fmt.Fprintf(bw, "line %d of a console flood\n", i)
@@ -69,6 +73,39 @@ func TestRunCaps(t *testing.T) {
 
 // Tail reaches into the rotated half when the current file is short, and
 // reads only the end of big files.
+// A log deleted while the logger runs is not recreated: a deleted VM
+// leaves nothing behind, however late its logger writes.
+func TestRunStopsWhenDeleted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.log")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	f, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Run(pr, f, path, MinMaxBytes) }()
+	pw.Write(make([]byte, 1000))
+	if err := Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		pw.Write(make([]byte, MinMaxBytes))
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, Rotated(path)} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s recreated after deletion", p)
+		}
+	}
+}
+
 func TestTailAcrossRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vm.log")
 	os.WriteFile(Rotated(path), []byte(strings.Repeat("x", 1<<20)+"\nold1\r\nold2\n"), 0o600)
