@@ -195,3 +195,19 @@ func TestRedactedAndSafeMode(t *testing.T) {
 		}
 	}
 }
+
+// A download limit fails the write that would pass it, before it reaches
+// the destination.
+func TestDownloadLimitWriter(t *testing.T) {
+	var got strings.Builder
+	lw := &limitWriter{w: &got, left: 5}
+	if n, err := lw.Write([]byte("abc")); n != 3 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if _, err := lw.Write([]byte("def")); err == nil || !lw.over || !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("over the limit: %v (over %v)", err, lw.over)
+	}
+	if got.String() != "abc" {
+		t.Fatalf("wrote %q", got.String())
+	}
+}
