@@ -26,8 +26,8 @@ import (
 //     (8 MiB by default) and the newest line is in it;
 //   - a guest file with mode 4777 downloaded: mode neutralised to 0755.
 //
-// Under TCG on 2 busy cores this takes about 15 minutes (the emulated
-// UART moves ~150 KB/s); -short skips it.
+// Under TCG on 2 cores this takes 3 minutes idle, 15 under heavy load
+// (the emulated UART moves 150-400 KB/s); -short skips it.
 func TestHostileGuestFloods(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods take minutes under TCG")
