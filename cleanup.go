@@ -151,7 +151,7 @@ func (c *cleaner) processes(ctx context.Context) error {
 func (c *cleaner) files(ctx context.Context) error {
 	h := c.h
 	for _, f := range []struct{ dir, suffix string }{
-		{filepath.Join(h.dir, "vms"), ""}, {filepath.Join(h.dir, "logs"), ".log"}, {filepath.Join(h.dir, "locks"), ".lock"},
+		{filepath.Join(h.dir, "vms"), ""}, {filepath.Join(h.dir, "logs"), ".log"}, {filepath.Join(h.dir, "logs"), ".log.1"}, {filepath.Join(h.dir, "locks"), ".lock"},
 	} {
 		ents, _ := os.ReadDir(f.dir)
 		for _, e := range ents {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smolvm-go/smolvm/internal/bootparams"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
@@ -130,6 +131,12 @@ type VMConfig struct {
 	// DNSUpstream are the resolvers (IPv4[:port]) the DNS forwarder asks
 	// for this VM; empty means the host's /etc/resolv.conf.
 	DNSUpstream []string `json:"dns_upstream,omitempty"`
+	// Bounds (issue 13).
+
+	// ConsoleLogMaxBytes caps the VM's console log on disk (the newest
+	// output is kept); 0 means HostOptions.ConsoleLogMaxBytes, else
+	// DefaultConsoleLogMaxBytes (8 MiB). At least 64 KiB, at most 1 GiB.
+	ConsoleLogMaxBytes int64 `json:"console_log_max_bytes,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -269,7 +276,13 @@ func (c VMConfig) Validate() error {
 	if err := validateLimits(c); err != nil {
 		return err
 	}
-	return c.validateEgress()
+	if err := c.validateEgress(); err != nil {
+		return err
+	}
+	if err := validateBootArgs(c.BootArgs); err != nil {
+		return err
+	}
+	return validateConsoleMax(c.ConsoleLogMaxBytes)
 }
 
 // validateBackend accepts auto and every backend built into the program.
@@ -372,6 +385,9 @@ type CommandResult struct {
 	Stdout string `json:"stdout"`
 	// Stderr is everything the command wrote to standard error.
 	Stderr string `json:"stderr"`
+	// Truncated reports whether Stdout or Stderr was cut at the output cap
+	// (Run keeps at most DefaultMaxOutputBytes per stream by default).
+	Truncated bool `json:"truncated"`
 }
 
 // OK reports whether the command exited with status 0.
@@ -381,4 +397,13 @@ func (r CommandResult) OK() bool { return r.ExitCode == 0 }
 func (r CommandResult) Output() string {
 	s := strings.TrimSuffix(r.Stdout, "\n")
 	return strings.TrimSuffix(s, "\r")
+}
+
+// validateBootArgs refuses boot_args that would override the host's
+// smolvm.* keys or replace the init (issue 13).
+func validateBootArgs(s string) error {
+	if err := bootparams.CheckUserArgs(s); err != nil {
+		return configErr("boot_args", s, "must not set smolvm.* keys, init= or rdinit=: "+err.Error())
+	}
+	return nil
 }

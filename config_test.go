@@ -112,7 +112,7 @@ func TestCommandResult(t *testing.T) {
 		t.Fatalf("%+v: OK %v Output %q", r, r.OK(), r.Output())
 	}
 	b, _ := json.Marshal(r)
-	if string(b) != `{"exit_code":3,"stdout":"a\n\n","stderr":""}` {
+	if string(b) != `{"exit_code":3,"stdout":"a\n\n","stderr":"","truncated":false}` {
 		t.Fatalf("json %s", b)
 	}
 }

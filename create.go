@@ -133,18 +133,7 @@ var createSteps = []step[*createOp]{
 	{name: "dir", do: func(ctx context.Context, c *createOp) error {
 		return os.MkdirAll(c.h.vmDir(c.cfg.VMID), 0o700)
 	}, undo: func(ctx context.Context, c *createOp, _ error) { c.h.removeFiles(c.cfg.VMID) }},
-	{name: "disk", kind: ErrImage, do: func(ctx context.Context, c *createOp) error {
-		if c.cfg.DiskMode != DiskIsolated {
-			return nil
-		}
-		if err := checkDiskSpace(c.h.vmDir(c.cfg.VMID), c.cfg.DiskSizeMiB); err != nil {
-			return err
-		}
-		if err := image.CloneDisk(ctx, c.boot.Disk, c.h.diskPath(c.cfg.VMID), int64(c.cfg.DiskSizeMiB)); err != nil {
-			return fmt.Errorf("copy disk: %w", err)
-		}
-		return nil
-	}},
+	{name: "disk", kind: ErrImage, do: func(ctx context.Context, c *createOp) error { return c.makeDisk(ctx) }},
 	{name: "finish", do: func(ctx context.Context, s *createOp) error { return s.finish(ctx) }},
 }
 
@@ -159,12 +148,8 @@ func (c *createOp) lock(ctx context.Context) (err error) {
 
 func (c *createOp) record(ctx context.Context) error {
 	rec := record{Config: c.cfg, Boot: c.boot, Restore: c.restore}
-	if c.cfg.DiskMode == DiskIsolated {
-		// Recorded as the disk before it exists: an interrupted create must
-		// never boot the image's own disk.
-		rec.Boot.Disk = c.h.diskPath(c.cfg.VMID)
-	}
-	rec.Config.SSHHostPort = 0 // the port table holds it
+	rec.Boot.Disk = c.recordedDisk() // never the cached image's own disk
+	rec.Config.SSHHostPort = 0       // the port table holds it
 	recJSON, _ := json.Marshal(rec)
 	// Every VM gets a lease index (its vsock context id comes from it);
 	// only a VM with networking uses its address and TAP.

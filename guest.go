@@ -1,7 +1,6 @@
 package smolvm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -237,6 +236,14 @@ type ExecOptions struct {
 	Stdin io.Reader
 	// Stdout and Stderr receive the command's output as it runs; nil discards.
 	Stdout, Stderr io.Writer
+
+	// Bounds (issue 13).
+
+	// MaxOutputBytes, if positive, caps what is written to each of Stdout
+	// and Stderr; the rest is read from the guest and discarded, and
+	// ExitStatus.Truncated is set. 0 means no cap (Run applies
+	// DefaultMaxOutputBytes).
+	MaxOutputBytes int64
 }
 
 // ExitStatus is how a command ended.
@@ -247,6 +254,9 @@ type ExitStatus struct {
 	Signal string `json:"signal,omitempty"`
 	// TimedOut reports whether the command was killed at its timeout.
 	TimedOut bool `json:"timed_out,omitempty"`
+	// Truncated reports whether output beyond ExecOptions.MaxOutputBytes
+	// was discarded.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Exec runs a command in the guest, streaming its input and output. A
@@ -266,9 +276,9 @@ func (vm *VM) Exec(ctx context.Context, eo ExecOptions) (ExitStatus, error) {
 		return ExitStatus{}, wrapErr("exec", vm.id, ErrCommandUnavailable, err)
 	}
 	defer release()
-	res, err := c.Exec(ctx, agent.ExecRequest{Argv: eo.Argv, Shell: eo.Shell, Env: eo.Env, Dir: eo.Dir, User: eo.User, Timeout: eo.Timeout},
+	res, err := c.Exec(ctx, agent.ExecRequest{Argv: eo.Argv, Shell: eo.Shell, Env: eo.Env, Dir: eo.Dir, User: eo.User, Timeout: eo.Timeout, MaxOutputBytes: eo.MaxOutputBytes},
 		eo.Stdin, eo.Stdout, eo.Stderr)
-	st := ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}
+	st := ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut, Truncated: res.StdoutTruncated || res.StderrTruncated}
 	if err != nil {
 		return st, vm.agentErr(ctx, "exec", err)
 	}
@@ -293,16 +303,19 @@ func RunDir(dir string) RunOption { return func(e *ExecOptions) { e.Dir = dir } 
 // RunUser runs the command as user (name or uid).
 func RunUser(user string) RunOption { return func(e *ExecOptions) { e.User = user } }
 
-// Run runs a shell command in the guest (`sh -lc`) and collects its output.
-// A non-zero exit code is not an error: check CommandResult.OK.
+// Run runs a shell command in the guest (`sh -lc`) and collects its output,
+// at most DefaultMaxOutputBytes per stream unless RunMaxOutputBytes says
+// otherwise (CommandResult.Truncated tells). A non-zero exit code is not an
+// error: check CommandResult.OK.
 func (vm *VM) Run(ctx context.Context, command string, opts ...RunOption) (CommandResult, error) {
-	var out, errb bytes.Buffer
-	eo := ExecOptions{Shell: command, Stdout: &out, Stderr: &errb}
+	eo := ExecOptions{Shell: command, MaxOutputBytes: DefaultMaxOutputBytes}
 	for _, f := range opts {
 		f(&eo)
 	}
+	out, errb := newCapBuffer(eo.MaxOutputBytes), newCapBuffer(eo.MaxOutputBytes)
+	eo.Stdout, eo.Stderr = out, errb
 	st, err := vm.Exec(ctx, eo)
-	return CommandResult{ExitCode: st.ExitCode, Stdout: out.String(), Stderr: errb.String()}, err
+	return CommandResult{ExitCode: st.ExitCode, Stdout: out.String(), Stderr: errb.String(), Truncated: st.Truncated}, err
 }
 
 // Upload streams r into the guest file guestPath (absolute) with mode,
@@ -316,14 +329,29 @@ func (vm *VM) Upload(ctx context.Context, guestPath string, r io.Reader, mode os
 	return vm.agentErr(ctx, "upload", c.Upload(ctx, guestPath, r, mode, true))
 }
 
-// Download streams the guest file guestPath (absolute) into w and returns its mode.
-func (vm *VM) Download(ctx context.Context, guestPath string, w io.Writer) (os.FileMode, error) {
+// Download streams the guest file guestPath (absolute) into w and returns
+// its mode as the guest claims it (DownloadFile applies SafeMode to it).
+// With DownloadMaxBytes, a larger file fails with ErrInvalidConfig
+// after that many bytes.
+func (vm *VM) Download(ctx context.Context, guestPath string, w io.Writer, opts ...DownloadOption) (os.FileMode, error) {
+	var do downloadOptions
+	for _, f := range opts {
+		f(&do)
+	}
 	c, release, err := vm.acquire(ctx)
 	if err != nil {
 		return 0, wrapErr("download", vm.id, ErrCommandUnavailable, err)
 	}
 	defer release()
+	var lw *limitWriter
+	if do.maxBytes > 0 {
+		lw = &limitWriter{w: w, left: do.maxBytes}
+		w = lw
+	}
 	m, err := c.Download(ctx, guestPath, w)
+	if lw != nil && lw.over {
+		return 0, wrapErr("download", vm.id, ErrInvalidConfig, configErr("max_bytes", fmt.Sprint(do.maxBytes), guestPath+" is larger than the download limit"))
+	}
 	return m, vm.agentErr(ctx, "download", err)
 }
 
@@ -345,8 +373,10 @@ func (vm *VM) UploadFile(ctx context.Context, localPath, guestPath string) error
 }
 
 // DownloadFile copies the guest file guestPath to the host file localPath,
-// keeping its mode. localPath is replaced atomically; on failure nothing is left.
-func (vm *VM) DownloadFile(ctx context.Context, guestPath, localPath string) (retErr error) {
+// keeping its mode as far as SafeMode allows (at most 0755, no setuid,
+// setgid, sticky or group/other write). localPath is replaced atomically;
+// on failure nothing is left.
+func (vm *VM) DownloadFile(ctx context.Context, guestPath, localPath string, opts ...DownloadOption) (retErr error) {
 	tmp, err := os.CreateTemp(filepath.Dir(localPath), "."+filepath.Base(localPath)+".smolvm-*")
 	if err != nil {
 		return wrapErr("download", vm.id, ErrInvalidConfig, err)
@@ -357,11 +387,11 @@ func (vm *VM) DownloadFile(ctx context.Context, guestPath, localPath string) (re
 			os.Remove(tmp.Name())
 		}
 	}()
-	mode, err := vm.Download(ctx, guestPath, tmp)
+	mode, err := vm.Download(ctx, guestPath, tmp, opts...)
 	if err != nil {
 		return err
 	}
-	if err := tmp.Chmod(mode.Perm()); err != nil {
+	if err := tmp.Chmod(SafeMode(mode)); err != nil {
 		return wrapErr("download", vm.id, ErrInvalidConfig, err)
 	}
 	if err := tmp.Close(); err != nil {

@@ -88,6 +88,10 @@ type HostOptions struct {
 	// `smolvm _dns-forwarder` with the smolvm binary found next to this
 	// program, next to $SMOLVM_AGENT or in PATH (network policy, egress.go).
 	ForwarderCommand []string
+	// ConsoleLogMaxBytes is the default cap of a VM's console log on disk
+	// (VMConfig.ConsoleLogMaxBytes overrides it); 0 means
+	// DefaultConsoleLogMaxBytes.
+	ConsoleLogMaxBytes int64
 
 	// probe describes the host's acceleration; tests fill it.
 	probe vmm.Probe
@@ -139,6 +143,9 @@ func Open(ctx context.Context, o HostOptions) (*Host, error) {
 	}
 	if imageDir == "" {
 		imageDir = filepath.Join(dir, "images")
+	}
+	if err := secureDataDir(dir); err != nil {
+		return nil, wrapErr("open", "", ErrInvalidConfig, err)
 	}
 	claims := netplan.Claims{Dir: filepath.Join(o.HostDir, "leases")}
 	st, err := store.OpenWith(ctx, dir, store.Options{Claims: claims})

@@ -39,13 +39,8 @@ var restoreSteps = []step[*startOp]{
 	stepNamed(startSteps, "network"),
 	stepNamed(startSteps, "cgroup"),
 	stepNamed(startSteps, "egress"),
-	{name: "launch", do: func(ctx context.Context, s *startOp) (err error) {
-		spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
-		s.confine(&spec)
-		spec.Incoming = true
-		s.inst, err = s.backend.Launch(ctx, spec)
-		return err
-	}, undo: stepNamed(startSteps, "launch").undo},
+	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launchVMM(ctx, true) },
+		undo: stepNamed(startSteps, "launch").undo},
 	stepNamed(startSteps, "record"),
 	{name: "load-state", do: func(ctx context.Context, s *startOp) error {
 		f, err := os.Open(filepath.Join(s.rec.Restore.Dir, snapState))

@@ -1,7 +1,6 @@
 package smolvm
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
 	"github.com/smolvm-go/smolvm/internal/bootparams"
 	"github.com/smolvm-go/smolvm/internal/cgroup"
+	"github.com/smolvm-go/smolvm/internal/consolelog"
 	"github.com/smolvm-go/smolvm/internal/netplan"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
@@ -157,13 +157,24 @@ func (s *startOp) runtimeDir(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
 		return err
 	}
-	os.Remove(logPath)
+	consolelog.Remove(logPath)
 	return nil
 }
 
-func (s *startOp) launch(ctx context.Context) (err error) {
+func (s *startOp) launch(ctx context.Context) error { return s.launchVMM(ctx, false) }
+
+// launchVMM starts the VMM: confined, in the VM's cgroup, its console
+// through a logger that caps it on disk (the logger ends with the VMM, or
+// at once if the launch fails and the pipe closes). incoming makes it wait
+// for a saved state instead of booting (a restore).
+func (s *startOp) launchVMM(ctx context.Context, incoming bool) (err error) {
 	spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
 	s.confine(&spec)
+	spec.Incoming = incoming
+	if spec.ConsoleFile, err = startConsoleLogger(s.vm.id, spec.ConsoleLog, s.h().consoleMax(s.rec.Config)); err != nil {
+		return err
+	}
+	defer spec.ConsoleFile.Close()
 	s.inst, err = s.backend.Launch(ctx, spec)
 	return err
 }
@@ -213,58 +224,6 @@ func (s *startOp) bootErr(err error) error {
 	return err
 }
 
-// waitMarker waits until the guest's ready marker appears on its console,
-// reading only what is new, or until the VMM dies or ctx ends.
-func waitMarker(ctx context.Context, logPath string, inst vmm.Instance) error {
-	marker := []byte(bootparams.ReadyMarker)
-	var off int64
-	var tail []byte
-	buf := make([]byte, 64<<10)
-	for {
-		if f, err := os.Open(logPath); err == nil {
-			for {
-				n, err := f.ReadAt(buf, off)
-				if n > 0 {
-					off += int64(n)
-					chunk := append(tail, buf[:n]...)
-					if bytes.Contains(chunk, marker) {
-						f.Close()
-						return nil
-					}
-					// Keep enough to find a marker split across reads.
-					tail = append([]byte(nil), chunk[max(0, len(chunk)-len(marker)):]...)
-				}
-				if err != nil {
-					break
-				}
-			}
-			f.Close()
-		}
-		if !vmm.Alive(inst.PID, inst.PIDStart) {
-			return fmt.Errorf("VMM process %d exited before the guest was ready: %w", inst.PID, vmm.ErrNotRunning)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-// consoleTail returns the last n lines of a console log.
-func consoleTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	s := strings.ReplaceAll(string(b), "\r", "")
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // spec builds the VMM launch spec of a VM from its record and network
 // identity.
 func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.Spec {
@@ -284,7 +243,11 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 	}
 	// The guest agent also listens on vsock; the backend attaches a vsock
 	// device only where the host supports it.
-	bp := bootparams.Params{ID: id, AgentPort: proto.DefaultVsockPort}
+	bp := bootparams.Params{ID: id, AgentPort: proto.DefaultVsockPort,
+		// Over AF_VSOCK (QEMU) the agent serves only privileged source
+		// ports, i.e. root; Firecracker's hybrid vsock is a Unix socket in a
+		// root-only directory and picks its own ports.
+		AgentAnyPeer: be.Kind() == vmm.Kind(BackendFirecracker)}
 	if !cfg.NoNetwork {
 		spec.NIC = &vmm.NIC{TAP: p.TAP, MAC: p.MAC}
 		bp.Addr, bp.Gateway = p.GuestPrefix(), p.Gateway

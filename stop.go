@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/smolvm-go/smolvm/internal/consolelog"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
@@ -159,10 +160,7 @@ func (h *Host) removeFiles(id string) error {
 	if err := os.RemoveAll(h.vmDir(id)); err != nil {
 		return err
 	}
-	if err := os.Remove(h.logPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return consolelog.Remove(h.logPath(id))
 }
 
 // Pause stops the VM's vCPUs; its memory, devices and network stay. Commands

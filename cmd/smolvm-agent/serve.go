@@ -16,13 +16,16 @@ import (
 type serveConfig struct {
 	Version   string
 	VsockPort uint32
-	PowerOff  func()
-	Logf      func(format string, args ...any)
+	// VsockAnyPeer serves vsock peers on any port (Firecracker's hybrid
+	// vsock); by default only privileged host ports are served.
+	VsockAnyPeer bool
+	PowerOff     func()
+	Logf         func(format string, args ...any)
 }
 
 // serveAgent runs the agent's command server until ctx is done.
 func serveAgent(ctx context.Context, c serveConfig) error {
-	return server.Run(ctx, server.Options{Version: c.Version, VsockPort: c.VsockPort, PowerOff: c.PowerOff, Logf: c.Logf})
+	return server.Run(ctx, server.Options{Version: c.Version, VsockPort: c.VsockPort, VsockAnyPeer: c.VsockAnyPeer, PowerOff: c.PowerOff, Logf: c.Logf})
 }
 
 // serve runs the agent server as the init's child and returns its exit status.
@@ -40,6 +43,9 @@ func serve() int {
 	err = serveAgent(ctx, serveConfig{
 		Version:   version,
 		VsockPort: params.AgentPort,
+		// Only root on the host reaches the agent over vsock, unless the
+		// host says its vsock is reachable by root only anyway.
+		VsockAnyPeer: params.AgentAnyPeer,
 		// The init (PID 1) powers off on SIGUSR2, like busybox's poweroff.
 		PowerOff: func() { _ = unix.Kill(1, unix.SIGUSR2) },
 		Logf:     logf,

@@ -133,22 +133,7 @@ func newFileCmd(g *globals) *cobra.Command {
 				return uploadPath(c, g, vm, a[1], a[2])
 			})
 		},
-	}, &cobra.Command{
-		Use:     "download ID GUEST LOCAL",
-		Short:   "Copy a guest file or directory to the host (modes, links and mtimes kept; nothing may escape LOCAL)",
-		Example: "  smolvm file download web /root/out.txt ./out.txt",
-		Args:    args(cobra.ExactArgs(3)),
-		RunE: func(c *cobra.Command, a []string) error {
-			if g.remoteURL() != "" { // a server gives single files
-				return onHandle(c, g, a[0], func(vm vmHandle) error {
-					return vm.DownloadFile(c.Context(), a[1], a[2])
-				})
-			}
-			return onVM(c, g, a[0], func(vm *smolvm.VM) error {
-				return downloadPath(c, g, vm, a[1], a[2])
-			})
-		},
-	})
+	}, newFileDownloadCmd(g))
 	return c
 }
 

@@ -32,7 +32,7 @@ func uploadPath(c *cobra.Command, g *globals, vm *smolvm.VM, local, guest string
 // downloadPath copies a guest file or directory to the host. A directory is
 // extracted with the host-side protections (no absolute names, no "..", no
 // writes through links, bounded size); a missing LOCAL appears only on success.
-func downloadPath(c *cobra.Command, g *globals, vm *smolvm.VM, guest, local string) error {
+func downloadPath(c *cobra.Command, g *globals, vm *smolvm.VM, guest, local string, opts ...smolvm.DownloadOption) error {
 	fi, err := vm.Stat(c.Context(), guest)
 	if err != nil {
 		return err
@@ -44,7 +44,7 @@ func downloadPath(c *cobra.Command, g *globals, vm *smolvm.VM, guest, local stri
 		}
 		return printStats(c, g, st)
 	}
-	return vm.DownloadFile(c.Context(), guest, local)
+	return vm.DownloadFile(c.Context(), guest, local, opts...)
 }
 
 func printStats(c *cobra.Command, g *globals, st smolvm.TransferStats) error {

@@ -28,7 +28,7 @@ func newVersionCmd(g *globals) *cobra.Command {
 }
 
 func newListCmd(g *globals) *cobra.Command {
-	var all bool
+	var all, showValues bool
 	var status string
 	c := &cobra.Command{
 		Use:     "list",
@@ -69,6 +69,11 @@ func newListCmd(g *globals) *cobra.Command {
 				vms = kept
 			}
 			if g.jsonOut {
+				if !showValues {
+					for i := range vms {
+						vms[i] = vms[i].Redacted()
+					}
+				}
 				return writeJSON(c.OutOrStdout(), vms)
 			}
 			if len(vms) == 0 {
@@ -86,10 +91,12 @@ func newListCmd(g *globals) *cobra.Command {
 	c.Flags().BoolVarP(&all, "all", "a", false, "show every VM, stopped ones too")
 	c.Flags().StringVar(&status, "status", "", "show only VMs in this state")
 	c.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
+	c.Flags().BoolVar(&showValues, "show-values", false, "print env var values (hidden by default: they often hold API keys)")
 	return c
 }
 
 func newInfoCmd(g *globals) *cobra.Command {
+	var showValues bool
 	c := &cobra.Command{
 		Use:   "info ID",
 		Short: "Show one VM's configuration and state",
@@ -97,7 +104,8 @@ func newInfoCmd(g *globals) *cobra.Command {
 
 --json prints one VM object: vm_id, status, config (vm_id, vcpu_count, mem_size_mib,
 disk_mode, backend, ...), network (guest_ip, gateway_ip, netmask, tap_device, guest_mac,
-ssh_host_port; null without network), pid, backend, accel, sockets, created_at, updated_at.`,
+ssh_host_port; null without network), pid, backend, accel, sockets, created_at, updated_at.
+config.env_vars shows names with values hidden ("********") unless --show-values.`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
 			vm, err := g.vm(c.Context(), a[0])
@@ -107,12 +115,16 @@ ssh_host_port; null without network), pid, backend, accel, sockets, created_at, 
 			defer vm.Release()
 			inf := vm.Info()
 			if g.jsonOut {
+				if !showValues {
+					inf = inf.Redacted()
+				}
 				return writeJSON(c.OutOrStdout(), inf)
 			}
 			return printInfo(c, inf)
 		},
 	}
 	c.Flags().BoolVar(&g.jsonOut, "json", false, "print JSON")
+	c.Flags().BoolVar(&showValues, "show-values", false, "print env var values (hidden by default: they often hold API keys)")
 	return c
 }
 

@@ -24,6 +24,7 @@ type vmFlags struct {
 	cpuQuota                                                float64  // resource limits (issue 13)
 	diskBPS, diskIOPS                                       int64
 	egress                                                  egressFlags // network policy (cmd_network.go)
+	consoleLogMiB                                           int // bounds (issue 13)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -46,6 +47,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.Int64Var(&f.diskBPS, "disk-bps", 0, "throttle the VM's disk to this many bytes/s, reads and writes together (0: no limit)")
 	fl.Int64Var(&f.diskIOPS, "disk-iops", 0, "throttle the VM's disk to this many operations/s (0: no limit)")
 	f.egress.add(c, true)
+	fl.IntVar(&f.consoleLogMiB, "console-log-size", 0, "cap the console log on disk at this many MiB, newest output kept (default 8)")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -56,6 +58,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	}
 	cfg.Accel = smolvm.Accel(f.accel)
 	cfg.CPUQuota, cfg.DiskBPS, cfg.DiskIOPS = f.cpuQuota, f.diskBPS, f.diskIOPS
+	cfg.ConsoleLogMaxBytes = int64(f.consoleLogMiB) << 20
 	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
 	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
 		return cfg, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}
@@ -175,7 +178,7 @@ The image is built on first use. With --start it is booted too.`,
 
 func printVM(c *cobra.Command, g *globals, inf smolvm.VMInfo) error {
 	if g.jsonOut {
-		return writeJSON(c.OutOrStdout(), inf)
+		return writeJSON(c.OutOrStdout(), inf.Redacted())
 	}
 	return printInfo(c, inf)
 }
@@ -391,47 +394,4 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func newLogsCmd(g *globals) *cobra.Command {
-	var follow bool
-	c := &cobra.Command{
-		Use:   "logs ID",
-		Short: "Print a VM's serial console",
-		Args:  args(cobra.ExactArgs(1)),
-		RunE: func(c *cobra.Command, a []string) error {
-			vm, err := g.get(c.Context(), a[0])
-			if err != nil {
-				return err
-			}
-			defer vm.Release()
-			f, err := os.Open(vm.ConsoleLog())
-			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%s has no console log yet (it never started)", a[0])
-			}
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			for {
-				if _, err := io.Copy(c.OutOrStdout(), f); err != nil {
-					return err
-				}
-				if !follow {
-					return nil
-				}
-				if vm.Refresh(c.Context()) == nil && vm.Info().Status != smolvm.StateRunning && vm.Info().Status != smolvm.StatePaused {
-					_, err := io.Copy(c.OutOrStdout(), f)
-					return err
-				}
-				select {
-				case <-c.Context().Done():
-					return nil
-				case <-time.After(200 * time.Millisecond):
-				}
-			}
-		},
-	}
-	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing while the VM runs")
-	return c
 }

@@ -200,7 +200,9 @@ func run(ctx context.Context, root *cobra.Command, argv []string) int {
 	if errors.As(err, &ec) {
 		return ec.code
 	}
-	fmt.Fprintln(root.ErrOrStderr(), "smolvm: "+err.Error())
+	// Errors can carry guest text (console tails, agent messages): no
+	// terminal control sequences reach the terminal.
+	fmt.Fprintln(root.ErrOrStderr(), "smolvm: "+string(smolvm.SanitizeTerminal([]byte(err.Error()))))
 	var ge guestCmdError
 	if errors.As(err, &ge) {
 		return ge.code

@@ -22,7 +22,6 @@ type vmHandle interface {
 	ForceDelete(ctx context.Context) error
 	Exec(ctx context.Context, eo smolvm.ExecOptions) (smolvm.ExitStatus, error)
 	UploadFile(ctx context.Context, localPath, guestPath string) error
-	DownloadFile(ctx context.Context, guestPath, localPath string) error
 	Release() error
 }
 

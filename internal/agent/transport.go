@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -90,6 +91,10 @@ func DialVsock(ctx context.Context, cid, port uint32) (io.ReadWriteCloser, error
 func dialVsock(ctx context.Context, cid, port uint32) (*os.File, error) {
 	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
+		return nil, err
+	}
+	if err := bindPrivileged(fd); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	err = unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: port})
@@ -178,4 +183,35 @@ func SecureSocket(path string) error {
 		return fmt.Errorf("socket: %w", err)
 	}
 	return nil
+}
+
+// privilegedPorts is the range of vsock source ports the host binds
+// before connecting to an agent: ports below 1024 need
+// CAP_NET_BIND_SERVICE, and the agent serves no other peers, so the agent
+// channel is root's only (see server.PeerAllowed).
+const (
+	privilegedPortLow  = 512
+	privilegedPortHigh = 1023
+)
+
+// bindPrivileged binds fd to a free privileged vsock port, starting at a
+// random one so that concurrent dials rarely collide.
+func bindPrivileged(fd int) error {
+	n := privilegedPortHigh - privilegedPortLow + 1
+	start := rand.IntN(n)
+	for i := range n {
+		p := uint32(privilegedPortLow + (start+i)%n)
+		err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: p})
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, unix.EADDRINUSE):
+			continue
+		case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+			return fmt.Errorf("bind a privileged vsock source port: %w (the agent serves only root: CAP_NET_BIND_SERVICE is needed)", err)
+		default:
+			return fmt.Errorf("bind vsock source port %d: %w", p, err)
+		}
+	}
+	return fmt.Errorf("bind a privileged vsock source port: all of %d-%d are in use", privilegedPortLow, privilegedPortHigh)
 }

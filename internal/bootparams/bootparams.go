@@ -22,6 +22,7 @@ const (
 	KeyGateway   = "smolvm.gw"        // default gateway, e.g. 172.16.0.1
 	KeyDNS       = "smolvm.dns"       // comma-separated resolvers
 	KeyAgentPort = "smolvm.agentport" // vsock port the agent listens on (0: no vsock)
+	KeyAgentPeer = "smolvm.agentpeer" // "any": vsock peers need no privileged port (see Params.AgentAnyPeer)
 )
 
 // ReadyMarker starts the line the guest init prints on the serial console
@@ -46,6 +47,13 @@ type Params struct {
 	// AgentPort is the vsock port for the agent; 0 means the agent uses
 	// virtio-serial only.
 	AgentPort uint32
+	// AgentAnyPeer lets the agent accept vsock connections from any host
+	// port. By default (false) it accepts only peers whose source port is
+	// below 1024, which on the host needs CAP_NET_BIND_SERVICE: an
+	// unprivileged local user cannot reach the agent. Firecracker's hybrid
+	// vsock sets it: there the host side is a Unix socket in a root-only
+	// directory and Firecracker picks the source port itself.
+	AgentAnyPeer bool
 }
 
 // Format renders p as space-separated key=value words for the kernel command line.
@@ -74,6 +82,9 @@ func (p Params) Format() string {
 	}
 	if p.AgentPort != 0 {
 		add(KeyAgentPort, strconv.FormatUint(uint64(p.AgentPort), 10))
+	}
+	if p.AgentAnyPeer {
+		add(KeyAgentPeer, "any")
 	}
 	return strings.Join(w, " ")
 }
@@ -127,6 +138,8 @@ func Parse(cmdline string) (Params, error) {
 			var n uint64
 			n, err = strconv.ParseUint(v, 10, 32)
 			p.AgentPort = uint32(n)
+		case KeyAgentPeer:
+			p.AgentAnyPeer = v == "any"
 		}
 		if err != nil {
 			return Params{}, fmt.Errorf("kernel command line %s=%q: %w", k, v, err)
@@ -153,4 +166,23 @@ func ModuleParams(cmdline, module string) string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// CheckUserArgs reports the first word of user-supplied kernel arguments
+// that would override what the host sets: a smolvm.* key (the guest reads
+// those as instructions from the host) or init=/rdinit= (which would
+// replace the agent as PID 1). Quotes and the kernel's equivalence of '-'
+// and '_' in parameter names do not get around it.
+func CheckUserArgs(args string) error {
+	for _, word := range strings.Fields(args) {
+		k, _, _ := strings.Cut(strings.ReplaceAll(word, `"`, ""), "=")
+		norm := strings.ReplaceAll(strings.ToLower(k), "-", "_")
+		switch {
+		case strings.HasPrefix(norm, "smolvm."):
+			return fmt.Errorf("%q: smolvm.* keys are set by the host", word)
+		case norm == "init" || norm == "rdinit":
+			return fmt.Errorf("%q: the init is the smolvm agent and cannot be replaced", word)
+		}
+	}
+	return nil
 }

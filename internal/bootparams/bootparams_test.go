@@ -44,3 +44,25 @@ func TestFormatParseRoundTrip(t *testing.T) {
 		t.Error("bad smolvm.ip accepted")
 	}
 }
+
+func TestCheckUserArgs(t *testing.T) {
+	for _, ok := range []string{"", "quiet loglevel=3", "mitigations=off", "initcall_debug", "foo.init=1"} {
+		if err := CheckUserArgs(ok); err != nil {
+			t.Errorf("CheckUserArgs(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"init=/bin/sh", "quiet rdinit=/bin/sh", `"init=/bin/sh"`, "smolvm.agentport=0", "smolvm.id=x", "SMOLVM.ip=1.2.3.4/24", "smolvm.new", "Smolvm.root=/dev/vdb"} {
+		if err := CheckUserArgs(bad); err == nil {
+			t.Errorf("CheckUserArgs(%q) accepted", bad)
+		}
+	}
+}
+
+func TestAgentAnyPeerRoundTrip(t *testing.T) {
+	for _, anyPeer := range []bool{false, true} {
+		p, err := Parse(Params{ID: "x", AgentPort: 1024, AgentAnyPeer: anyPeer}.Format())
+		if err != nil || p.AgentAnyPeer != anyPeer {
+			t.Fatalf("AgentAnyPeer %v -> %+v, %v", anyPeer, p, err)
+		}
+	}
+}

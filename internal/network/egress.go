@@ -194,7 +194,10 @@ func SetPolicy(ctx context.Context, l Lease, p Policy) error {
 }
 
 func replacePolicy(l Lease, p Policy, op string) error {
-	unlock := lock()
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	c, s, err := current(op)
 	if err != nil {

@@ -75,7 +75,7 @@ func enterFreshNetNS() error {
 	if err != nil {
 		return err
 	}
-	lockPath = filepath.Join(tmpDir, "lock")
+	lockDir = filepath.Join(tmpDir, "lock")
 	return nil
 }
 

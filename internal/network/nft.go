@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -15,18 +16,25 @@ import (
 // namespace. Tests replace it to capture netlink messages.
 var newConn = func() (*nftables.Conn, error) { return nftables.New() }
 
-// lockPath serialises read-modify-write of our tables across processes on
-// one host. A missing directory means no cross-process lock.
-var lockPath = "/run/lock/smolvm-network.lock"
+// lockDir holds the host-wide lock that serialises read-modify-write of
+// our tables across processes. It must be a directory only its owner (the
+// user we run as: root) can write, so no other local user can plant a
+// symlink or take the lock to stall every VM's network set-up.
+var lockDir = "/run/smolvm"
+
+// lockName is the lock file's name in lockDir.
+const lockName = "network.lock"
 
 var mu sync.Mutex
 
-// lock takes the in-process and host-wide locks; the returned func releases them.
-func lock() func() {
+// lock takes the in-process and host-wide locks; the returned func releases
+// them. A lock that cannot be taken is an error, never skipped.
+func lock() (func(), error) {
 	mu.Lock()
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := openLock(lockDir)
 	if err != nil {
-		return mu.Unlock
+		mu.Unlock()
+		return nil, fmt.Errorf("network: host-wide lock: %w", err)
 	}
 	for {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
@@ -34,10 +42,38 @@ func lock() func() {
 			break
 		}
 	}
+	if err != nil {
+		f.Close()
+		mu.Unlock()
+		return nil, fmt.Errorf("network: host-wide lock %s: %w", f.Name(), err)
+	}
 	return func() {
 		f.Close() // drops the flock
 		mu.Unlock()
+	}, nil
+}
+
+// openLock opens (creating) the lock file in dir, creating dir with mode
+// 0700 if needed. An existing dir must be a real directory owned by this
+// user with no group or other access; the file is opened without
+// following symlinks.
+func openLock(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
 	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return nil, err
+	}
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return nil, fmt.Errorf("%s is not a directory (a symlink?); remove it", dir)
+	case st.Uid != uint32(os.Geteuid()):
+		return nil, fmt.Errorf("%s is owned by uid %d, not %d; remove it", dir, st.Uid, os.Geteuid())
+	case st.Mode&0o077 != 0:
+		return nil, fmt.Errorf("%s has mode %04o; it must be accessible to its owner only (chmod 700 it)", dir, st.Mode&0o7777)
+	}
+	return os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 }
 
 // state is what our tables hold now.

@@ -28,7 +28,10 @@ func Setup(ctx context.Context, l Lease) (retErr error) {
 	if err := ctxErr(ctx, "setup"); err != nil {
 		return err
 	}
-	unlock := lock()
+	unlock, lerr := lock()
+	if lerr != nil {
+		return lerr
+	}
 	defer unlock()
 
 	created, err := ensureLink(l)
@@ -88,7 +91,10 @@ func Teardown(ctx context.Context, l Lease) error {
 	if err := ctxErr(ctx, "teardown"); err != nil {
 		return err
 	}
-	unlock := lock()
+	unlock, lerr := lock()
+	if lerr != nil {
+		return lerr
+	}
 	defer unlock()
 	if err := deleteVM(l.VMID); err != nil {
 		return err
@@ -149,7 +155,10 @@ func AddForward(ctx context.Context, f Forward) error {
 	if err := ctxErr(ctx, "add forward"); err != nil {
 		return err
 	}
-	unlock := lock()
+	unlock, lerr := lock()
+	if lerr != nil {
+		return lerr
+	}
 	defer unlock()
 	op := fmt.Sprintf("forward host port %d to vm %s", f.HostPort, f.VMID)
 
@@ -217,7 +226,10 @@ func RemoveForward(ctx context.Context, f Forward) error {
 	if err := ctxErr(ctx, "remove forward"); err != nil {
 		return err
 	}
-	unlock := lock()
+	unlock, lerr := lock()
+	if lerr != nil {
+		return lerr
+	}
 	defer unlock()
 	return deleteRules(func(t tag) bool { return t.VM == f.VMID && t.Port == f.HostPort },
 		fmt.Sprintf("remove forward of host port %d from vm %s", f.HostPort, f.VMID))
@@ -274,7 +286,10 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 	if err := ctxErr(ctx, "cleanup"); err != nil {
 		return nil, err
 	}
-	unlock := lock()
+	unlock, lerr := lock()
+	if lerr != nil {
+		return nil, lerr
+	}
 	defer unlock()
 
 	links, err := ourLinks()

@@ -80,7 +80,8 @@ type Sandbox struct {
 }
 
 func view(inf smolvm.VMInfo, sb store.Sandbox) Sandbox {
-	v := Sandbox{VMInfo: inf, Metadata: sb.Metadata, OnTimeout: sb.OnTimeout}
+	// Env var values are often API keys: names only, as `info --json` shows.
+	v := Sandbox{VMInfo: inf.Redacted(), Metadata: sb.Metadata, OnTimeout: sb.OnTimeout}
 	if v.Metadata == nil {
 		v.Metadata = map[string]string{}
 	}

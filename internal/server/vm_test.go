@@ -141,6 +141,9 @@ func TestSandboxes(t *testing.T) {
 	if sb.Status != smolvm.StateRunning || sb.Metadata["team"] != "a" || sb.ExpiresAt != nil {
 		t.Fatalf("created: %+v", sb)
 	}
+	if v, ok := sb.Config.EnvVars["GREETING"]; !ok || v != smolvm.RedactedValue {
+		t.Errorf("env var values must not be shown by the API: %q", v)
+	}
 	sp := "/v1/sandboxes/" + a
 
 	t.Run("get and list", func(t *testing.T) {

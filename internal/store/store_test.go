@@ -439,3 +439,28 @@ func TestMigrationKeepsRows(t *testing.T) {
 		t.Fatalf("vsock_cid not stored: %+v", got)
 	}
 }
+
+// The database and its WAL/SHM are private, even when they existed before
+// with a looser mode.
+func TestDatabaseFilesPrivate(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, FileName+"-wal"), nil, 0o644)
+	os.Chmod(filepath.Join(dir, FileName+"-wal"), 0o644)
+	s, err := Open(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.ListVMs(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{FileName, FileName + "-wal", FileName + "-shm"} {
+		fi, err := os.Stat(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v", n, fi.Mode())
+		}
+	}
+}

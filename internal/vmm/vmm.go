@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -102,6 +103,15 @@ type Spec struct {
 	// DiskBPS and DiskIOPS throttle every disk of the VM (bytes and
 	// operations per second, reads and writes together); 0 means no limit.
 	DiskBPS, DiskIOPS int64
+
+	// Bounded console (issue 13).
+
+	// ConsoleFile, if set, is where the VMM writes the serial console
+	// instead of opening ConsoleLog itself: the write end of the pipe of a
+	// logger that caps the log (ConsoleLog is then only read). The backend
+	// passes it to the VMM process as an open descriptor, so it works for
+	// an unprivileged VMM; the caller closes it after Launch.
+	ConsoleFile *os.File
 }
 
 // Share is a host directory shared with the guest over virtio-fs.

@@ -128,9 +128,9 @@ type Limits struct {
 
 // Options adjust an extraction.
 type Options struct {
-	// KeepSpecialBits keeps setuid, setgid and sticky bits. Off, only the
-	// rwx bits are applied: a host extracting a guest's archive must not
-	// create setuid files.
+	// KeepSpecialBits keeps the mode as sent. Off, the mode goes through
+	// SafeMode: a host extracting a guest's archive must not create setuid
+	// or group/other-writable files.
 	KeepSpecialBits bool
 }
 
@@ -192,14 +192,22 @@ func cleanName(name string) (string, error) {
 	return path.Clean(name), nil
 }
 
-// mode returns the permission bits to apply.
+// mode returns the permission bits to apply. Without KeepSpecialBits (the
+// host extracting what a guest sent) the mode is at most 0755 for
+// directories and executables and 0644 otherwise: no setuid, setgid or
+// sticky bit and no group or other write.
 func (x *extractor) mode(hdr *header) fs.FileMode {
 	m := proto.ModeFromWire(uint32(hdr.Mode & 0o7777))
 	if x.opts.KeepSpecialBits {
 		return m
 	}
-	return m.Perm()
+	return SafeMode(m)
 }
+
+// SafeMode returns m without setuid, setgid and sticky bits and without
+// group or other write permission: what the host applies to files that
+// come from a guest.
+func SafeMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
 
 // entry extracts one entry.
 func (x *extractor) entry(hdr *header, r io.Reader) error {

@@ -131,3 +131,29 @@ func TestWriteReadableByArchiveTar(t *testing.T) {
 		t.Fatalf("round trip gave %q", got)
 	}
 }
+
+// Modes a hostile guest claims are neutralised on the host: at most 0755
+// for directories and executables, 0644 otherwise, no special bits.
+func TestExtractNeutralisesModes(t *testing.T) {
+	dir := t.TempDir()
+	data := archive(t,
+		entry{name: "d", typ: tar.TypeDir, mode: 0o1777},
+		entry{name: "d/suid", typ: tar.TypeReg, body: "x", mode: 0o4777},
+		entry{name: "d/gw", typ: tar.TypeReg, body: "x", mode: 0o2666},
+	)
+	if _, err := Extract(context.Background(), bytes.NewReader(data), dir, Limits{}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]os.FileMode{"d": os.ModeDir | 0o755, "d/suid": 0o755, "d/gw": 0o644} {
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s: mode %v, want %v", name, fi.Mode(), want)
+		}
+	}
+	if got := SafeMode(os.ModeSetuid | os.ModeSetgid | os.ModeSticky | 0o777); got != 0o755 {
+		t.Errorf("SafeMode = %v", got)
+	}
+}

@@ -33,6 +33,7 @@ func (s *Server) Run(ctx context.Context) error {
 		if err != nil {
 			s.opts.Logf("agent: no vsock: %v", err)
 		} else {
+			l.AnyPeer = s.opts.VsockAnyPeer
 			serving++
 			s.opts.Logf("agent: listening on vsock port %d", s.opts.VsockPort)
 			wg.Add(1)

@@ -59,6 +59,10 @@ type Options struct {
 	VirtioWait time.Duration
 	// VsockPort is the vsock port Run listens on; 0 disables vsock.
 	VsockPort uint32
+	// VsockAnyPeer accepts vsock connections from any source port; by
+	// default only peers on a privileged port (< 1024: root on the host)
+	// are served. See PeerAllowed.
+	VsockAnyPeer bool
 	// MaxProcs bounds the background processes tracked at once, running or
 	// exited; default DefaultMaxProcs.
 	MaxProcs int

@@ -23,6 +23,25 @@ type Listener interface {
 type VsockListener struct {
 	f    *os.File
 	port uint32
+	// AnyPeer accepts peers on any port; by default Accept drops those
+	// PeerAllowed refuses.
+	AnyPeer bool
+}
+
+// MaxPrivilegedPort is the highest vsock port only a privileged host
+// process (CAP_NET_BIND_SERVICE) can bind.
+const MaxPrivilegedPort = 1023
+
+// PeerAllowed reports whether a vsock peer may use the agent: with
+// anyPeer every peer may; otherwise only the host (CID 2) connecting from
+// a privileged port, which an unprivileged local user cannot bind, so the
+// agent channel is root's only.
+func PeerAllowed(peer unix.Sockaddr, anyPeer bool) bool {
+	if anyPeer {
+		return true
+	}
+	vm, ok := peer.(*unix.SockaddrVM)
+	return ok && vm.CID == unix.VMADDR_CID_HOST && vm.Port <= MaxPrivilegedPort
 }
 
 // ListenVsock listens on vsock port for connections from any CID.
@@ -51,8 +70,15 @@ func (l *VsockListener) Accept() (io.ReadWriteCloser, error) {
 	var nfd int
 	var aerr error
 	err = rc.Read(func(fd uintptr) bool {
-		nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
-		return !errors.Is(aerr, unix.EAGAIN)
+		for {
+			var peer unix.Sockaddr
+			nfd, peer, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+			if aerr == nil && !PeerAllowed(peer, l.AnyPeer) {
+				unix.Close(nfd) // an unprivileged peer: refused; take the next
+				continue
+			}
+			return !errors.Is(aerr, unix.EAGAIN)
+		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vsock accept: %w", err)

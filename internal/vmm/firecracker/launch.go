@@ -256,11 +256,15 @@ func (p *proc) exec(name string, args []string, spec vmm.Spec) error {
 	if console == "" {
 		console = os.DevNull
 	}
-	out, err := os.OpenFile(console, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("open console log: %w", err)
+	out := spec.ConsoleFile // the capping logger's pipe, closed by the caller
+	if out == nil {
+		f, err := os.OpenFile(console, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("open console log: %w", err)
+		}
+		defer f.Close()
+		out = f
 	}
-	defer out.Close()
 	errf, err := os.OpenFile(filepath.Join(spec.Dir, errName), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("open error log: %w", err)

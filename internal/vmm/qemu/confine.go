@@ -88,7 +88,9 @@ func openSources(spec vmm.Spec, files *fdFiles) (sources, error) {
 		*s.opt = fmt.Sprintf("fd=%d", files.add(f))
 	}
 	// Console log.
-	if spec.ConsoleLog != "" {
+	if spec.ConsoleFile != nil {
+		src.console = "" // QEMU's standard output (consoleChardev)
+	} else if spec.ConsoleLog != "" {
 		f, err := os.OpenFile(spec.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return src, fmt.Errorf("open console log: %w", err)

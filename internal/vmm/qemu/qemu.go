@@ -170,17 +170,17 @@ type sources struct {
 // pathSources names every file of spec by its path.
 func pathSources(spec vmm.Spec) sources {
 	s := sources{
-		qmp: "path=" + controlPath(spec.Dir), agent: "path=" + agentPath(spec.Dir),
-		console: spec.ConsoleLog, kernel: spec.Kernel, initrd: spec.Initrd,
+		qmp: "path=" + optValue(controlPath(spec.Dir)), agent: "path=" + optValue(agentPath(spec.Dir)),
+		console: optValue(spec.ConsoleLog), kernel: spec.Kernel, initrd: spec.Initrd,
 	}
 	for _, d := range spec.Disks {
-		s.disks = append(s.disks, d.Path)
+		s.disks = append(s.disks, optValue(d.Path))
 	}
 	if spec.NIC != nil {
 		s.netdev = "ifname=" + spec.NIC.TAP + ",script=no,downscript=no"
 	}
 	for _, sh := range spec.Shares {
-		s.shares = append(s.shares, "path="+shareSocket(spec.Dir, sh.Tag))
+		s.shares = append(s.shares, "path="+optValue(shareSocket(spec.Dir, sh.Tag)))
 	}
 	return s
 }
@@ -225,7 +225,7 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int, src sources) []string {
 		"-name", "smolvm-"+spec.ID,
 		"-kernel", src.kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path="+src.console,
+		"-chardev", consoleChardev(spec, src.console),
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,"+src.qmp+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -346,7 +346,7 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	}
 	defer errFile.Close()
 	cmd := exec.Command(bin, args(spec, accel, b.Probe.TSCkHz(), src)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, errFile
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, consoleStdout(spec), errFile
 	cmd.ExtraFiles = files.list
 	// The VM's directory in the environment lets cleanup recognise the
 	// process (no path of ours is on its command line).

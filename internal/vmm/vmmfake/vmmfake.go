@@ -121,8 +121,14 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 		delete(vms, pid)
 		mu.Unlock()
 	}()
-	if spec.ConsoleLog != "" {
-		msg := fmt.Sprintf("fake vmm for %s\ncmdline: %s\n%s uptime=0.01s\n", spec.ID, spec.Cmdline, bootparams.ReadyMarker)
+	msg := fmt.Sprintf("fake vmm for %s\ncmdline: %s\n%s uptime=0.01s\n", spec.ID, spec.Cmdline, bootparams.ReadyMarker)
+	if spec.ConsoleFile != nil {
+		// The console logger's pipe, as a real VMM would write it.
+		if _, err := spec.ConsoleFile.Write([]byte(msg)); err != nil {
+			vmm.KillProcess(pid, start)
+			return vmm.Instance{}, err
+		}
+	} else if spec.ConsoleLog != "" {
 		if err := os.WriteFile(spec.ConsoleLog, []byte(msg), 0o600); err != nil {
 			vmm.KillProcess(pid, start)
 			return vmm.Instance{}, err
