@@ -24,7 +24,7 @@ type vmFlags struct {
 	cpuQuota                                                float64  // resource limits (issue 13)
 	diskBPS, diskIOPS                                       int64
 	egress                                                  egressFlags // network policy (cmd_network.go)
-	consoleLogMiB                                           int // bounds (issue 13)
+	consoleLogMiB                                           int         // bounds (issue 13)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
