@@ -149,6 +149,8 @@ var migrations = []string{
 	`ALTER TABLE port_forwards ADD COLUMN host_ip TEXT NOT NULL DEFAULT '';`,
 	// 6: the HTTP server's API keys and sandboxes (apikeys.go).
 	serverSchema,
+	// 7: which API key of the HTTP server owns a snapshot (snapowners.go).
+	snapshotOwnersSchema,
 }
 
 // SchemaVersion is the schema version this package writes.
