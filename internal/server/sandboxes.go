@@ -219,6 +219,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, key string) erro
 // req.Start says not to, starts it. A failure leaves nothing behind. The
 // E2B layer creates its sandboxes through it too.
 func (s *Server) createSandbox(ctx context.Context, key string, req CreateRequest) (*smolvm.VM, store.Sandbox, error) {
+	// A clone is made only of the key's own snapshots (snapshots.go).
+	if req.FromSnapshot != "" {
+		if _, err := s.ownedSnapshot(ctx, key, req.FromSnapshot); err != nil {
+			return nil, store.Sandbox{}, err
+		}
+	}
 	// The limit check reserves a slot, so creates of one key (which may
 	// build an image first) run in parallel without passing the limit.
 	s.createMu.Lock()

@@ -10,7 +10,7 @@ import (
 )
 
 // reaper enforces timeouts: every ReapInterval it deletes (or, for
-// on_timeout "save", stops) the sandboxes whose time is up. Expiry times
+// on_timeout "save", suspends) the sandboxes whose time is up. Expiry times
 // live in the store, so a restarted server enforces them too, at once for
 // those that expired while it was down.
 func (s *Server) reaper() {
@@ -45,9 +45,9 @@ func (s *Server) reap() {
 	}
 }
 
-// expire ends one sandbox whose timeout passed. "save" needs snapshots,
-// which this server does not offer yet: it stops the VM (its disk kept,
-// so it can be started again) and clears the timeout.
+// expire ends one sandbox whose timeout passed: it is deleted, or, for
+// on_timeout "save", suspended (its memory and device state saved, its
+// RAM freed; a start resumes it where it was) and its timeout cleared.
 func (s *Server) expire(ctx context.Context, sb store.Sandbox) {
 	vm, err := s.h.Get(ctx, sb.VMID)
 	if errors.Is(err, smolvm.ErrNotFound) {
@@ -59,14 +59,23 @@ func (s *Server) expire(ctx context.Context, sb store.Sandbox) {
 	}
 	s.forget(sb.VMID)
 	if sb.OnTimeout == "save" {
+		defer vm.Release()
 		if st := vm.Info().Status; st == smolvm.StateRunning || st == smolvm.StatePaused {
-			if err := vm.Stop(ctx); err != nil {
-				s.log.Error("timeouts: stop sandbox", "sandbox", sb.VMID, "error", err.Error())
+			if err := vm.Suspend(ctx); err != nil {
+				// Its resources are freed all the same: a stopped
+				// sandbox keeps its disk and can be started again.
+				s.log.Error("timeouts: save sandbox; stopping it instead", "sandbox", sb.VMID, "error", err.Error())
+				if err := vm.Stop(ctx); err != nil {
+					s.log.Error("timeouts: stop sandbox", "sandbox", sb.VMID, "error", err.Error())
+					return // tried again at the next tick
+				}
 			}
 		}
-		vm.Release()
-		s.st.SetSandboxExpiry(ctx, sb.VMID, time.Time{})
-		s.log.Info("sandbox timed out: stopped (on_timeout save)", "sandbox", sb.VMID)
+		if err := s.st.SetSandboxExpiry(ctx, sb.VMID, time.Time{}); err != nil {
+			s.log.Error("timeouts: clear timeout", "sandbox", sb.VMID, "error", err.Error())
+			return
+		}
+		s.log.Info("sandbox timed out: saved (on_timeout save)", "sandbox", sb.VMID, "saved", vm.Info().Saved)
 		return
 	}
 	if err := vm.ForceDelete(ctx); err != nil {
