@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smolvm-go/smolvm"
 	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
 
@@ -180,8 +181,10 @@ func TestLimitPerKey(t *testing.T) {
 	}
 }
 
-// TestTimeoutSave: on_timeout "save" keeps the sandbox (stopped, disk kept)
-// and clears its timeout instead of deleting it.
+// TestTimeoutSave: on_timeout "save" suspends a running sandbox when it
+// times out (memory saved, "saved": true, timeout cleared) instead of
+// deleting it, and a start resumes it where it was: a tmpfs keeps its
+// content.
 func TestTimeoutSave(t *testing.T) {
 	vmtest.Require(t)
 	vmtest.Setup(t)
@@ -189,18 +192,37 @@ func TestTimeoutSave(t *testing.T) {
 	defer ts.close()
 	u := ts.URL()
 	var sb Sandbox
-	res := do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: sandboxBody(map[string]any{"start": false, "timeout_seconds": 1, "on_timeout": "save"})})
+	// No timeout while it boots (a boot under load can be slow); set after.
+	res := do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: sandboxBody(map[string]any{"on_timeout": "save"})})
 	if res.status != 201 {
 		t.Fatalf("create: %d %s", res.status, res.body)
 	}
 	res.decode(t, &sb)
-	if sb.OnTimeout != "save" || sb.ExpiresAt == nil {
+	sp := "/v1/sandboxes/" + sb.VMID
+	defer do(t, u, call{method: "DELETE", path: sp + "?force=true", key: testKey})
+	if sb.OnTimeout != "save" || sb.ExpiresAt != nil || sb.Status != smolvm.StateRunning {
 		t.Fatalf("created: %+v", sb)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	run := func(cmd string) ExecResult {
+		t.Helper()
+		var r ExecResult
+		res := do(t, u, call{method: "POST", path: sp + "/exec", key: testKey, body: map[string]any{"cmd": cmd}})
+		if res.status != 200 {
+			t.Fatalf("exec %q: %d %s", cmd, res.status, res.body)
+		}
+		res.decode(t, &r)
+		return r
+	}
+	if r := run("mkdir -p /mnt/mem && mount -t tmpfs none /mnt/mem && echo kept > /mnt/mem/m"); r.ExitCode != 0 {
+		t.Fatalf("tmpfs: %+v", r)
+	}
+	if res := do(t, u, call{method: "POST", path: sp + "/timeout", key: testKey, body: map[string]any{"timeout_seconds": 1}}); res.status != 200 {
+		t.Fatalf("timeout: %d %s", res.status, res.body)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	var got Sandbox
 	for {
-		var got Sandbox
-		res := do(t, u, call{method: "GET", path: "/v1/sandboxes/" + sb.VMID, key: testKey})
+		res := do(t, u, call{method: "GET", path: sp, key: testKey})
 		if res.status != 200 {
 			t.Fatalf("saved sandbox: %d %s", res.status, res.body)
 		}
@@ -213,5 +235,18 @@ func TestTimeoutSave(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	do(t, u, call{method: "DELETE", path: "/v1/sandboxes/" + sb.VMID, key: testKey})
+	if !got.Saved || got.Status != smolvm.StateStopped {
+		t.Fatalf("after the timeout: status %s, saved %v; want stopped and saved", got.Status, got.Saved)
+	}
+	res = do(t, u, call{method: "POST", path: sp + "/start", key: testKey})
+	if res.status != 200 {
+		t.Fatalf("start: %d %s", res.status, res.body)
+	}
+	res.decode(t, &got)
+	if got.Status != smolvm.StateRunning || got.Saved {
+		t.Errorf("resumed: status %s, saved %v", got.Status, got.Saved)
+	}
+	if r := run("cat /mnt/mem/m"); r.Stdout != "kept\n" {
+		t.Errorf("tmpfs after the resume: %+v", r)
+	}
 }

@@ -602,6 +602,146 @@ func TestSandboxes(t *testing.T) {
 		}
 	})
 
+	t.Run("snapshots", func(t *testing.T) {
+		run := func(cmd string) ExecResult {
+			t.Helper()
+			var r ExecResult
+			res := do(t, u, call{method: "POST", path: sp + "/exec", key: testKey, body: map[string]any{"cmd": cmd}})
+			if res.status != 200 {
+				t.Fatalf("exec %q: %d %s", cmd, res.status, res.body)
+			}
+			res.decode(t, &r)
+			return r
+		}
+		// On disk and in memory only (a tmpfs): both come back.
+		run("echo disk > /root/marker; mkdir -p /mnt/mem && mount -t tmpfs none /mnt/mem && echo mem > /mnt/mem/marker")
+		res := do(t, u, call{method: "POST", path: sp + "/snapshots", key: testKey, body: map[string]any{"name": "snap-a"}})
+		if res.status != 201 {
+			t.Fatalf("snapshot: %d %s", res.status, res.body)
+		}
+		var info smolvm.SnapshotInfo
+		res.decode(t, &info)
+		if info.Name != "snap-a" || info.VMID != a || res.header.Get("Location") != "/v1/snapshots/snap-a" {
+			t.Errorf("snapshot: %+v (Location %q)", info, res.header.Get("Location"))
+		}
+		if v := info.Config.EnvVars["GREETING"]; v != smolvm.RedactedValue {
+			t.Errorf("env var values must not be shown in a snapshot: %q", v)
+		}
+		// Without a body: a generated name.
+		res = do(t, u, call{method: "POST", path: sp + "/snapshots", key: testKey})
+		var gen smolvm.SnapshotInfo
+		res.decode(t, &gen)
+		if res.status != 201 || !strings.HasPrefix(gen.Name, "snap-") {
+			t.Fatalf("snapshot without a body: %d %s", res.status, res.body)
+		}
+		if res := do(t, u, call{method: "POST", path: sp + "/snapshots", key: testKey, body: map[string]any{"name": "Bad/Name"}}); res.status != 422 {
+			t.Errorf("bad name: %d %s", res.status, res.body)
+		}
+
+		// Another key sees none of them.
+		var l []smolvm.SnapshotInfo
+		do(t, u, call{method: "GET", path: "/v1/snapshots", key: otherKey}).decode(t, &l)
+		if len(l) != 0 {
+			t.Errorf("another key lists %d snapshots", len(l))
+		}
+		for _, c := range []call{
+			{method: "GET", path: "/v1/snapshots/snap-a"},
+			{method: "DELETE", path: "/v1/snapshots/snap-a"},
+			{method: "POST", path: sp + "/snapshots", body: map[string]any{"name": "snap-x"}},
+			{method: "POST", path: sp + "/restore", body: map[string]any{"snapshot": "snap-a"}},
+			{method: "POST", path: "/v1/sandboxes", body: sandboxBody(map[string]any{"from_snapshot": "snap-a"})},
+		} {
+			c.key = otherKey
+			if res := do(t, u, c); res.status != 404 || res.kind() != "not_found" {
+				t.Errorf("%s %s with another key: %d %s", c.method, c.path, res.status, res.body)
+			}
+		}
+		var others []Sandbox
+		do(t, u, call{method: "GET", path: "/v1/sandboxes", key: otherKey}).decode(t, &others)
+		if len(others) != 0 {
+			t.Errorf("a refused clone left %d sandboxes", len(others))
+		}
+
+		// The Go client: list, get, remove; errors are the SDK's kinds.
+		c, _ := client.New(u, testKey)
+		oc, _ := client.New(u, otherKey)
+		if l, err := c.Snapshots(ctx); err != nil || len(l) != 2 || l[0].Name != "snap-a" || l[1].Name != gen.Name {
+			t.Errorf("Snapshots: %+v %v", l, err)
+		}
+		if got, err := c.GetSnapshot(ctx, "snap-a"); err != nil || got.VMID != a || got.MemSizeMiB != 256 {
+			t.Errorf("GetSnapshot: %+v %v", got, err)
+		}
+		if _, err := oc.GetSnapshot(ctx, "snap-a"); !errors.Is(err, smolvm.ErrNotFound) {
+			t.Errorf("GetSnapshot with another key: %v", err)
+		}
+		if err := oc.RemoveSnapshot(ctx, gen.Name); !errors.Is(err, smolvm.ErrNotFound) {
+			t.Errorf("RemoveSnapshot with another key: %v", err)
+		}
+		if err := c.RemoveSnapshot(ctx, gen.Name); err != nil {
+			t.Errorf("RemoveSnapshot: %v", err)
+		}
+		if _, err := c.GetSnapshot(ctx, gen.Name); !errors.Is(err, smolvm.ErrNotFound) {
+			t.Errorf("GetSnapshot after remove: %v", err)
+		}
+		cvm, err := c.Get(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cvm.Restore(ctx, "nosuch"); !errors.Is(err, smolvm.ErrNotFound) {
+			t.Errorf("Restore of a missing snapshot: %v", err)
+		}
+		var got smolvm.SnapshotInfo
+		do(t, u, call{method: "GET", path: "/v1/snapshots/snap-a", key: testKey}).decode(t, &got)
+		if got.Name != "snap-a" || len(got.Files) == 0 {
+			t.Errorf("get: %+v", got)
+		}
+
+		// A clone resumes where the snapshot was taken.
+		res = do(t, u, call{method: "POST", path: "/v1/sandboxes", key: testKey, body: map[string]any{"from_snapshot": "snap-a", "metadata": map[string]string{"clone": "yes"}}})
+		if res.status != 201 {
+			t.Fatalf("clone: %d %s", res.status, res.body)
+		}
+		var clone Sandbox
+		res.decode(t, &clone)
+		var r ExecResult
+		do(t, u, call{method: "POST", path: "/v1/sandboxes/" + clone.VMID + "/exec", key: testKey, body: map[string]any{"cmd": "cat /root/marker /mnt/mem/marker; echo $GREETING"}}).decode(t, &r)
+		if r.ExitCode != 0 || r.Stdout != "disk\nmem\nhi\n" {
+			t.Errorf("clone exec: %+v", r)
+		}
+		if res := do(t, u, call{method: "DELETE", path: "/v1/sandboxes/" + clone.VMID + "?force=true", key: testKey}); res.status != 204 {
+			t.Errorf("delete clone: %d %s", res.status, res.body)
+		}
+
+		// Restore rolls A back: disk and memory.
+		run("echo changed > /root/marker; echo changed > /mnt/mem/marker; touch /root/after")
+		if res := do(t, u, call{method: "POST", path: sp + "/restore", key: testKey, body: map[string]any{}, skipReqCheck: true}); res.status != 422 {
+			t.Errorf("restore without a snapshot: %d %s", res.status, res.body)
+		}
+		if res := do(t, u, call{method: "POST", path: sp + "/restore", key: testKey, body: map[string]any{"snapshot": "nosuch"}}); res.status != 404 {
+			t.Errorf("restore of a missing snapshot: %d %s", res.status, res.body)
+		}
+		res = do(t, u, call{method: "POST", path: sp + "/restore", key: testKey, body: map[string]any{"snapshot": "snap-a"}})
+		if res.status != 200 {
+			t.Fatalf("restore: %d %s", res.status, res.body)
+		}
+		var rs Sandbox
+		res.decode(t, &rs)
+		if rs.VMID != a || rs.Status != smolvm.StateRunning {
+			t.Errorf("restored: %+v", rs)
+		}
+		if r := run("cat /root/marker /mnt/mem/marker; [ -e /root/after ] && echo after"); r.Stdout != "disk\nmem\n" {
+			t.Errorf("after restore: %+v", r)
+		}
+		run("umount /mnt/mem")
+
+		if res := do(t, u, call{method: "DELETE", path: "/v1/snapshots/snap-a", key: testKey}); res.status != 204 {
+			t.Errorf("delete: %d %s", res.status, res.body)
+		}
+		if res := do(t, u, call{method: "GET", path: "/v1/snapshots/snap-a", key: testKey}); res.status != 404 {
+			t.Errorf("get after delete: %d %s", res.status, res.body)
+		}
+	})
+
 	// B: made by the CLI in remote mode.
 	var b string
 	cli := func(argv ...string) (string, string, int) {
