@@ -119,7 +119,12 @@ func openSources(spec vmm.Spec, files *fdFiles) (sources, error) {
 			}
 			addFD(set, ro)
 		}
-		src.disks = append(src.disks, fmt.Sprintf("/dev/fdset/%d", set))
+		// No image locking: QEMU's OFD locks on the fd set's two open
+		// file descriptions conflict with each other when a snapshot's
+		// migration inactivates the disk and `cont` reactivates it
+		// ("Failed to get write lock"). One VMM per disk is the VM lock's
+		// job; shared-mode disks are read-only.
+		src.disks = append(src.disks, fmt.Sprintf("/dev/fdset/%d,file.locking=off", set))
 	}
 	// Kernel and initrd.
 	for _, k := range []struct {
