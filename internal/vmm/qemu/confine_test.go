@@ -52,8 +52,8 @@ func TestLaunchSources(t *testing.T) {
 		"-S ", "-sandbox " + SandboxOption,
 		"-chardev socket,id=qmp,fd=3,server=on,wait=off", "-chardev socket,id=agent,fd=4,server=on,wait=off",
 		"-chardev file,id=console,path=/dev/fdset/1", "-kernel /proc/self/fd/9", "-initrd /proc/self/fd/10",
-		"id=disk0,file=/dev/fdset/10,format=raw,if=none,cache=unsafe,discard=unmap,throttling.bps-total=8388608,throttling.iops-total=500",
-		"id=disk1,file=/dev/fdset/11,format=raw,if=none,cache=unsafe,discard=unmap,readonly=on,throttling.bps-total=8388608,throttling.iops-total=500",
+		"id=disk0,file=/dev/fdset/10,file.locking=off,format=raw,if=none,cache=unsafe,discard=unmap,throttling.bps-total=8388608,throttling.iops-total=500",
+		"id=disk1,file=/dev/fdset/11,file.locking=off,format=raw,if=none,cache=unsafe,discard=unmap,readonly=on,throttling.bps-total=8388608,throttling.iops-total=500",
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("argv lacks %q:\n%s", want, line)
