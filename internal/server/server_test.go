@@ -157,6 +157,16 @@ func TestAuthAndBadInput(t *testing.T) {
 		{"fs mkdir relative", call{method: "POST", path: "/v1/sandboxes/vm-00000000/fs/mkdir", body: map[string]any{"path": "a/b"}}, 422, "invalid_config", "path"},
 		{"fs move traversal", call{method: "POST", path: "/v1/sandboxes/vm-00000000/fs/move", body: map[string]any{"from": "/a", "to": "/b/../c"}}, 422, "invalid_config", "to"},
 		{"pty without upgrade", call{method: "GET", path: "/v1/sandboxes/vm-00000000/pty"}, 400, "bad_request", "WebSocket"},
+		{"snapshot of an unknown id", call{method: "POST", path: "/v1/sandboxes/vm-00000000/snapshots", body: map[string]any{"name": "s1"}}, 404, "not_found", ""},
+		{"snapshot unknown field", call{method: "POST", path: "/v1/sandboxes/vm-00000000/snapshots", body: map[string]any{"nam": "s1"}}, 400, "bad_request", "nam"},
+		{"snapshot malformed JSON", call{method: "POST", path: "/v1/sandboxes/vm-00000000/snapshots", raw: []byte(`{"name"`), ctype: "application/json"}, 400, "bad_request", ""},
+		{"restore without snapshot", call{method: "POST", path: "/v1/sandboxes/vm-00000000/restore", body: map[string]any{}}, 422, "invalid_config", "snapshot"},
+		{"restore unknown field", call{method: "POST", path: "/v1/sandboxes/vm-00000000/restore", body: map[string]any{"snap": "s1"}}, 400, "bad_request", "snap"},
+		{"restore of an unknown id", call{method: "POST", path: "/v1/sandboxes/vm-00000000/restore", body: map[string]any{"snapshot": "s1"}}, 404, "not_found", ""},
+		{"unknown snapshot", call{method: "GET", path: "/v1/snapshots/nosuch"}, 404, "not_found", ""},
+		{"unknown snapshot delete", call{method: "DELETE", path: "/v1/snapshots/nosuch"}, 404, "not_found", ""},
+		{"snapshot list filter", call{method: "GET", path: "/v1/snapshots?vm_id=x"}, 400, "bad_request", "vm_id"},
+		{"clone of an unknown snapshot", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"from_snapshot": "nosuch"}}, 404, "not_found", "nosuch"},
 		{"bad guest port", call{method: "POST", path: "/v1/sandboxes/vm-00000000/ports", body: map[string]any{"guest_port": 0}, skipReqCheck: true}, 422, "invalid_config", "guest_port"},
 	} {
 		c.c.key = testKey
