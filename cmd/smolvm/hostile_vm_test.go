@@ -57,10 +57,13 @@ func TestHostileGuestFloods(t *testing.T) {
 	}
 	defer vm.Delete(context.Background())
 
-	// The comma in the data dir reached QEMU doubled: a literal comma.
+	// The comma in the data dir cannot reach QEMU as an option separator:
+	// confined QEMU gets its files as descriptors (no path of the data dir
+	// on its command line at all); where paths are used (qemu.Args), commas
+	// are doubled (TestPathsWithCommasAreQuoted).
 	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(vm.Info().PID) + "/cmdline")
-	if !bytes.Contains(cmdline, []byte("data,,readonly=on,,x/vms/hostile/disk.ext4,")) || bytes.Contains(cmdline, []byte("data,readonly")) {
-		t.Errorf("QEMU command line does not quote the data dir: %q", cmdline)
+	if len(cmdline) == 0 || bytes.Contains(cmdline, []byte("data,readonly")) {
+		t.Errorf("QEMU command line holds the data dir unquoted: %q", cmdline)
 	}
 
 	// A file claiming mode 4777 comes out 0755.
@@ -107,12 +110,15 @@ func TestHostileGuestFloods(t *testing.T) {
 		Truncated bool    `json:"truncated"`
 		Seconds   float64 `json:"seconds"`
 		Error     string  `json:"error"`
+		VmHWMKiB  int64   `json:"vm_hwm_kib"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("floodrun output %q: %v", out.String(), err)
 	}
 	ru := child.ProcessState.SysUsage().(*syscall.Rusage)
-	rssMiB := float64(ru.Maxrss) / 1024
+	// The child's own VmHWM: rusage's maxrss of a child counts the
+	// (race-instrumented, larger) test process it was forked from.
+	rssMiB := float64(rep.VmHWMKiB) / 1024
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	t.Logf("1 GiB through Run: %.1f s, host process peak RSS %.1f MiB, CPU %v (user %v, sys %v), kept %d bytes, truncated %v",
 		rep.Seconds, rssMiB, cpu.Round(time.Millisecond), time.Duration(ru.Utime.Nano()).Round(time.Millisecond), time.Duration(ru.Stime.Nano()).Round(time.Millisecond), rep.StdoutLen, rep.Truncated)
@@ -122,7 +128,7 @@ func TestHostileGuestFloods(t *testing.T) {
 	if !rep.Truncated || rep.StdoutLen != smolvm.DefaultMaxOutputBytes {
 		t.Errorf("kept %d bytes, truncated %v; want %d and truncated", rep.StdoutLen, rep.Truncated, smolvm.DefaultMaxOutputBytes)
 	}
-	if rssMiB >= 100 {
+	if rep.VmHWMKiB <= 0 || rssMiB >= 100 {
 		t.Errorf("host process peak RSS %.1f MiB, want < 100", rssMiB)
 	}
 

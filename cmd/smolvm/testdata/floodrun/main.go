@@ -10,6 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/smolvm-go/smolvm"
@@ -28,7 +30,25 @@ func main() {
 	if err != nil {
 		out["error"] = err.Error()
 	}
+	out["vm_hwm_kib"] = peakRSS()
 	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// peakRSS returns this process's peak resident set (VmHWM) in KiB. The
+// kernel's rusage of a child is no good here: its maxrss includes the
+// memory of the parent it was forked from, up to the exec.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return -1
 }
 
 func run(ctx context.Context, dataDir, hostDir, id string, n int64, out map[string]any) error {
