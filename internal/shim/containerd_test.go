@@ -294,9 +294,29 @@ func hostKernel(t *testing.T) string {
 // leftovers lists what a container's VM could leave behind: VMM
 // processes, VM directories and state rows, rootfs images, TAPs.
 func (d *daemon) leftovers(t *testing.T) []string {
+	// A shim exits just after the delete that ended its task: give what is
+	// going away a moment before calling it left behind.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out := d.leftoversNow()
+		if len(out) == 0 || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// leftoversNow lists what of smolvm's is left now: processes (by the data
+// dir on their command line or in their environment, containerd itself
+// excepted), VM directories, rootfs images, TAPs and recorded VMs.
+func (d *daemon) leftoversNow() []string {
 	var out []string
 	for _, pid := range vmtest.ProcessesOf(d.dataDir) {
-		out = append(out, fmt.Sprintf("process %d", pid))
+		if d.cmd != nil && d.cmd.Process != nil && pid == d.cmd.Process.Pid {
+			continue // containerd, started with SMOLVM_DATA_DIR in its environment
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		out = append(out, fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(string(cmd), "\x00", " ")))
 	}
 	if es, err := os.ReadDir(filepath.Join(d.dataDir, "vms")); err == nil {
 		for _, e := range es {

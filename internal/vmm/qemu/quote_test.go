@@ -20,7 +20,7 @@ func TestPathsWithCommasAreQuoted(t *testing.T) {
 	for _, want := range []string{
 		"file=/data,,readonly=off,,file=/etc/shadow/disk.ext4,format=raw",
 		"file,id=console,path=/data,,readonly=off,,file=/etc/shadow/console.log",
-		"unix:/data,,readonly=off,,file=/etc/shadow/vms/v/qmp.sock,server=on",
+		"socket,id=qmp,path=/data,,readonly=off,,file=/etc/shadow/vms/v/qmp.sock,server=on",
 		"path=/data,,readonly=off,,file=/etc/shadow/vms/v/agent.sock,server=on",
 	} {
 		if !strings.Contains(joined, want) {
