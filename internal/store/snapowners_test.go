@@ -18,8 +18,9 @@ func TestSnapshotOwners(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for id, k := range map[string]string{"s1": "k1", "s2": "k2", "s3": "k1"} {
-		if err := s.AddSnapshotOwner(ctx, id, k); err != nil {
+	// In order: OwnedSnapshots lists the oldest first.
+	for _, o := range []struct{ id, key string }{{"s1", "k1"}, {"s2", "k2"}, {"s3", "k1"}} {
+		if err := s.AddSnapshotOwner(ctx, o.id, o.key); err != nil {
 			t.Fatal(err)
 		}
 	}
