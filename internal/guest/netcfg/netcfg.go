@@ -55,21 +55,28 @@ func (c *Config) Apply(p bootparams.Params) error {
 	if err := c.Up(c.iface(), p.Addr); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	if p.Gateway.IsValid() {
-		if err := c.DefaultRoute(c.iface(), p.Gateway); err != nil {
+	return errors.Join(append(errs, c.routeAndResolvers(p.Gateway, p.DNS)...)...)
+}
+
+// routeAndResolvers sets the default route via gw (when valid) and writes
+// resolv.conf with dns, or gw when dns is empty. Boot (Apply) and a
+// restore (Reconfigure) share it.
+func (c *Config) routeAndResolvers(gw netip.Addr, dns []netip.Addr) []error {
+	var errs []error
+	if gw.IsValid() {
+		if err := c.DefaultRoute(c.iface(), gw); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	dns := p.DNS
-	if len(dns) == 0 && p.Gateway.IsValid() {
-		dns = []netip.Addr{p.Gateway}
+	if len(dns) == 0 && gw.IsValid() {
+		dns = []netip.Addr{gw}
 	}
 	if len(dns) > 0 {
 		if err := c.WriteResolvConf(dns); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func (c *Config) record(format string, args ...any) {

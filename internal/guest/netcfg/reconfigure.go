@@ -42,22 +42,7 @@ func (c *Config) Reconfigure(id Identity) error {
 	if err := c.Up(c.iface(), id.Addr); err != nil {
 		return err
 	}
-	var errs []error
-	if id.Gateway.IsValid() {
-		if err := c.DefaultRoute(c.iface(), id.Gateway); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	dns := id.DNS
-	if len(dns) == 0 && id.Gateway.IsValid() {
-		dns = []netip.Addr{id.Gateway}
-	}
-	if len(dns) > 0 {
-		if err := c.WriteResolvConf(dns); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return errors.Join(c.routeAndResolvers(id.Gateway, id.DNS)...)
 }
 
 // ParseMAC parses aa:bb:cc:dd:ee:ff.
