@@ -32,8 +32,19 @@ func TestSetupTeardown(t *testing.T) {
 	if err := Check(); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
+	// A fresh namespace's loopback is down; forwards on 127.0.0.1 need it.
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetDown(lo); err != nil {
+		t.Fatal(err)
+	}
 	if err := Setup(ctx, l); err != nil {
 		t.Fatalf("Setup: %v", err)
+	}
+	if lo, err = netlink.LinkByName("lo"); err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("Setup left lo down (%v)", err)
 	}
 
 	link, err := netlink.LinkByName("smol0")

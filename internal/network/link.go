@@ -235,3 +235,18 @@ func CheckNftables() error {
 	}
 	return nil
 }
+
+// loopbackUp brings the namespace's loopback interface up if it is down.
+func loopbackUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return linkErr("find lo", err)
+	}
+	if lo.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return linkErr("set lo up", err)
+	}
+	return nil
+}

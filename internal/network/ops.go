@@ -45,6 +45,12 @@ func Setup(ctx context.Context, l Lease) (retErr error) {
 	if err != nil {
 		return err
 	}
+	// Forwards answer on 127.0.0.1: a fresh network namespace (`ip netns
+	// add`) has its loopback down, and `ssh -p PORT root@localhost` would
+	// find no network.
+	if err := loopbackUp(); err != nil {
+		return err
+	}
 	for _, s := range [][2]string{
 		{"/proc/sys/net/ipv4/ip_forward", "1"},
 		{"/proc/sys/net/ipv4/conf/all/route_localnet", "1"},
