@@ -26,7 +26,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/smolvm-go/smolvm"
-	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
 )
 
@@ -56,7 +55,6 @@ type service struct {
 	bundle   string
 	host     *smolvm.Host
 	vm       *smolvm.VM
-	g        *guest
 	init     *process
 	execs    map[string]*process
 	deleted  bool
@@ -208,11 +206,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errGRPC(err)
 	}
 	log.G(ctx).WithField("took", time.Since(bootStart)).WithField("vm", vm.ID()).Info("VM booted")
-	g := &guest{vm: vm}
 	if spec.Hostname != "" {
-		s.setHostname(ctx, g, spec.Hostname)
+		s.setHostname(ctx, vm, spec.Hostname)
 	}
-	s.id, s.bundle, s.vm, s.g = r.ID, r.Bundle, vm, g
+	s.id, s.bundle, s.vm = r.ID, r.Bundle, vm
 	s.init = newProcess("", spec.Process, stdio{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal})
 	s.init.pid = uint32(vm.Info().PID)
 	s.publish(topicCreate, &eventstypes.TaskCreate{
@@ -224,14 +221,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 // setHostname sets the guest's hostname with the rootfs's own hostname
 // program, when it has one; the VM id stays the hostname otherwise.
-func (s *service) setHostname(ctx context.Context, g *guest, name string) {
-	c, err := g.client(ctx)
-	if err == nil {
-		var res agent.ExecResult
-		res, err = c.Exec(ctx, agent.ExecRequest{Argv: []string{"hostname", name}, Timeout: 10 * time.Second}, nil, nil, nil)
-		if err == nil && res.ExitCode != 0 {
-			err = fmt.Errorf("hostname exited with %d", res.ExitCode)
-		}
+func (s *service) setHostname(ctx context.Context, vm *smolvm.VM, name string) {
+	res, err := vm.Exec(ctx, smolvm.ExecOptions{Argv: []string{"hostname", name}, User: "root", Dir: "/", Timeout: 10 * time.Second})
+	if err == nil && res.ExitCode != 0 {
+		err = fmt.Errorf("hostname exited with %d", res.ExitCode)
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("set hostname (the rootfs needs a hostname program)")
@@ -255,10 +248,6 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err))
 	}
-	c, err := s.g.client(ctx)
-	if err != nil {
-		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err))
-	}
 	stdout, stderr, err := p.openOutputs(ctx)
 	if err != nil {
 		return nil, errGRPC(fmt.Errorf("open stdio: %w", err))
@@ -276,8 +265,8 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		closeOut()
 		return nil, errGRPC(fmt.Errorf("open stdin: %w", err))
 	}
-	opts := agent.ProcessOptions{Tag: "containerd:" + r.ID + "/" + r.ExecID, Stdin: stdin != nil, Pty: ptyOptions(p.spec)}
-	gpid, err := c.StartProcess(ctx, req, opts)
+	req.Tag, req.Stdin = "containerd:"+r.ID+"/"+r.ExecID, stdin != nil
+	gpid, err := s.vm.StartProcess(ctx, req)
 	if err != nil {
 		closeOut()
 		p.closeStdin()
@@ -293,10 +282,10 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	p.mu.Unlock()
 
 	if stdin != nil {
-		go s.copyStdin(c, p, gpid, stdin)
+		go s.copyStdin(p, gpid, stdin)
 	}
 	s.outputWG.Add(1)
-	go s.follow(c, p, gpid, stdout, stderr)
+	go s.follow(p, gpid, stdout, stderr)
 
 	if r.ExecID == "" {
 		s.publish(topicStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
@@ -308,13 +297,13 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 
 // copyStdin feeds the stdin FIFO to the guest process and closes the
 // process's stdin at EOF or CloseIO.
-func (s *service) copyStdin(c *agent.Client, p *process, gpid int, in io.Reader) {
+func (s *service) copyStdin(p *process, gpid int, in io.Reader) {
 	ctx := context.WithoutCancel(s.ctx)
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := in.Read(buf)
 		if n > 0 {
-			if werr := c.WriteProcess(ctx, gpid, buf[:n]); werr != nil {
+			if werr := s.vm.SendStdin(ctx, gpid, buf[:n]); werr != nil {
 				log.G(ctx).WithError(werr).WithField("exec", p.execID).Debug("stdin: write to the guest")
 				break
 			}
@@ -325,7 +314,7 @@ func (s *service) copyStdin(c *agent.Client, p *process, gpid int, in io.Reader)
 		}
 	}
 	p.closeStdin()
-	if err := c.CloseProcessStdin(ctx, gpid); err != nil {
+	if err := s.vm.CloseStdin(ctx, gpid); err != nil {
 		log.G(ctx).WithError(err).WithField("exec", p.execID).Debug("stdin: close in the guest")
 	}
 	p.mu.Lock()
@@ -336,7 +325,7 @@ func (s *service) copyStdin(c *agent.Client, p *process, gpid int, in io.Reader)
 // follow copies the process's output to its FIFOs until it exits, then
 // records the exit and tells containerd. The output a hostile guest sends
 // is bounded by the FIFOs' readers: we copy, we do not buffer.
-func (s *service) follow(c *agent.Client, p *process, gpid int, stdout, stderr io.WriteCloser) {
+func (s *service) follow(p *process, gpid int, stdout, stderr io.WriteCloser) {
 	defer s.outputWG.Done()
 	ctx := context.WithoutCancel(s.ctx)
 	var out, errw io.Writer
@@ -346,9 +335,9 @@ func (s *service) follow(c *agent.Client, p *process, gpid int, stdout, stderr i
 	if stderr != nil {
 		errw = stderr
 	}
-	res, err := c.AttachProcess(ctx, gpid, out, errw, agent.AttachOptions{})
+	res, err := s.vm.Attach(ctx, gpid, smolvm.AttachOptions{Stdout: out, Stderr: errw})
 	if err == nil {
-		if wres, werr := c.WaitProcess(ctx, gpid); werr == nil {
+		if wres, werr := s.vm.WaitProcess(ctx, gpid); werr == nil {
 			res = wres
 		}
 	}
@@ -399,9 +388,7 @@ func (s *service) exited(p *process) {
 		gpid, running := e.guestPid, e.status == task.Status_RUNNING
 		e.mu.Unlock()
 		if running {
-			if c, err := s.g.client(context.WithoutCancel(s.ctx)); err == nil {
-				c.SignalProcess(context.WithoutCancel(s.ctx), gpid, "SIGKILL")
-			}
+			s.vm.Signal(context.WithoutCancel(s.ctx), gpid, "SIGKILL")
 		}
 	}
 	s.publish(topicExit, &eventstypes.TaskExit{
@@ -455,7 +442,6 @@ func (s *service) teardown(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
 	defer cancel()
-	s.g.close()
 	if err := s.vm.Delete(ctx); err != nil && !errors.Is(err, smolvm.ErrNotFound) {
 		// A guest that does not power off is killed.
 		if err := s.vm.ForceDelete(ctx); err != nil && !errors.Is(err, smolvm.ErrNotFound) {
@@ -520,11 +506,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		}
 		return &ptypes.Empty{}, nil
 	}
-	c, err := s.g.client(ctx)
-	if err != nil {
-		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err))
-	}
-	if err := c.SignalProcess(ctx, gpid, strconv.FormatUint(uint64(r.Signal), 10)); err != nil {
+	if err := s.vm.Signal(ctx, gpid, strconv.FormatUint(uint64(r.Signal), 10)); err != nil {
 		return nil, errGRPC(err)
 	}
 	if r.All && r.ExecID == "" {
@@ -539,7 +521,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		}
 		s.mu.Unlock()
 		for _, pid := range others {
-			c.SignalProcess(ctx, pid, strconv.FormatUint(uint64(r.Signal), 10))
+			s.vm.Signal(ctx, pid, strconv.FormatUint(uint64(r.Signal), 10))
 		}
 	}
 	return &ptypes.Empty{}, nil
@@ -582,11 +564,7 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if _, err := s.process(r.ID, ""); err != nil {
 		return nil, errGRPC(err)
 	}
-	c, err := s.g.client(ctx)
-	if err != nil {
-		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err))
-	}
-	ps, err := c.ListProcesses(ctx)
+	ps, err := s.vm.Processes(ctx)
 	if err != nil {
 		return nil, errGRPC(err)
 	}
@@ -635,11 +613,7 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	if gpid == 0 {
 		return nil, errGRPC(fmt.Errorf("process not started: %w", errdefs.ErrFailedPrecondition))
 	}
-	c, err := s.g.client(ctx)
-	if err != nil {
-		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err))
-	}
-	if err := c.ResizeProcess(ctx, gpid, uint16(min(r.Height, 0xffff)), uint16(min(r.Width, 0xffff))); err != nil {
+	if err := s.vm.ResizeProcess(ctx, gpid, uint16(min(r.Height, 0xffff)), uint16(min(r.Width, 0xffff))); err != nil {
 		return nil, errGRPC(err)
 	}
 	return &ptypes.Empty{}, nil
@@ -679,12 +653,10 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 		return nil, errGRPC(fmt.Errorf("stats: the VM is not running: %w", errdefs.ErrFailedPrecondition))
 	}
 	var guestPids uint64
-	if c, err := s.g.client(ctx); err == nil {
-		if ps, err := c.ListProcesses(ctx); err == nil {
-			for _, p := range ps {
-				if p.Running {
-					guestPids++
-				}
+	if ps, err := s.vm.Processes(ctx); err == nil {
+		for _, p := range ps {
+			if p.Running {
+				guestPids++
 			}
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/smolvm-go/smolvm"
-	"github.com/smolvm-go/smolvm/internal/agent"
 )
 
 // Annotations read from the OCI spec. They override what the spec's
@@ -165,11 +164,11 @@ func rootPath(s *specs.Spec, bundle string) string {
 // execRequest translates an OCI process into an agent request: args, env,
 // cwd and user (the uid; the agent takes the gid from the guest's passwd
 // file, or uses the uid's number).
-func execRequest(p *specs.Process) (agent.ExecRequest, error) {
+func execRequest(p *specs.Process) (smolvm.ProcessOptions, error) {
 	if p == nil || len(p.Args) == 0 {
-		return agent.ExecRequest{}, fmt.Errorf("process.args: must name a program")
+		return smolvm.ProcessOptions{}, fmt.Errorf("process.args: must name a program")
 	}
-	req := agent.ExecRequest{Argv: p.Args, Dir: p.Cwd, Env: map[string]string{}}
+	req := smolvm.ProcessOptions{Argv: p.Args, Dir: p.Cwd, Env: map[string]string{}}
 	for _, kv := range p.Env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || smolvm.ValidateEnvKey(k) != nil {
@@ -180,22 +179,11 @@ func execRequest(p *specs.Process) (agent.ExecRequest, error) {
 	if p.User.UID != 0 {
 		req.User = strconv.FormatUint(uint64(p.User.UID), 10)
 	}
-	return req, nil
-}
-
-// ptyOptions returns the terminal of a process, or nil.
-func ptyOptions(p *specs.Process) *agent.PtyOptions {
-	if p == nil || !p.Terminal {
-		return nil
-	}
-	o := &agent.PtyOptions{}
-	if p.ConsoleSize != nil {
-		o.Rows, o.Cols = uint16(min(p.ConsoleSize.Height, 0xffff)), uint16(min(p.ConsoleSize.Width, 0xffff))
-	}
-	for _, kv := range p.Env {
-		if v, ok := strings.CutPrefix(kv, "TERM="); ok {
-			o.Term = v
+	if p.Terminal { // TERM comes with the process's env
+		req.Pty = true
+		if p.ConsoleSize != nil {
+			req.Rows, req.Cols = uint16(min(p.ConsoleSize.Height, 0xffff)), uint16(min(p.ConsoleSize.Width, 0xffff))
 		}
 	}
-	return o
+	return req, nil
 }
