@@ -114,23 +114,13 @@ func (b e2bBackend) Get(ctx context.Context, key, id string) (e2b.Sandbox, error
 }
 
 func (b e2bBackend) List(ctx context.Context, key string) ([]e2b.Sandbox, error) {
-	sbs, err := b.s.st.Sandboxes(ctx, key)
-	if err != nil || len(sbs) == 0 {
-		return nil, err
-	}
-	byID := map[string]store.Sandbox{}
-	for _, sb := range sbs {
-		byID[sb.VMID] = sb
-	}
-	infos, err := b.s.h.List(ctx, smolvm.ListOptions{})
+	owned, err := b.s.owned(ctx, key, "")
 	if err != nil {
 		return nil, err
 	}
 	var out []e2b.Sandbox
-	for _, inf := range infos {
-		if sb, ok := byID[inf.VMID]; ok {
-			out = append(out, e2bSandbox(inf, sb))
-		}
+	for _, o := range owned {
+		out = append(out, e2bSandbox(o.inf, o.sb))
 	}
 	return out, nil
 }

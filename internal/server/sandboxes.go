@@ -381,36 +381,52 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, key string) error 
 	if err != nil {
 		return err
 	}
-	sbs, err := s.st.Sandboxes(r.Context(), key)
+	owned, err := s.owned(r.Context(), key, st)
 	if err != nil {
 		return err
+	}
+	out := []Sandbox{}
+next:
+	for _, o := range owned {
+		for k, v := range md {
+			if got, ok := o.sb.Metadata[k]; !ok || got != v {
+				continue next
+			}
+		}
+		out = append(out, view(o.inf, o.sb))
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return writeJSON(w, http.StatusOK, out)
+}
+
+// ownedSandbox is a VM's live info with the server's record of it.
+type ownedSandbox struct {
+	inf smolvm.VMInfo
+	sb  store.Sandbox
+}
+
+// owned returns key's sandboxes (in state st, or all), state checked live.
+// The native list and the E2B list both use it.
+func (s *Server) owned(ctx context.Context, key string, st smolvm.VMState) ([]ownedSandbox, error) {
+	sbs, err := s.st.Sandboxes(ctx, key)
+	if err != nil || len(sbs) == 0 {
+		return nil, err
 	}
 	byID := map[string]store.Sandbox{}
 	for _, sb := range sbs {
 		byID[sb.VMID] = sb
 	}
-	out := []Sandbox{}
-	if len(sbs) > 0 {
-		infos, err := s.h.List(r.Context(), smolvm.ListOptions{Status: st})
-		if err != nil {
-			return err
-		}
-	next:
-		for _, inf := range infos {
-			sb, ok := byID[inf.VMID]
-			if !ok {
-				continue
-			}
-			for k, v := range md {
-				if got, ok := sb.Metadata[k]; !ok || got != v {
-					continue next
-				}
-			}
-			out = append(out, view(inf, sb))
+	infos, err := s.h.List(ctx, smolvm.ListOptions{Status: st})
+	if err != nil {
+		return nil, err
+	}
+	var out []ownedSandbox
+	for _, inf := range infos {
+		if sb, ok := byID[inf.VMID]; ok {
+			out = append(out, ownedSandbox{inf, sb})
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request, key string) error {
