@@ -202,6 +202,17 @@ func clampSize(n uint32) uint16 {
 	return uint16(n)
 }
 
+// inputPid resolves the selector of an input or resize call, which come
+// per keystroke: a pid is used as given (the agent refuses an unknown
+// one), only a tag needs the process list.
+func inputPid(ctx context.Context, vm *smolvm.VM, sel *processpb.ProcessSelector) (int, error) {
+	if p, ok := sel.GetSelector().(*processpb.ProcessSelector_Pid); ok && p.Pid > 0 {
+		return int(p.Pid), nil
+	}
+	pid, _, err := pidOf(ctx, vm, sel)
+	return pid, err
+}
+
 // pidOf resolves a selector (pid or tag) to a running process's pid.
 func pidOf(ctx context.Context, vm *smolvm.VM, sel *processpb.ProcessSelector) (int, bool, error) {
 	if sel == nil {
@@ -292,7 +303,7 @@ func input(in *processpb.ProcessInput) ([]byte, error) {
 // SendInput writes to a process's stdin (or terminal).
 func (p *processService) SendInput(ctx context.Context, req *connect.Request[processpb.SendInputRequest]) (*connect.Response[processpb.SendInputResponse], error) {
 	vm := vmOf(ctx)
-	pid, _, err := pidOf(ctx, vm, req.Msg.GetProcess())
+	pid, err := inputPid(ctx, vm, req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +325,7 @@ func (p *processService) StreamInput(ctx context.Context, stream *connect.Client
 		switch ev := stream.Msg().GetEvent().(type) {
 		case *processpb.StreamInputRequest_Start:
 			var err error
-			if pid, _, err = pidOf(ctx, vm, ev.Start.GetProcess()); err != nil {
+			if pid, err = inputPid(ctx, vm, ev.Start.GetProcess()); err != nil {
 				return nil, err
 			}
 		case *processpb.StreamInputRequest_Data:
@@ -374,7 +385,7 @@ func (p *processService) CloseStdin(ctx context.Context, req *connect.Request[pr
 // Update resizes a process's terminal.
 func (p *processService) Update(ctx context.Context, req *connect.Request[processpb.UpdateRequest]) (*connect.Response[processpb.UpdateResponse], error) {
 	vm := vmOf(ctx)
-	pid, _, err := pidOf(ctx, vm, req.Msg.GetProcess())
+	pid, err := inputPid(ctx, vm, req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
 	}
