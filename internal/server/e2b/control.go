@@ -1,7 +1,6 @@
 package e2b
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -361,5 +360,3 @@ func (h *Handler) forget(id string) {
 // snapshotTemplate reports whether a template id names a snapshot rather
 // than an image ("snapshot:NAME").
 func snapshotTemplate(t string) bool { return strings.HasPrefix(t, "snapshot:") }
-
-var _ = context.Background

@@ -204,7 +204,7 @@ func (h *Handler) envd(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		vm, err := h.envdVM(r)
 		if err != nil {
-			h.envdError(w, r, err)
+			h.apiFail(w, r, err)
 			return
 		}
 		ctx := context.WithValue(r.Context(), ctxVM, vm)
@@ -341,17 +341,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// apiFail writes a control-plane error as {code, message}.
+// apiFail writes an error of the control plane and of the plain-HTTP envd
+// routes as {code, message}.
 func (h *Handler) apiFail(w http.ResponseWriter, r *http.Request, err error) {
 	st := statusOf(err)
 	if st >= 500 {
 		h.log.Error("e2b", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeJSON(w, st, apiError{Code: st, Message: err.Error()})
-}
-
-// envdError writes an error of the plain-HTTP envd routes and the envd
-// authentication as {code, message}.
-func (h *Handler) envdError(w http.ResponseWriter, r *http.Request, err error) {
-	h.apiFail(w, r, err)
 }

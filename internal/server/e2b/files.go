@@ -49,11 +49,11 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 	p := resolvePath(ctx, r.URL.Query().Get("path"))
 	fi, err := vm.Stat(ctx, p)
 	if err != nil {
-		h.envdError(w, r, err)
+		h.apiFail(w, r, err)
 		return
 	}
 	if fi.IsDir() {
-		h.envdError(w, r, &smolvm.ConfigError{Field: "path", Value: p, Rule: "is a directory"})
+		h.apiFail(w, r, &smolvm.ConfigError{Field: "path", Value: p, Rule: "is a directory"})
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -64,7 +64,7 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 	lw := &lazyStatus{w: w}
 	if _, err := vm.Download(ctx, p, lw); err != nil {
 		if !lw.wrote {
-			h.envdError(w, r, err)
+			h.apiFail(w, r, err)
 			return
 		}
 		// Headers are gone; cutting the connection tells the client.
@@ -126,7 +126,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 		out = append(out, f)
 	}
 	if err != nil {
-		h.envdError(w, r, err)
+		h.apiFail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
