@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
@@ -19,18 +18,12 @@ import (
 // pipe; a console logger process reads the pipe and writes logs/<id>.log,
 // rotating to logs/<id>.log.1, so that both together stay under the VM's
 // cap whatever the guest prints and with no smolvm process running. The
-// logger is this very program re-executed (/proc/self/exe) with
-// consoleLoggerEnv set: the init function below turns it into the logger
-// before main runs, so the CLI, the server and any program using the SDK
-// need no separate binary. It exits when the VMM (the pipe's last writer)
-// is gone.
+// logger is a helper process (helpers.go): this very program re-executed.
+// It exits when the VMM (the pipe's last writer) is gone.
 
 // DefaultConsoleLogMaxBytes is the default cap of a VM's console log on
 // disk (8 MiB, the current file and its rotated half together).
 const DefaultConsoleLogMaxBytes = consolelog.DefaultMaxBytes
-
-// consoleLoggerEnv marks a process started as a console logger.
-const consoleLoggerEnv = "_SMOLVM_CONSOLE_LOGGER"
 
 // consoleLogPathEnv and consoleLogMaxEnv pass the log's path and cap to
 // the logger. They are not on its command line, which names only the VM,
@@ -40,19 +33,17 @@ const (
 	consoleLogMaxEnv  = "_SMOLVM_CONSOLE_LOG_MAX"
 )
 
-func init() {
-	if os.Getenv(consoleLoggerEnv) != "1" {
-		return
+// consoleLoggerMain is the body of the console logger helper: the pipe
+// is standard input, the log file (made by the parent) standard output.
+func consoleLoggerMain() int {
+	n, err := strconv.ParseInt(os.Getenv(consoleLogMaxEnv), 10, 64)
+	if err != nil || os.Getenv(consoleLogPathEnv) == "" {
+		return 2
 	}
-	// The pipe is standard input, the log file (made by the parent)
-	// standard output.
-	code := 0
-	if n, err := strconv.ParseInt(os.Getenv(consoleLogMaxEnv), 10, 64); err != nil || os.Getenv(consoleLogPathEnv) == "" {
-		code = 2
-	} else if err := consolelog.Run(os.Stdin, os.Stdout, os.Getenv(consoleLogPathEnv), n); err != nil {
-		code = 1
+	if err := consolelog.Run(os.Stdin, os.Stdout, os.Getenv(consoleLogPathEnv), n); err != nil {
+		return 1
 	}
-	os.Exit(code)
+	return 0
 }
 
 // startConsoleLogger starts the logger of the console log at path and
@@ -73,16 +64,10 @@ func startConsoleLogger(id, path string, maxBytes int64) (*os.File, error) {
 		return nil, err
 	}
 	defer r.Close()
-	cmd := &exec.Cmd{
-		Path: "/proc/self/exe",
-		Args: []string{"smolvm-console-log", id},
-		Env: []string{consoleLoggerEnv + "=1", consoleLogPathEnv + "=" + path,
-			consoleLogMaxEnv + "=" + strconv.FormatInt(maxBytes, 10), "PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-		Dir:         "/",
-		Stdin:       r,
-		Stdout:      logf,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
-	}
+	cmd := helperCommand(helperConsoleLogger, []string{"smolvm-console-log", id},
+		[]string{consoleLogPathEnv + "=" + path, consoleLogMaxEnv + "=" + strconv.FormatInt(maxBytes, 10)})
+	cmd.Stdin, cmd.Stdout = r, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("start the console logger: %w", err)

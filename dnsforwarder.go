@@ -3,6 +3,7 @@ package smolvm
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -23,8 +24,9 @@ import (
 // The DNS forwarder runs in a small supervisor process, one per data
 // directory and network namespace, started by the first VM start that
 // needs it and exiting (DNSForwarderIdleExit) once no VM needs it. It is
-// the smolvm binary run as `smolvm _dns-forwarder --dir DIR`, in its own
-// session, so it outlives the command that started it. Its state
+// a helper process (helpers.go), this program re-executed with the command
+// line `smolvm _dns-forwarder --dir DIR`, in its own session, so it
+// outlives the command that started it. Its state
 // directory is <data dir>/dnsfwd/net-<netns inode>:
 //
 //	lock          held by the running supervisor
@@ -112,48 +114,38 @@ func (h *Host) forwarderDir() string {
 	return filepath.Join(h.forwarderRoot(), "net-"+id)
 }
 
-// forwarderCmd returns the command that runs the supervisor on dir.
-func (h *Host) forwarderCmd(dir string) (*exec.Cmd, error) {
-	argv := h.opts.ForwarderCommand
-	if len(argv) == 0 {
-		bin, err := smolvmBinary()
-		if err != nil {
-			return nil, err
-		}
-		argv = []string{bin, DNSForwarderCommand}
+// forwarderCmd returns the command that runs the supervisor on dir: by
+// default a helper process (helpers.go) whose command line reads like the
+// hidden subcommand, `smolvm _dns-forwarder --dir DIR`, which is how
+// cleanup recognises it.
+func (h *Host) forwarderCmd(dir string) *exec.Cmd {
+	if argv := h.opts.ForwarderCommand; len(argv) > 0 {
+		cmd := exec.Command(argv[0], append(argv[1:], "--dir", dir)...)
+		cmd.Dir = "/"
+		return cmd
 	}
-	cmd := exec.Command(argv[0], append(argv[1:], "--dir", dir)...)
-	// nil: /dev/null, opened by exec itself. A pipe would tie the
-	// supervisor to this process (SIGPIPE once it exits).
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
-	cmd.Dir = "/"
-	return cmd, nil
+	// No standard streams (nil: /dev/null, opened by exec itself). A pipe
+	// would tie the supervisor to this process (SIGPIPE once it exits).
+	return helperCommand(helperDNSForwarder, []string{"smolvm", DNSForwarderCommand, "--dir", dir}, nil)
 }
 
-// smolvmBinary finds the smolvm executable: this program if it is smolvm,
-// else smolvm next to this program or to $SMOLVM_AGENT, else in PATH.
-func smolvmBinary() (string, error) {
-	exe, err := os.Executable()
-	if err == nil && filepath.Base(exe) == "smolvm" {
-		return exe, nil
+// dnsForwarderMain is the body of the DNS forwarder helper; args are its
+// command line after the program name.
+func dnsForwarderMain(args []string) int {
+	fs := flag.NewFlagSet(DNSForwarderCommand, flag.ContinueOnError)
+	dir := fs.String("dir", "", "state directory")
+	idle := fs.Duration("idle-exit", DNSForwarderIdleExit, "exit after this long without a VM")
+	if len(args) > 0 && args[0] == DNSForwarderCommand {
+		args = args[1:]
 	}
-	var dirs []string
-	if err == nil {
-		dirs = append(dirs, filepath.Dir(exe))
+	if err := fs.Parse(args); err != nil {
+		return 2
 	}
-	if a := os.Getenv("SMOLVM_AGENT"); a != "" {
-		dirs = append(dirs, filepath.Dir(a))
+	if err := ServeDNSForwarder(context.Background(), *dir, *idle); err != nil {
+		fmt.Fprintln(os.Stderr, "smolvm dns forwarder:", err)
+		return 1
 	}
-	for _, d := range dirs {
-		p := filepath.Join(d, "smolvm")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath("smolvm"); err == nil {
-		return p, nil
-	}
-	return "", fmt.Errorf("the DNS forwarder runs as `smolvm %s`, and no smolvm binary was found next to this program, next to $SMOLVM_AGENT or in PATH (or set HostOptions.ForwarderCommand): %w", DNSForwarderCommand, ErrUnavailable)
+	return 0
 }
 
 // registerDNS makes the forwarder serve the VM (writing its file and
@@ -176,10 +168,7 @@ func (h *Host) registerDNS(ctx context.Context, id string, p netplan.Plan, cfg V
 	}
 	err := dnsfwd.WriteVM(dir, dnsfwd.VM{ID: id, GuestIP: p.GuestIP, Gateway: p.Gateway, Policy: pol, Upstreams: ups})
 	if err == nil {
-		var cmd *exec.Cmd
-		if cmd, err = h.forwarderCmd(dir); err == nil {
-			err = dnsfwd.EnsureRunning(ctx, dir, cmd)
-		}
+		err = dnsfwd.EnsureRunning(ctx, dir, h.forwarderCmd(dir))
 	}
 	if err != nil && cfg.needsForwarder() {
 		return fmt.Errorf("dns forwarder: %w", err)

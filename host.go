@@ -84,9 +84,9 @@ type HostOptions struct {
 	// as stage names and counts; nil prints to a terminal on stderr.
 	Progress func(stage string, done, total int64)
 	// ForwarderCommand is the command (argv) that runs the DNS forwarder
-	// supervisor, to which "--dir DIR" is added; empty means
-	// `smolvm _dns-forwarder` with the smolvm binary found next to this
-	// program, next to $SMOLVM_AGENT or in PATH (network policy, egress.go).
+	// supervisor, to which "--dir DIR" is added; empty means this program
+	// re-executed as the forwarder (a helper process, which needs no smolvm
+	// binary; network policy, egress.go).
 	ForwarderCommand []string
 	// ConsoleLogMaxBytes is the default cap of a VM's console log on disk
 	// (VMConfig.ConsoleLogMaxBytes overrides it); 0 means
