@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -233,8 +234,18 @@ func TestCRI(t *testing.T) {
 	if len(vms) != 1 {
 		t.Errorf("VMs for a pod with one container: %v, want exactly one", vms)
 	}
-	if q := d.vmms(); len(q) != 1 {
-		t.Errorf("VMM processes for a pod with one container: %v, want exactly one", q)
+	vmms := d.vmms()
+	if len(vmms) != 1 {
+		t.Errorf("VMM processes for a pod with one container: %v, want exactly one", vmms)
+	}
+	// The VMM's cgroups, to check they go with the VM.
+	var cgroups []string
+	for _, pid := range vmms {
+		cgroups = append(cgroups, vmmCgroups(pid)...)
+	}
+	t.Logf("VMM cgroups: %v", cgroups)
+	if len(cgroups) == 0 {
+		t.Errorf("no cgroup of the VMM (%v) found", vmms)
 	}
 	if s := d.shims(); len(s) != 2 {
 		t.Errorf("shims: %v, want two (the sandbox's and the container's)", s)
@@ -286,7 +297,12 @@ func TestCRI(t *testing.T) {
 	// cgroup, pod network namespace or IP allocation.
 	deadline = time.Now().Add(time.Minute)
 	for {
-		left := append(d.leftovers(t), d.criLeftovers(vms)...)
+		left := append(d.leftovers(t), d.criLeftovers()...)
+		for _, cg := range cgroups {
+			if _, err := os.Stat(cg); err == nil {
+				left = append(left, "cgroup "+cg)
+			}
+		}
 		if podNetns != "" {
 			if _, err := os.Stat(podNetns); err == nil {
 				left = append(left, "pod network namespace "+podNetns)
@@ -344,8 +360,8 @@ func (d *daemon) vmDirs() []string {
 }
 
 // vmms lists the VMM processes (QEMU, Firecracker) of the daemon's VMs.
-func (d *daemon) vmms() []string {
-	var out []string
+func (d *daemon) vmms() []int {
+	var out []int
 	for _, pid := range vmtest.ProcessesOf(d.dataDir) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil {
@@ -353,24 +369,42 @@ func (d *daemon) vmms() []string {
 		}
 		argv0 := filepath.Base(strings.SplitN(string(b), "\x00", 2)[0])
 		if strings.HasPrefix(argv0, "qemu") || strings.HasPrefix(argv0, "firecracker") {
-			out = append(out, fmt.Sprintf("%d %s", pid, argv0))
+			out = append(out, pid)
 		}
 	}
 	return out
 }
 
-// criLeftovers lists what the CRI pod could leave besides the VMs: the
-// VMs' cgroups, pinned pod network namespaces, CNI IP allocations.
-func (d *daemon) criLeftovers(vms []string) []string {
+// vmmCgroups returns the directories of SmolVM's cgroups (smolvm/<vm>)
+// that hold process pid, in every hierarchy.
+func vmmCgroups(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return nil
+	}
 	var out []string
-	for _, id := range vms {
-		for _, pat := range []string{"/sys/fs/cgroup/smolvm/" + id, "/sys/fs/cgroup/*/smolvm/" + id} {
-			m, _ := filepath.Glob(pat)
-			for _, p := range m {
-				out = append(out, "cgroup "+p)
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(l, ":", 3)
+		if len(f) != 3 || !strings.Contains(f[2], "/smolvm/") {
+			continue
+		}
+		m, _ := filepath.Glob("/sys/fs/cgroup/*" + f[2])
+		if d := "/sys/fs/cgroup" + f[2]; f[1] == "" {
+			m = append(m, d)
+		}
+		for _, p := range m {
+			if fi, err := os.Stat(p); err == nil && fi.IsDir() && !slices.Contains(out, p) {
+				out = append(out, p)
 			}
 		}
 	}
+	return out
+}
+
+// criLeftovers lists what the CRI pod could leave besides the VMs: pinned
+// pod network namespaces, CNI results and IP allocations, veths.
+func (d *daemon) criLeftovers() []string {
+	var out []string
 	filepath.WalkDir(filepath.Join(d.dir, "state"), func(p string, e os.DirEntry, err error) error {
 		if err == nil && !e.IsDir() && filepath.Base(filepath.Dir(p)) == "netns" {
 			out = append(out, "network namespace "+p)
