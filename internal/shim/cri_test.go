@@ -263,6 +263,31 @@ func TestCRI(t *testing.T) {
 	if err != nil || ex.ExitCode != 3 || string(ex.Stdout) != "cri-exec\n" || string(ex.Stderr) != "cri-err\n" {
 		t.Errorf("ExecSync exit 3: %+v, %v; want exit 3, cri-exec on stdout and cri-err on stderr", ex, err)
 	}
+	// The pod's io.smolvm.vcpus annotation and the container's memory
+	// limit size the VM.
+	ex, err = rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "echo cpus:$(grep -c ^processor /proc/cpuinfo); head -1 /proc/meminfo"}, Timeout: 120})
+	if err != nil {
+		t.Errorf("ExecSync cpuinfo: %v", err)
+	} else {
+		out := string(ex.Stdout)
+		if !strings.Contains(out, "cpus:1\n") {
+			t.Errorf("the pod's io.smolvm.vcpus=1 did not give one vCPU: %q", out)
+		}
+		var memKB int
+		if i := strings.Index(out, "MemTotal:"); i < 0 {
+			t.Errorf("no MemTotal: %q", out)
+		} else if fmt.Sscan(out[i+len("MemTotal:"):], &memKB); memKB <= 0 || memKB > 256<<10 {
+			t.Errorf("MemTotal %d kB: want a VM of at most 256 MiB from the memory limit", memKB)
+		}
+	}
+	// Stats: what the VM costs the host (its VMM process).
+	if st, err := rt.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: cid}); err != nil {
+		t.Errorf("ContainerStats: %v", err)
+	} else if st.Stats.Memory == nil || st.Stats.Memory.WorkingSetBytes == nil || st.Stats.Memory.WorkingSetBytes.Value == 0 {
+		t.Errorf("ContainerStats: no memory in %v", st.Stats)
+	} else {
+		t.Logf("ContainerStats: working set %d bytes, CPU %v", st.Stats.Memory.WorkingSetBytes.Value, st.Stats.Cpu)
+	}
 	// The guest's addresses, for the integrator's pod-IP assertion once
 	// the VM takes the pod's IP.
 	if ex, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"ip", "-o", "addr", "show"}, Timeout: 120}); err != nil {
