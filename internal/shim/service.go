@@ -139,7 +139,7 @@ func (s *service) process(id, execID string) (*process, error) {
 // Create boots the task's VM: the bundle's root filesystem (or the
 // snapshotter's mounts) becomes an ext4 image that the VM boots as its
 // root, sized from the spec's resources and annotations. The OCI process
-// waits for Start.
+// waits for Start. A CRI pod's sandbox container gets no VM (sandbox.go).
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
