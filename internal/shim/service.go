@@ -212,7 +212,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := vm.Start(ctx); err != nil {
 		return nil, errGRPC(err)
 	}
-	log.G(ctx).WithField("took", time.Since(bootStart)).WithField("vm", vm.ID()).Info("VM booted")
+	log.G(ctx).WithField("took", time.Since(bootStart)).WithField("vm", vm.ID()).WithField("pod", spec.Annotations[annotationSandboxID]).Info("VM booted")
 	if spec.Hostname != "" {
 		s.setHostname(ctx, vm, spec.Hostname)
 	}
