@@ -16,7 +16,8 @@ deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		qemu-system-x86 e2fsprogs mmdebstrap busybox-static nftables iproute2 \
-		openssh-client cpio ca-certificates containerd >/dev/null
+		openssh-client cpio ca-certificates containerd \
+		containernetworking-plugins >/dev/null
 
 # user: the unprivileged system user "smolvm" QEMU runs as (as root; idempotent).
 user: build

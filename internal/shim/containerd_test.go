@@ -38,12 +38,20 @@ type daemon struct {
 	env     []string
 	dataDir string
 	smolvm  string // the smolvm CLI
-	crictl  string // crictl, or "" (the CRI plugin is then disabled)
 	cmd     *exec.Cmd
 }
 
-// startContainerd starts Debian's containerd for the test, or skips.
+// startContainerd starts Debian's containerd for the test, or skips; its
+// CRI plugin is disabled.
 func startContainerd(t *testing.T) *daemon {
+	t.Helper()
+	return startContainerdWith(t, nil)
+}
+
+// startContainerdWith starts Debian's containerd; cri, when not nil,
+// returns the CRI plugin's configuration for the test's directory (the
+// plugin is disabled otherwise).
+func startContainerdWith(t *testing.T, cri func(dir string) string) *daemon {
 	t.Helper()
 	vmtest.Require(t)
 	for _, b := range []string{"containerd", "ctr", "mkfs.ext4"} {
@@ -69,24 +77,10 @@ state = %q
 [ttrpc]
   address = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.sock, d.sock+".ttrpc")
-	// The CRI plugin only when crictl can drive it (Debian packages no
-	// crictl; $CRICTL or PATH).
-	d.crictl = os.Getenv("CRICTL")
-	if d.crictl == "" {
-		d.crictl, _ = exec.LookPath("crictl")
-	}
-	if d.crictl == "" {
+	if cri == nil {
 		config = "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" + config
 	} else {
-		config += `[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/smolvm-test:pause"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.smolvm]
-    runtime_type = "io.containerd.smolvm.v2"
-    pod_annotations = ["io.smolvm.*"]
-    container_annotations = ["io.smolvm.*"]
-`
+		config += cri(dir)
 	}
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
@@ -587,93 +581,6 @@ func TestContainerd(t *testing.T) {
 			t.Errorf("after ctr run -t --rm: left behind %q", l)
 		}
 	})
-}
-
-// crictl runs crictl against the daemon.
-func (d *daemon) crictlRun(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	ep := "unix://" + d.sock
-	cmd := exec.CommandContext(ctx, d.crictl, append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "4m"}, args...)...)
-	cmd.Env = d.env
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
-		return stdout.String() + stderr.String(), err
-	}
-	return strings.TrimSpace(stdout.String()), nil
-}
-
-// TestContainerdCRI drives containerd's CRI plugin with crictl: a
-// host-network pod and a container in SmolVM VMs (two boots). It skips
-// without crictl (Debian does not package it; `go install
-// sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0`, then PATH or $CRICTL).
-func TestContainerdCRI(t *testing.T) {
-	vmtest.Require(t)
-	if os.Getenv("CRICTL") == "" {
-		if _, err := exec.LookPath("crictl"); err != nil {
-			t.Skip("crictl not installed (Debian does not package it): set $CRICTL or put it in PATH")
-		}
-	}
-	d := startContainerd(t)
-	rootfs := busyboxRootfs(t)
-	guest := guestKernel(t)
-	tarball := ociImage(t, rootfs, map[string][]string{
-		"pause": {"sleep", "2147483647"},
-		"box":   {"sh", "-c", "uname -r; echo cri-started; sleep 100000"},
-	})
-	d.mustCtr("-n", "k8s.io", "image", "import", "--base-name", "localhost/smolvm-test", tarball)
-	dir := t.TempDir()
-	pod := filepath.Join(dir, "pod.json")
-	os.WriteFile(pod, []byte(`{"metadata":{"name":"smolpod","namespace":"default","uid":"u1","attempt":1},
- "linux":{"security_context":{"namespace_options":{"network":2}}},
- "annotations":{"io.smolvm.vcpus":"1"},
- "log_directory":`+fmt.Sprintf("%q", filepath.Join(dir, "logs"))+`}`), 0o600)
-	ctrCfg := filepath.Join(dir, "ctr.json")
-	os.WriteFile(ctrCfg, []byte(`{"metadata":{"name":"box"},"image":{"image":"localhost/smolvm-test:box"},
- "log_path":"box.log","linux":{"resources":{"memory_limit_in_bytes":268435456}}}`), 0o600)
-
-	podID, err := d.crictlRun("runp", "--runtime", "smolvm", pod)
-	if err != nil {
-		t.Fatalf("crictl runp: %v: %s", err, podID)
-	}
-	cid, err := d.crictlRun("create", podID, ctrCfg, pod)
-	if err != nil {
-		t.Fatalf("crictl create: %v: %s", err, cid)
-	}
-	if out, err := d.crictlRun("start", cid); err != nil {
-		t.Fatalf("crictl start: %v: %s", err, out)
-	}
-	out, _ := d.crictlRun("exec", cid, "sh", "-c", "echo cri-exec; nproc; exit 3")
-	if !strings.Contains(out, "cri-exec") || !strings.Contains(out, "exit code 3") {
-		t.Errorf("crictl exec: output %q; want cri-exec and exit code 3", out)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		logs, _ := d.crictlRun("logs", cid)
-		if strings.Contains(logs, guest) && strings.Contains(logs, "cri-started") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("crictl logs: %q; want the guest kernel %s and cri-started", logs, guest)
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	for _, args := range [][]string{{"stop", cid}, {"rm", cid}, {"stopp", podID}, {"rmp", podID}} {
-		if out, err := d.crictlRun(args...); err != nil {
-			t.Errorf("crictl %s: %v: %s", args[0], err, out)
-		}
-	}
-	deadline = time.Now().Add(time.Minute)
-	for len(d.leftovers(t)) > 0 || len(d.shims()) > 0 {
-		if time.Now().After(deadline) {
-			t.Errorf("after rm and rmp: left behind %q, shims %v", d.leftovers(t), d.shims())
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader.

@@ -59,6 +59,10 @@ type service struct {
 	execs    map[string]*process
 	deleted  bool
 	outputWG sync.WaitGroup // stdout/stderr copies of running processes
+
+	// placeholder (guarded by mu): the task is a CRI pod's sandbox
+	// container, run without a VM (sandbox.go).
+	placeholder bool
 }
 
 var _ taskAPI.TaskService = (*service)(nil)
@@ -135,7 +139,7 @@ func (s *service) process(id, execID string) (*process, error) {
 // Create boots the task's VM: the bundle's root filesystem (or the
 // snapshotter's mounts) becomes an ext4 image that the VM boots as its
 // root, sized from the spec's resources and annotations. The OCI process
-// waits for Start.
+// waits for Start. A CRI pod's sandbox container gets no VM (sandbox.go).
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -148,6 +152,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
 		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err))
+	}
+	if isPodSandbox(spec) {
+		return s.createPlaceholder(ctx, r, spec)
 	}
 	ns := namespaceOf(ctx)
 	img := filepath.Join(r.Bundle, rootfsImage)
@@ -205,7 +212,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := vm.Start(ctx); err != nil {
 		return nil, errGRPC(err)
 	}
-	log.G(ctx).WithField("took", time.Since(bootStart)).WithField("vm", vm.ID()).Info("VM booted")
+	log.G(ctx).WithField("took", time.Since(bootStart)).WithField("vm", vm.ID()).WithField("pod", spec.Annotations[annotationSandboxID]).Info("VM booted")
 	if spec.Hostname != "" {
 		s.setHostname(ctx, vm, spec.Hostname)
 	}
@@ -237,6 +244,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		return s.startPlaceholder(ctx, r, p)
 	}
 	p.mu.Lock()
 	started := p.status != task.Status_CREATED
@@ -437,7 +447,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 func (s *service) teardown(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.deleted {
+	if s.deleted || s.placeholder {
+		s.deleted = true
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
@@ -459,6 +470,9 @@ func (s *service) teardown(ctx context.Context) error {
 func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*ptypes.Empty, error) {
 	if _, err := s.process(r.ID, ""); err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		return nil, errPlaceholder("exec")
 	}
 	var ps specs.Process
 	if r.Spec == nil {
@@ -492,6 +506,12 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		if err := s.killPlaceholder(r, p); err != nil {
+			return nil, errGRPC(err)
+		}
+		return &ptypes.Empty{}, nil
 	}
 	p.mu.Lock()
 	st, gpid := p.status, p.guestPid
@@ -561,8 +581,12 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 
 // Pids lists the guest processes the agent runs for the task.
 func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	if _, err := s.process(r.ID, ""); err != nil {
+	p, err := s.process(r.ID, "")
+	if err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		return placeholderPids(p), nil
 	}
 	ps, err := s.vm.Processes(ctx)
 	if err != nil {
@@ -582,6 +606,9 @@ func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	if _, err := s.process(r.ID, ""); err != nil {
 		return nil, errGRPC(err)
 	}
+	if s.isPlaceholder() {
+		return nil, errPlaceholder("pause")
+	}
 	if err := s.vm.Pause(ctx); err != nil {
 		return nil, errGRPC(err)
 	}
@@ -593,6 +620,9 @@ func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
 	if _, err := s.process(r.ID, ""); err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		return nil, errPlaceholder("resume")
 	}
 	if err := s.vm.Resume(ctx); err != nil {
 		return nil, errGRPC(err)
@@ -606,6 +636,9 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		return nil, errPlaceholder("resize the terminal")
 	}
 	p.mu.Lock()
 	gpid := p.guestPid
@@ -647,6 +680,10 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
 	if _, err := s.process(r.ID, ""); err != nil {
 		return nil, errGRPC(err)
+	}
+	if s.isPlaceholder() {
+		resp, err := placeholderStats()
+		return resp, errGRPC(err)
 	}
 	inf := s.vm.Info()
 	if inf.PID == 0 {
