@@ -305,6 +305,11 @@ func TestConfinedVM(t *testing.T) {
 	if stats.MemoryBytes > lim.MemoryBytes {
 		t.Errorf("cgroup memory %d above its limit %d", stats.MemoryBytes, lim.MemoryBytes)
 	}
+	// vm.Usage reads the same group: the hog's pages are charged to it.
+	if u, err := a.Usage(ctx); err != nil || u.Cgroup != lim.Cgroup || u.MemoryLimitBytes != lim.MemoryBytes ||
+		u.MemoryBytes < int64(cfgA.MemSizeMiB/2)<<20 || u.CPU <= 0 || u.Tasks <= 0 {
+		t.Errorf("Usage after the memory hog = %+v, %v; want cgroup %s, limit %d, memory over half the guest's RAM, CPU and tasks", u, err, lim.Cgroup, lim.MemoryBytes)
+	}
 	answers("a memory hog")
 
 	// Fork bomb: the guest's processes are not the host's; QEMU's thread
@@ -321,6 +326,9 @@ func TestConfinedVM(t *testing.T) {
 
 	if err := a.ForceDelete(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := a.Usage(ctx); !errors.Is(err, ErrState) {
+		t.Errorf("Usage of a deleted VM: %v, want ErrState", err)
 	}
 	if _, err := cgroupHost().Open("conf-a"); !errors.Is(err, cgroup.ErrNotFound) {
 		t.Errorf("cgroup after delete: %v", err)

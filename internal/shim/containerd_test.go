@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smolvm-go/smolvm"
 	"github.com/smolvm-go/smolvm/internal/image"
 	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
@@ -406,8 +407,12 @@ func TestContainerd(t *testing.T) {
 		if out := d.mustCtr("task", "ps", "t-long"); len(strings.Fields(out)) < 3 {
 			t.Errorf("ctr task ps: no process listed:\n%s", out)
 		}
-		if out := d.mustCtr("task", "metrics", "t-long"); !regexp.MustCompile(`memory.usage_in_bytes\s+[1-9]`).MatchString(out) || !strings.Contains(out, "cpuacct.usage") {
-			t.Errorf("ctr task metrics: want the VMM's memory and CPU:\n%s", out)
+		// Stats come from the VM's cgroup: its memory limit is the VM's
+		// RAM plus the VMM's allowance (not the guest's size alone).
+		wantLimit := fmt.Sprintf(`memory.limit_in_bytes\s+%d\b`, int64(smolvm.DefaultMemoryMiB+smolvm.VMMMemoryOverheadMiB)<<20)
+		if out := d.mustCtr("task", "metrics", "t-long"); !regexp.MustCompile(`memory.usage_in_bytes\s+[1-9]`).MatchString(out) ||
+			!regexp.MustCompile(`cpuacct.usage\s+[1-9]`).MatchString(out) || !regexp.MustCompile(wantLimit).MatchString(out) {
+			t.Errorf("ctr task metrics: want the VM cgroup's memory (limit %s) and CPU:\n%s", wantLimit, out)
 		}
 		d.mustCtr("task", "pause", "t-long")
 		if out := d.mustCtr("task", "ls"); !strings.Contains(out, "PAUSED") {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	cgroupstats "github.com/containerd/cgroups/stats/v1"
 	"io"
 	"os"
 	"path/filepath"
@@ -674,9 +675,10 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	return nil, errGRPC(fmt.Errorf("update resources: %w: a VM is sized at create", errdefs.ErrNotImplemented))
 }
 
-// Stats reports what the VM costs the host, read from its VMM process
-// (cgroup v1 metrics format; see vmmMetrics): SmolVM puts no VM in a
-// cgroup of its own yet.
+// Stats reports what the VM costs the host (cgroup v1 metrics format):
+// CPU and memory from the VM's cgroup, the VMM's own process where the
+// shim manages no cgroups (vmmMetrics); pids are the guest processes the
+// agent runs for the task.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
 	if _, err := s.process(r.ID, ""); err != nil {
 		return nil, errGRPC(err)
@@ -697,8 +699,10 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 			}
 		}
 	}
-	m, err := vmmMetrics(inf.PID, uint64(inf.Config.MemSizeMiB)<<20, guestPids)
-	if err != nil {
+	var m *cgroupstats.Metrics
+	if u, err := s.vm.Usage(ctx); err == nil {
+		m = cgroupMetrics(u, guestPids)
+	} else if m, err = vmmMetrics(inf.PID, uint64(inf.Config.MemSizeMiB)<<20, guestPids); err != nil {
 		return nil, errGRPC(fmt.Errorf("stats: %w", err))
 	}
 	a, err := typeurl.MarshalAny(m)

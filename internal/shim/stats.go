@@ -9,17 +9,31 @@ import (
 	"strings"
 
 	v1 "github.com/containerd/cgroups/stats/v1"
+	"github.com/smolvm-go/smolvm"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times (100 on
 // every Linux architecture containerd runs on).
 const clockTicks = 100
 
+// cgroupMetrics describes what the task's VM costs the host from its
+// cgroup: CPU time and memory of the VMM and all its threads (guest and
+// emulation together) against the cgroup's limit; pids are the processes
+// the guest agent runs for the task.
+func cgroupMetrics(u smolvm.Usage, guestPids uint64) *v1.Metrics {
+	return &v1.Metrics{
+		CPU: &v1.CPUStat{Usage: &v1.CPUUsage{Total: uint64(u.CPU)}},
+		Memory: &v1.MemoryStat{Usage: &v1.MemoryEntry{Usage: uint64(u.MemoryBytes),
+			Max: uint64(u.MemoryPeakBytes), Limit: uint64(u.MemoryLimitBytes)}},
+		Pids: &v1.PidsStat{Current: guestPids},
+	}
+}
+
 // vmmMetrics describes what the task's VM costs the host, read from its VMM
-// process: SmolVM gives a VM no cgroup of its own, so there are no cgroup
-// counters to report. CPU is the VMM's user and system time (guest and
-// emulation together), memory its resident set against the VM's memory
-// size, pids the processes the guest agent runs for the task.
+// process, where the shim manages no cgroups (not root): CPU is the VMM's
+// user and system time (guest and emulation together), memory its
+// resident set against the VM's memory size, pids the processes the guest
+// agent runs for the task.
 func vmmMetrics(pid int, memLimit uint64, guestPids uint64) (*v1.Metrics, error) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
