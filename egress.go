@@ -198,6 +198,9 @@ func (vm *VM) SetEgress(ctx context.Context, p EgressPolicy) error {
 	if rec.Config.NoNetwork {
 		return wrapErr("set egress", vm.id, ErrState, errors.New("the VM has no network"))
 	}
+	if rec.Config.AttachInterface != "" {
+		return errAttached("set egress", vm.id, rec.Config.AttachInterface)
+	}
 	old := rec.Config
 	cfg := old.withEgress(p)
 	if err := cfg.validateEgress(); err != nil {
@@ -263,6 +266,9 @@ func (vm *VM) ExposeOn(ctx context.Context, hostIP string, guestPort, hostPort i
 	}
 	if rec.Config.NoNetwork {
 		return 0, wrapErr("expose", vm.id, ErrState, errors.New("the VM has no network"))
+	}
+	if rec.Config.AttachInterface != "" {
+		return 0, errAttached("expose", vm.id, rec.Config.AttachInterface)
 	}
 	plan, err := vm.h.plan(ctx, vm.id)
 	if err != nil {
