@@ -153,7 +153,7 @@ func TestAttachInterfaceRefused(t *testing.T) {
 			}
 		})
 	}
-	vms, _ := h.List(ctx)
+	vms, _ := h.List(ctx, ListOptions{})
 	if len(vms) != 0 {
 		t.Fatalf("refused creates left VMs: %v", vms)
 	}
@@ -169,6 +169,11 @@ func TestAttachInterfaceEndToEnd(t *testing.T) {
 		podMAC = l.Attrs().HardwareAddr.String()
 		return err
 	})
+	peer, err := netlink.LinkByName("pod0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerMAC := peer.Attrs().HardwareAddr.String()
 	echoes := listenEchoes(t)
 
 	cfg := minimalVM("attach-a")
@@ -219,12 +224,14 @@ func TestAttachInterfaceEndToEnd(t *testing.T) {
 	}
 	// The guest reaches its gateway (payload 11 marks the honest echo);
 	// then, with the neighbour entry fresh, an echo from a forged source
-	// address (22) and one with a forged source MAC (33) are sent.
+	// address (22) and, with a static neighbour entry (a MAC change
+	// flushes the ARP cache, and forged ARP is dropped too), one with a
+	// forged source MAC (33) are sent.
 	if res, err := vm.Run(ctx, "ping -c 2 -W 5 -s 11 10.88.0.1"); err != nil || !res.OK() {
 		t.Fatalf("guest ping 10.88.0.1: %+v %v", res, err)
 	}
 	spoof := "ping -c 1 -W 5 -s 11 10.88.0.1 >/dev/null; ip addr add 10.88.0.77/16 dev eth0; ping -c 3 -W 1 -s 22 -I 10.88.0.77 10.88.0.1; ip addr del 10.88.0.77/16 dev eth0; " +
-		"ip link set dev eth0 address 02:00:00:00:00:99; ping -c 3 -W 1 -s 33 10.88.0.1; ip link set dev eth0 address " + podMAC + "; ping -c 1 -W 5 -s 11 10.88.0.1"
+		"ip link set dev eth0 address 02:00:00:00:00:99; arp -s 10.88.0.1 " + peerMAC + "; arp -n; ping -c 3 -W 1 -s 33 10.88.0.1; arp -d 10.88.0.1; ip link set dev eth0 address " + podMAC + "; ping -c 1 -W 5 -s 11 10.88.0.1"
 	res, err = vm.Run(ctx, spoof)
 	if err != nil {
 		t.Fatal(err)
