@@ -154,7 +154,9 @@ func parseUpstream(s string) (netip.AddrPort, error) {
 
 // usesForwarder reports whether the guest's resolver is SmolVM's DNS
 // forwarder on its gateway (no dns_servers of its own).
-func (c VMConfig) usesForwarder() bool { return !c.NoNetwork && len(c.DNSServers) == 0 }
+func (c VMConfig) usesForwarder() bool {
+	return !c.NoNetwork && c.AttachInterface == "" && len(c.DNSServers) == 0
+}
 
 // needsForwarder reports whether the VM cannot work as configured without
 // the forwarder: its policy has domain rules or it names an upstream.

@@ -352,9 +352,10 @@ func AttachedTAPs() ([]string, error) {
 	return out, nil
 }
 
-// freeIngress fails if link has an ingress qdisc whose filters redirect to
-// an existing device other than tapName; one left by a VM whose TAP is
-// gone (or by this VM) is removed.
+// freeIngress fails if link has an ingress qdisc with filters other than
+// redirects, or one redirecting to an existing device other than tapName
+// (another VM took it); one left by a VM whose TAP is gone (or by this VM)
+// is removed.
 func freeIngress(link netlink.Link, tapName string) error {
 	q, err := ingressOf(link)
 	if err != nil || q == nil {
@@ -365,15 +366,46 @@ func freeIngress(link netlink.Link, tapName string) error {
 		return linkErr("list tc filters of "+link.Attrs().Name, err)
 	}
 	for _, f := range filters {
-		u, ok := f.(*netlink.U32)
-		if !ok || u.RedirIndex == 0 {
+		kind, to := classify(f)
+		switch {
+		case kind == filterOther:
 			return fmt.Errorf("interface %s already has tc ingress filters of someone else's: %w", link.Attrs().Name, ErrInUse)
-		}
-		if t, err := netlink.LinkByIndex(u.RedirIndex); err == nil && t.Attrs().Name != tapName {
-			return fmt.Errorf("interface %s is already attached to %s (alias %q): %w", link.Attrs().Name, t.Attrs().Name, t.Attrs().Alias, ErrInUse)
+		case kind == filterRedirect && to != nil && to.Attrs().Name != tapName:
+			return fmt.Errorf("interface %s is already attached to %s (%s): %w", link.Attrs().Name, to.Attrs().Name, to.Attrs().Alias, ErrInUse)
 		}
 	}
 	return delIngress(link)
+}
+
+// Kinds of tc filters, by classify.
+const (
+	filterTable    = iota + 1 // a u32 hash table entry (tc lists one per u32 filter)
+	filterRedirect            // a u32 filter whose action is a mirred redirect
+	filterOther               // anything else
+)
+
+// classify tells what f is and, for a redirect, the device it goes to
+// (nil when that device is gone).
+func classify(f netlink.Filter) (kind int, to netlink.Link) {
+	u, ok := f.(*netlink.U32)
+	if !ok {
+		return filterOther, nil
+	}
+	if len(u.Actions) == 0 {
+		if u.Divisor != 0 || u.Sel == nil {
+			return filterTable, nil
+		}
+		return filterOther, nil
+	}
+	for _, a := range u.Actions {
+		if _, ok := a.(*netlink.MirredAction); !ok {
+			return filterOther, nil
+		}
+	}
+	if u.RedirIndex != 0 {
+		to, _ = netlink.LinkByIndex(u.RedirIndex)
+	}
+	return filterRedirect, to
 }
 
 // ErrInUse is the cause of attaching to an interface another VM holds.
@@ -390,16 +422,18 @@ func redirectsOnlyTo(link netlink.Link, tapName string) (bool, error) {
 	if err != nil {
 		return false, linkErr("list tc filters of "+link.Attrs().Name, err)
 	}
+	redirects := 0
 	for _, f := range filters {
-		u, ok := f.(*netlink.U32)
-		if !ok || u.RedirIndex == 0 {
+		switch kind, to := classify(f); {
+		case kind == filterOther:
 			return false, nil
-		}
-		if t, err := netlink.LinkByIndex(u.RedirIndex); err == nil && t.Attrs().Name != tapName {
+		case kind == filterRedirect && to != nil && to.Attrs().Name != tapName:
 			return false, nil
+		case kind == filterRedirect:
+			redirects++
 		}
 	}
-	return true, nil
+	return redirects > 0, nil
 }
 
 func ingressOf(link netlink.Link) (netlink.Qdisc, error) {
@@ -473,4 +507,39 @@ func guestFilters(tap, iface int, mac net.HardwareAddr, ip netip.Addr) []*netlin
 		redirect(tap, iface, prioIPv4, unix.ETH_P_IP, v4),
 		redirect(tap, iface, prioARP, unix.ETH_P_ARP, arp),
 	}
+}
+
+// cleanupAttached removes what attached TAPs that are gone left behind in
+// the current namespace: their chains of our netdev table (the table too
+// when none is left) and ingress qdiscs whose only filters are u32
+// redirects to devices that no longer exist.
+func cleanupAttached() ([]string, error) {
+	var gone []string
+	taps, err := AttachedTAPs()
+	if err != nil {
+		return nil, fmt.Errorf("network: cleanup: list netdev chains: %w", err)
+	}
+	for _, tap := range taps {
+		if _, err := netlink.LinkByName(tap); err == nil {
+			continue
+		}
+		if err := delAttachChain(tap); err != nil {
+			return gone, err
+		}
+		gone = append(gone, "netdev chain "+tap)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return gone, linkErr("list links", err)
+	}
+	for _, l := range links {
+		if ok, err := redirectsOnlyTo(l, ""); err != nil || !ok {
+			continue // no ingress qdisc, not ours, or its VM's TAP is there
+		}
+		if err := delIngress(l); err != nil {
+			return gone, err
+		}
+		gone = append(gone, "ingress redirect of "+l.Attrs().Name)
+	}
+	return gone, nil
 }
