@@ -562,15 +562,43 @@ func TestContainerd(t *testing.T) {
 		}
 		d.mustCtr("task", "delete", "t-pod")
 		d.mustCtr("container", "rm", "t-pod")
-		if links := ip("-n", name, "-o", "link"); tapName.MatchString(links) {
-			t.Errorf("a TAP is left in the pod namespace:\n%s", links)
+		podClean := func(when string) {
+			t.Helper()
+			if l := d.leftovers(t); len(l) > 0 { // waits for what is going away
+				t.Errorf("%s: left behind %q", when, l)
+			}
+			if links := ip("-n", name, "-o", "link"); tapName.MatchString(links) {
+				t.Errorf("%s: a TAP is left in the pod namespace:\n%s", when, links)
+			}
+			if q, _ := exec.Command("tc", "-n", name, "qdisc", "show", "dev", "eth0").CombinedOutput(); strings.Contains(string(q), "ingress") {
+				t.Errorf("%s: the pod's eth0 keeps an ingress qdisc:\n%s", when, q)
+			}
 		}
-		if q, _ := exec.Command("tc", "-n", name, "qdisc", "show", "dev", "eth0").CombinedOutput(); strings.Contains(string(q), "ingress") {
-			t.Errorf("the pod's eth0 keeps an ingress qdisc:\n%s", q)
+		podClean("after task delete and container rm")
+
+		// A killed shim: its delete command (run by containerd in its own
+		// namespace) detaches the VM inside the pod's namespace.
+		d.mustCtr("run", "-d", "--runtime", runtimeName, "--with-ns", withNs, "--rootfs", rootfs, "t-pod3", "sleep", "100000")
+		var shimPid int
+		for _, pid := range d.shims() {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), "\x00t-pod3\x00") {
+				shimPid = pid
+			}
 		}
-		if l := d.leftovers(t); len(l) > 0 {
-			t.Errorf("after the pod's containers were deleted: left behind %q", l)
+		if shimPid == 0 {
+			t.Fatal("the shim of t-pod3 is not running")
 		}
+		if q, _ := exec.Command("tc", "-n", name, "qdisc", "show", "dev", "eth0").CombinedOutput(); !strings.Contains(string(q), "ingress") {
+			t.Errorf("t-pod3 is not attached to the pod's eth0:\n%s", q)
+		}
+		if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(2 * time.Minute); strings.Contains(d.mustCtr("task", "ls"), "t-pod3") && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+		}
+		d.mustCtr("container", "rm", "t-pod3")
+		podClean("after the shim's SIGKILL")
 	})
 
 	t.Run("image-tty", func(t *testing.T) {
