@@ -96,15 +96,16 @@ func (a *attachIdentity) attachment(id string, p netplan.Plan) network.Attachmen
 	return network.Attachment{VMID: id, TAP: p.TAP, Iface: a.Interface, MAC: mac, GuestIP: a.Addr.Addr()}
 }
 
-// networkConfig is the public view of an attached VM's network.
+// networkConfig is the public view of an attached VM's network. It is
+// made directly, not through NewNetworkConfig: a pod's address may be a
+// /32 with a gateway outside it, which a SmolVM subnet never is.
 func (a *attachIdentity) networkConfig(tap string) (*NetworkConfig, error) {
-	return NewNetworkConfig(NetworkSpec{
-		GuestIP:   a.Addr.Addr().String(),
-		GatewayIP: a.Gateway.String(),
-		Netmask:   net.IP(net.CIDRMask(a.Addr.Bits(), 32)).String(),
-		TapDevice: tap,
-		GuestMAC:  a.MAC,
-	})
+	mac, err := normalizeMAC(a.MAC)
+	if err != nil {
+		return nil, err
+	}
+	mask, _ := netip.AddrFromSlice(net.CIDRMask(a.Addr.Bits(), 32))
+	return &NetworkConfig{guestIP: a.Addr.Addr(), gatewayIP: a.Gateway, netmask: mask, tap: tap, mac: mac}, nil
 }
 
 // bootNetwork fills the guest's NIC and boot parameters of an attached VM:

@@ -290,3 +290,88 @@ func TestAttachInterfaceEndToEnd(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAttachInterfaceOnLinkGateway attaches to a pod interface as Calico
+// and Cilium make them: a /32 address and a default route via a gateway
+// outside it, reached through a host route on eth0 (on the peer side the
+// veth holds the gateway address and a route back to the pod's /32).
+func TestAttachInterfaceOnLinkGateway(t *testing.T) {
+	h, _ := vmEnv(t)
+	ctx := context.Background()
+	ns, err := netnstest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName("pod0"); err == nil {
+			netlink.LinkDel(l)
+		}
+		ns.Close()
+	})
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pod0"}, PeerName: "podeth0"}))
+	peer, err := netlink.LinkByName("podeth0")
+	must(err)
+	must(netlink.LinkSetNsFd(peer, int(ns)))
+	nh, err := netlink.NewHandleAt(ns)
+	must(err)
+	defer nh.Close()
+	pl, err := nh.LinkByName("podeth0")
+	must(err)
+	must(nh.LinkSetName(pl, "eth0"))
+	a32, _ := netlink.ParseAddr("10.88.7.5/32")
+	must(nh.AddrAdd(pl, a32))
+	must(nh.LinkSetUp(pl))
+	gw := net.ParseIP("169.254.1.1")
+	must(nh.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}))
+	must(nh.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: gw}))
+	host, err := netlink.LinkByName("pod0")
+	must(err)
+	for _, a := range []string{"169.254.1.1/32", "10.88.7.1/32"} {
+		na, _ := netlink.ParseAddr(a)
+		must(netlink.AddrAdd(host, na))
+	}
+	must(netlink.LinkSetUp(host))
+	must(netlink.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: &net.IPNet{IP: net.ParseIP("10.88.7.5"), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}))
+
+	cfg := minimalVM("attach-32")
+	cfg.AttachInterface = "eth0"
+	var vm *VM
+	inNs(t, ns, func() (err error) {
+		if vm, err = h.Create(ctx, cfg); err != nil {
+			return err
+		}
+		return vm.Start(ctx)
+	})
+	defer inNs(t, ns, func() error { return vm.Delete(context.Background()) })
+	if n := vm.Info().Network; n == nil || n.GuestIP() != "10.88.7.5" || n.PrefixLen() != 32 || n.GatewayIP() != "169.254.1.1" {
+		t.Fatalf("info network: %v; want 10.88.7.5/32 via 169.254.1.1", n)
+	}
+	res, err := vm.Run(ctx, "ip addr show eth0; ip route; ping -c 2 -W 5 10.88.7.1")
+	if err != nil || !res.OK() || !strings.Contains(res.Stdout, "inet 10.88.7.5/32") || !strings.Contains(res.Stdout, "default via 169.254.1.1") {
+		t.Fatalf("guest with a /32 and an on-link gateway: %+v %v", res, err)
+	}
+	if res, err := vm.Run(ctx, "mkdir -p /www && echo on-link > /www/index.html && httpd -p 8080 -h /www"); err != nil || !res.OK() {
+		t.Fatalf("httpd: %+v %v", res, err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		c := http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Get("http://10.88.7.5:8080/")
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64))
+			resp.Body.Close()
+			if string(body) != "on-link\n" {
+				t.Fatalf("body %q", body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET http://10.88.7.5:8080/ from the peer: %v", err)
+		}
+	}
+}

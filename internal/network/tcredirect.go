@@ -86,8 +86,8 @@ type InterfaceInfo struct {
 
 // InspectInterface reads the interface called name in the current network
 // namespace: it must be an Ethernet interface with exactly one IPv4 address
-// (prefix at most /30) and the namespace's IPv4 default route must go
-// through it, via a gateway in that prefix.
+// and the namespace's IPv4 default route must go through it via a gateway
+// (in its prefix, or on-link outside it as with a pod's /32).
 func InspectInterface(name string) (InterfaceInfo, error) {
 	link, err := netlink.LinkByName(name)
 	if _, ok := err.(netlink.LinkNotFoundError); ok {
@@ -114,9 +114,6 @@ func InspectInterface(name string) (InterfaceInfo, error) {
 	ip, _ := netip.AddrFromSlice(addrs[0].IP.To4())
 	bits, _ := addrs[0].Mask.Size()
 	info.Addr = netip.PrefixFrom(ip, bits)
-	if bits > 30 {
-		return info, fmt.Errorf("interface %s has %s: the prefix must be /30 or shorter (the gateway must be on the guest's link)", name, info.Addr)
-	}
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return info, linkErr("list routes", err)
@@ -129,8 +126,8 @@ func InspectInterface(name string) (InterfaceInfo, error) {
 			return info, fmt.Errorf("the default route goes through another interface than %s", name)
 		}
 		gw, _ := netip.AddrFromSlice(r.Gw.To4())
-		if !info.Addr.Masked().Contains(gw) || gw == ip {
-			return info, fmt.Errorf("the default gateway %s is not another address in %s's prefix %s", gw, name, info.Addr.Masked())
+		if !gw.IsValid() || gw == ip || gw.IsUnspecified() || gw.IsMulticast() {
+			return info, fmt.Errorf("the default gateway %s on %s is not another unicast IPv4 address", gw, name)
 		}
 		info.Gateway = gw
 		return info, nil

@@ -84,6 +84,24 @@ func TestInspectInterface(t *testing.T) {
 	if name, err := DefaultInterface(); err != nil || name != "eth0" {
 		t.Errorf("DefaultInterface: %q, %v", name, err)
 	}
+	// A pod's /32 with an on-link gateway outside it (Calico, Cilium).
+	netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP("10.88.0.1")})
+	a, _ = netlink.ParseAddr("10.88.0.5/16")
+	netlink.AddrDel(l, a)
+	a, _ = netlink.ParseAddr("10.88.0.5/32")
+	if err := netlink.AddrAdd(l, a); err != nil {
+		t.Fatal(err)
+	}
+	gw := net.ParseIP("169.254.1.1")
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := InspectInterface("eth0"); err != nil || info.Addr.String() != "10.88.0.5/32" || info.Gateway.String() != "169.254.1.1" {
+		t.Fatalf("InspectInterface of a /32: %+v, %v", info, err)
+	}
 }
 
 func TestAttachDetach(t *testing.T) {
