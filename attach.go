@@ -42,6 +42,8 @@ type attachIdentity struct {
 	Addr netip.Prefix `json:"addr"`
 	// Gateway is the default gateway through it.
 	Gateway netip.Addr `json:"gateway"`
+	// MTU is its MTU, which the guest's eth0 takes.
+	MTU int `json:"mtu,omitempty"`
 }
 
 // validateAttach checks attach_interface and the fields it excludes.
@@ -87,7 +89,7 @@ func inspectAttach(name string) (*attachIdentity, error) {
 	if err != nil {
 		return nil, configErr("attach_interface", name, err.Error())
 	}
-	return &attachIdentity{Interface: name, MAC: strings.ToUpper(info.MAC.String()), Addr: info.Addr, Gateway: info.Gateway}, nil
+	return &attachIdentity{Interface: name, MAC: strings.ToUpper(info.MAC.String()), Addr: info.Addr, Gateway: info.Gateway, MTU: info.MTU}, nil
 }
 
 // attachment is the network package's view of an attached VM.
@@ -109,11 +111,14 @@ func (a *attachIdentity) networkConfig(tap string) (*NetworkConfig, error) {
 }
 
 // bootNetwork fills the guest's NIC and boot parameters of an attached VM:
-// the interface's MAC, address and gateway; resolvers only from
+// the interface's MAC, address, gateway and MTU; resolvers only from
 // dns_servers (there is no forwarder on the gateway).
 func (a *attachIdentity) bootNetwork(spec *vmm.Spec, bp *bootparams.Params, p netplan.Plan, cfg VMConfig) {
 	spec.NIC = &vmm.NIC{TAP: p.TAP, MAC: a.MAC}
 	bp.Addr, bp.Gateway = a.Addr, a.Gateway
+	if a.MTU >= 68 && a.MTU != 1500 {
+		bp.MTU = a.MTU
+	}
 	for _, d := range cfg.DNSServers {
 		bp.DNS = append(bp.DNS, netip.MustParseAddr(d)) // validated by Create
 	}

@@ -21,8 +21,8 @@ import (
 
 // podNetns makes a "pod" network namespace as a CNI plugin would: eth0
 // with 10.88.0.5/16 and a default route via 10.88.0.1, whose veth peer
-// pod0 (10.88.0.1/16) is in the test's namespace. extra adds more
-// addresses to eth0.
+// pod0 (10.88.0.1/16) is in the test's namespace, both with an overlay
+// network's MTU of 1400. extra adds more addresses to eth0.
 func podNetns(t *testing.T, extra ...string) netns.NsHandle {
 	t.Helper()
 	ns, err := netnstest.New()
@@ -51,6 +51,7 @@ func podNetns(t *testing.T, extra ...string) netns.NsHandle {
 	pl, err := h.LinkByName("podeth0")
 	must(err)
 	must(h.LinkSetName(pl, "eth0"))
+	must(h.LinkSetMTU(pl, 1400))
 	for _, a := range append([]string{"10.88.0.5/16"}, extra...) {
 		na, _ := netlink.ParseAddr(a)
 		must(h.AddrAdd(pl, na))
@@ -63,6 +64,7 @@ func podNetns(t *testing.T, extra ...string) netns.NsHandle {
 	must(err)
 	ha, _ := netlink.ParseAddr("10.88.0.1/16")
 	must(netlink.AddrAdd(hostSide, ha))
+	must(netlink.LinkSetMTU(hostSide, 1400))
 	must(netlink.LinkSetUp(hostSide))
 	return ns
 }
@@ -196,11 +198,11 @@ func TestAttachInterfaceEndToEnd(t *testing.T) {
 	if n == nil || n.GuestIP() != "10.88.0.5" || n.PrefixLen() != 16 || n.GatewayIP() != "10.88.0.1" || !strings.EqualFold(n.GuestMAC(), podMAC) {
 		t.Fatalf("info network: %v; want 10.88.0.5/16 via 10.88.0.1 with MAC %s", n, podMAC)
 	}
-	// The guest's eth0 is the pod's: its address and MAC.
+	// The guest's eth0 is the pod's: its address, MAC and MTU.
 	res, err := vm.Run(ctx, "ip addr show eth0; ip route; cat /etc/resolv.conf")
-	if err != nil || !strings.Contains(res.Stdout, "inet 10.88.0.5/16") || !strings.Contains(res.Stdout, podMAC) ||
+	if err != nil || !strings.Contains(res.Stdout, "inet 10.88.0.5/16") || !strings.Contains(res.Stdout, podMAC) || !strings.Contains(res.Stdout, "mtu 1400") ||
 		!strings.Contains(res.Stdout, "default via 10.88.0.1") || !strings.Contains(res.Stdout, "nameserver 10.88.0.1") {
-		t.Fatalf("guest network (want 10.88.0.5/16, %s): %v\n%s%s", podMAC, err, res.Stdout, res.Stderr)
+		t.Fatalf("guest network (want 10.88.0.5/16, %s, mtu 1400): %v\n%s%s", podMAC, err, res.Stdout, res.Stderr)
 	}
 	// The pod's peer reaches the guest at the pod IP.
 	if res, err := vm.Run(ctx, "mkdir -p /www && echo hello from the pod > /www/index.html && httpd -p 8080 -h /www"); err != nil || !res.OK() {

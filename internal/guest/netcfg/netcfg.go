@@ -55,6 +55,11 @@ func (c *Config) Apply(p bootparams.Params) error {
 	if err := c.Up(c.iface(), p.Addr); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	if p.MTU != 0 {
+		if err := c.SetMTU(c.iface(), p.MTU); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(append(errs, c.routeAndResolvers(p.Gateway, p.DNS)...)...)
 }
 
@@ -118,6 +123,28 @@ func (c *Config) Up(name string, addr netip.Prefix) error {
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP | unix.IFF_RUNNING)
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("network %s: bring up: %w", name, err)
+	}
+	return nil
+}
+
+// SetMTU sets an interface's MTU.
+func (c *Config) SetMTU(name string, mtu int) error {
+	c.record("mtu %s %d", name, mtu)
+	if c.DryRun {
+		return nil
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("network %s: socket: %w", name, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return fmt.Errorf("network %s: %w", name, err)
+	}
+	ifr.SetUint32(uint32(mtu))
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("network %s: set MTU %d: %w", name, mtu, err)
 	}
 	return nil
 }
