@@ -408,6 +408,28 @@ func classify(f netlink.Filter) (kind int, to netlink.Link) {
 // ErrInUse is the cause of attaching to an interface another VM holds.
 var ErrInUse = errors.New("interface in use")
 
+// ourRedirect reports whether link's ingress filters have the shape Attach
+// gives an interface: one match-all redirect, priority 1, every protocol.
+func ourRedirect(link netlink.Link) bool {
+	filters, err := netlink.FilterList(link, ingressParent)
+	if err != nil {
+		return false
+	}
+	n := 0
+	for _, f := range filters {
+		switch kind, _ := classify(f); kind {
+		case filterRedirect:
+			n++
+			if a := f.Attrs(); a.Priority != 1 || a.Protocol != unix.ETH_P_ALL {
+				return false
+			}
+		case filterOther:
+			return false
+		}
+	}
+	return n == 1
+}
+
 // redirectsOnlyTo reports whether link has an ingress qdisc whose filters
 // all redirect to tapName or to a device that is gone.
 func redirectsOnlyTo(link netlink.Link, tapName string) (bool, error) {
@@ -530,7 +552,7 @@ func cleanupAttached() ([]string, error) {
 		return gone, linkErr("list links", err)
 	}
 	for _, l := range links {
-		if ok, err := redirectsOnlyTo(l, ""); err != nil || !ok {
+		if ok, err := redirectsOnlyTo(l, ""); err != nil || !ok || !ourRedirect(l) {
 			continue // no ingress qdisc, not ours, or its VM's TAP is there
 		}
 		if err := delIngress(l); err != nil {
