@@ -111,8 +111,9 @@ func (a *attachIdentity) networkConfig(tap string) (*NetworkConfig, error) {
 }
 
 // bootNetwork fills the guest's NIC and boot parameters of an attached VM:
-// the interface's MAC, address, gateway and MTU; resolvers only from
-// dns_servers (there is no forwarder on the gateway).
+// the interface's MAC, address, gateway and MTU; resolvers from
+// dns_servers (without them the guest's init names the gateway, as for
+// any VM; no forwarder of ours answers there).
 func (a *attachIdentity) bootNetwork(spec *vmm.Spec, bp *bootparams.Params, p netplan.Plan, cfg VMConfig) {
 	spec.NIC = &vmm.NIC{TAP: p.TAP, MAC: a.MAC}
 	bp.Addr, bp.Gateway = a.Addr, a.Gateway

@@ -143,11 +143,12 @@ type VMConfig struct {
 	// namespace (a pod's eth0) that the VM's NIC takes over: the VM's TAP
 	// is made in this namespace and joined to the interface with tc
 	// redirects, and the guest gets the interface's MAC, IPv4 address and
-	// prefix and the default gateway, so the interface's IP is the
+	// prefix, MTU and the default gateway, so the interface's IP is the
 	// guest's. The interface must have exactly one IPv4 address and carry
 	// the default route. No NAT, forwards, SSH port, egress policy or DNS
-	// forwarder apply (those fields are refused); resolvers come from
-	// DNSServers only. One VM per interface.
+	// forwarder apply (those fields are refused); the resolvers are
+	// DNSServers (default: the gateway). One VM per interface. Start, Stop
+	// and Delete must run in that namespace.
 	AttachInterface string `json:"attach_interface,omitempty"`
 }
 
