@@ -137,6 +137,19 @@ type VMConfig struct {
 	// output is kept); 0 means HostOptions.ConsoleLogMaxBytes, else
 	// DefaultConsoleLogMaxBytes (8 MiB). At least 64 KiB, at most 1 GiB.
 	ConsoleLogMaxBytes int64 `json:"console_log_max_bytes,omitempty"`
+	// Attached networking (attach.go; pod networking of the containerd shim).
+
+	// AttachInterface names an interface of the calling process's network
+	// namespace (a pod's eth0) that the VM's NIC takes over: the VM's TAP
+	// is made in this namespace and joined to the interface with tc
+	// redirects, and the guest gets the interface's MAC, IPv4 address and
+	// prefix, MTU and the default gateway, so the interface's IP is the
+	// guest's. The interface must have exactly one IPv4 address and carry
+	// the default route. No NAT, forwards, SSH port, egress policy or DNS
+	// forwarder apply (those fields are refused); the resolvers are
+	// DNSServers (default: the gateway). One VM per interface. Start, Stop
+	// and Delete must run in that namespace.
+	AttachInterface string `json:"attach_interface,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -277,6 +290,9 @@ func (c VMConfig) Validate() error {
 		return err
 	}
 	if err := c.validateEgress(); err != nil {
+		return err
+	}
+	if err := c.validateAttach(); err != nil {
 		return err
 	}
 	if err := validateBootArgs(c.BootArgs); err != nil {

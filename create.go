@@ -91,6 +91,7 @@ type createOp struct {
 	newLock bool // the lock file did not exist before this create
 	boot    boot
 	restore *pendingRestore // a clone's snapshot (snapshot_restore.go)
+	attach  *attachIdentity // what an attached VM takes over (attach.go)
 }
 
 // createSteps make a VM exist, in order; each undo removes what its step made.
@@ -118,6 +119,12 @@ var createSteps = []step[*createOp]{
 			return fmt.Errorf("%w (or create the VM with --network off)", err)
 		}
 		return nil
+	}},
+	{name: "attach-interface", kind: ErrInvalidConfig, do: func(ctx context.Context, c *createOp) (err error) {
+		if c.cfg.AttachInterface != "" {
+			c.attach, err = inspectAttach(c.cfg.AttachInterface)
+		}
+		return err
 	}},
 	{name: "boot-files", kind: ErrImage, do: func(ctx context.Context, c *createOp) (err error) {
 		c.boot, err = c.h.resolveBoot(ctx, &c.cfg, c.o)
@@ -147,7 +154,7 @@ func (c *createOp) lock(ctx context.Context) (err error) {
 }
 
 func (c *createOp) record(ctx context.Context) error {
-	rec := record{Config: c.cfg, Boot: c.boot, Restore: c.restore}
+	rec := record{Config: c.cfg, Boot: c.boot, Restore: c.restore, Attach: c.attach}
 	rec.Boot.Disk = c.recordedDisk() // never the cached image's own disk
 	rec.Config.SSHHostPort = 0       // the port table holds it
 	recJSON, _ := json.Marshal(rec)

@@ -154,7 +154,9 @@ func parseUpstream(s string) (netip.AddrPort, error) {
 
 // usesForwarder reports whether the guest's resolver is SmolVM's DNS
 // forwarder on its gateway (no dns_servers of its own).
-func (c VMConfig) usesForwarder() bool { return !c.NoNetwork && len(c.DNSServers) == 0 }
+func (c VMConfig) usesForwarder() bool {
+	return !c.NoNetwork && c.AttachInterface == "" && len(c.DNSServers) == 0
+}
 
 // needsForwarder reports whether the VM cannot work as configured without
 // the forwarder: its policy has domain rules or it names an upstream.
@@ -197,6 +199,9 @@ func (vm *VM) SetEgress(ctx context.Context, p EgressPolicy) error {
 	}
 	if rec.Config.NoNetwork {
 		return wrapErr("set egress", vm.id, ErrState, errors.New("the VM has no network"))
+	}
+	if rec.Config.AttachInterface != "" {
+		return errAttached("set egress", vm.id, rec.Config.AttachInterface)
 	}
 	old := rec.Config
 	cfg := old.withEgress(p)
@@ -263,6 +268,9 @@ func (vm *VM) ExposeOn(ctx context.Context, hostIP string, guestPort, hostPort i
 	}
 	if rec.Config.NoNetwork {
 		return 0, wrapErr("expose", vm.id, ErrState, errors.New("the VM has no network"))
+	}
+	if rec.Config.AttachInterface != "" {
+		return 0, errAttached("expose", vm.id, rec.Config.AttachInterface)
 	}
 	plan, err := vm.h.plan(ctx, vm.id)
 	if err != nil {

@@ -222,6 +222,8 @@ type record struct {
 	// SSHReadyPID is the VMM process of the start that found the guest's
 	// sshd answering through the SSH forward (network policy, egress.go).
 	SSHReadyPID int `json:"ssh_ready_pid,omitempty"`
+	// Attach is what an attached VM took over from its interface (attach.go).
+	Attach *attachIdentity `json:"attach,omitempty"`
 }
 
 // plan returns the network identity of a VM from its lease and SSH forward.
@@ -275,6 +277,10 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 	inf.Config.SSHHostPort = p.SSHPort // the port table is the one source of truth
 	if rec.Config.NoNetwork {
 		return inf, nil
+	}
+	if rec.Attach != nil {
+		inf.Network, err = rec.Attach.networkConfig(p.TAP)
+		return inf, err
 	}
 	eg := rec.Config.Egress()
 	inf.Egress = &eg

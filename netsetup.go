@@ -47,6 +47,9 @@ func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) erro
 // teardownNetwork removes a VM's TAP device and every rule of it. Missing
 // pieces count as removed, so it is safe to call at any point.
 func (h *Host) teardownNetwork(ctx context.Context, id string, p netplan.Plan) error {
+	if attached, err := h.detachNetwork(ctx, id, p); attached {
+		return err
+	}
 	return errors.Join(h.forgetDNS(id), network.Teardown(ctx, netLease(id, p)))
 }
 

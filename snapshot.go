@@ -176,6 +176,9 @@ func (vm *VM) snapshotLocked(ctx context.Context, name string) (_ SnapshotInfo, 
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
+	if rec.Config.AttachInterface != "" { // its identity is its interface's, which a clone cannot share
+		return SnapshotInfo{}, fmt.Errorf("a VM attached to interface %s cannot be snapshotted: %w", rec.Config.AttachInterface, ErrUnavailable)
+	}
 	inst := instanceOf(row)
 	if !vmm.Alive(inst.PID, inst.PIDStart) || (row.Status != string(StateRunning) && row.Status != string(StatePaused)) {
 		return SnapshotInfo{}, fmt.Errorf("only a running VM can be snapshotted (status %s; start it first): %w", vmStatus(row), ErrState)

@@ -62,6 +62,9 @@ var startSteps = []step[*startOp]{
 		if s.rec.Config.NoNetwork {
 			return nil
 		}
+		if s.rec.Config.AttachInterface != "" {
+			return s.attachNetwork(ctx)
+		}
 		return s.h().setupNetwork(ctx, s.vm.id, s.plan)
 	}, undo: func(ctx context.Context, s *startOp, _ error) {
 		if !s.rec.Config.NoNetwork {
@@ -72,7 +75,7 @@ var startSteps = []step[*startOp]{
 		s.h().removeCgroup(ctx, s.vm.id)
 	}},
 	{name: "egress", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
-		if s.rec.Config.NoNetwork {
+		if s.rec.Config.NoNetwork || s.rec.Config.AttachInterface != "" {
 			return nil
 		}
 		return s.h().applyEgress(ctx, s.vm.id, s.plan, s.rec.Config)
@@ -248,7 +251,9 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 		// ports, i.e. root; Firecracker's hybrid vsock is a Unix socket in a
 		// root-only directory and picks its own ports.
 		AgentAnyPeer: be.Kind() == vmm.Kind(BackendFirecracker)}
-	if !cfg.NoNetwork {
+	if a := rec.Attach; !cfg.NoNetwork && a != nil {
+		a.bootNetwork(&spec, &bp, p, cfg)
+	} else if !cfg.NoNetwork {
 		spec.NIC = &vmm.NIC{TAP: p.TAP, MAC: p.MAC}
 		bp.Addr, bp.Gateway = p.GuestPrefix(), p.Gateway
 		var custom []netip.Addr

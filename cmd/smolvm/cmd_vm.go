@@ -25,6 +25,7 @@ type vmFlags struct {
 	diskBPS, diskIOPS                                       int64
 	egress                                                  egressFlags // network policy (cmd_network.go)
 	consoleLogMiB                                           int         // bounds (issue 13)
+	attachIface                                             string      // attached networking (attach.go)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -48,6 +49,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.Int64Var(&f.diskIOPS, "disk-iops", 0, "throttle the VM's disk to this many operations/s (0: no limit)")
 	f.egress.add(c, true)
 	fl.IntVar(&f.consoleLogMiB, "console-log-size", 0, "cap the console log on disk at this many MiB, newest output kept (default 8)")
+	fl.StringVar(&f.attachIface, "attach-interface", "", "give the VM this interface of the current network namespace (its IPv4 address, MAC and gateway) instead of NAT, e.g. a pod's eth0")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -98,6 +100,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	}
 	cfg.EnvVars = env
 	cfg.DNSServers = f.dns
+	cfg.AttachInterface = f.attachIface
 	if cfg.Mounts, err = parseMounts(f.mounts); err != nil {
 		return cfg, err
 	}

@@ -23,6 +23,7 @@ const (
 	KeyDNS       = "smolvm.dns"       // comma-separated resolvers
 	KeyAgentPort = "smolvm.agentport" // vsock port the agent listens on (0: no vsock)
 	KeyAgentPeer = "smolvm.agentpeer" // "any": vsock peers need no privileged port (see Params.AgentAnyPeer)
+	KeyMTU       = "smolvm.mtu"       // eth0's MTU, e.g. 1450 (absent: the kernel's default)
 )
 
 // ReadyMarker starts the line the guest init prints on the serial console
@@ -54,6 +55,9 @@ type Params struct {
 	// vsock sets it: there the host side is a Unix socket in a root-only
 	// directory and Firecracker picks the source port itself.
 	AgentAnyPeer bool
+	// MTU is eth0's MTU; 0 means the kernel's default (1500). An attached
+	// VM takes its interface's (a pod's overlay network may use less).
+	MTU int
 }
 
 // Format renders p as space-separated key=value words for the kernel command line.
@@ -85,6 +89,9 @@ func (p Params) Format() string {
 	}
 	if p.AgentAnyPeer {
 		add(KeyAgentPeer, "any")
+	}
+	if p.MTU != 0 {
+		add(KeyMTU, strconv.Itoa(p.MTU))
 	}
 	return strings.Join(w, " ")
 }
@@ -140,6 +147,12 @@ func Parse(cmdline string) (Params, error) {
 			p.AgentPort = uint32(n)
 		case KeyAgentPeer:
 			p.AgentAnyPeer = v == "any"
+		case KeyMTU:
+			var n uint64
+			if n, err = strconv.ParseUint(v, 10, 16); err == nil && n < 68 {
+				err = fmt.Errorf("below the IPv4 minimum of 68")
+			}
+			p.MTU = int(n)
 		}
 		if err != nil {
 			return Params{}, fmt.Errorf("kernel command line %s=%q: %w", k, v, err)

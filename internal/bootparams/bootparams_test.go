@@ -28,6 +28,7 @@ func TestFormatParseRoundTrip(t *testing.T) {
 		Gateway:   netip.MustParseAddr("172.16.0.1"),
 		DNS:       []netip.Addr{netip.MustParseAddr("172.16.0.1"), netip.MustParseAddr("9.9.9.9")},
 		AgentPort: 1024,
+		MTU:       1450,
 	}
 	got, err := Parse("console=ttyS0 " + p.Format() + " quiet")
 	if err != nil {

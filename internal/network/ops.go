@@ -324,6 +324,11 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	}
 
+	detached, err := cleanupAttached()
+	removed = append(removed, detached...)
+	if err != nil {
+		return removed, err
+	}
 	gone, err := cleanupRules(keep, kept)
 	if err != nil {
 		return removed, err

@@ -137,6 +137,9 @@ func validateCreate(req *CreateRequest) error {
 			return &smolvm.ConfigError{Field: f.name, Value: f.v, Rule: "host paths cannot be set over the API; use image"}
 		}
 	}
+	if req.AttachInterface != "" {
+		return &smolvm.ConfigError{Field: "attach_interface", Value: req.AttachInterface, Rule: "host interfaces cannot be taken over through the API"}
+	}
 	if len(req.Mounts) > 0 {
 		return &smolvm.ConfigError{Field: "mounts", Value: req.Mounts[0].HostPath, Rule: "host folders cannot be shared over the API"}
 	}

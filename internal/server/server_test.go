@@ -131,6 +131,7 @@ func TestAuthAndBadInput(t *testing.T) {
 		{"bad id", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "vm_id": "Not Valid"}}, 422, "invalid_config", "vm_id"},
 		{"host path", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "kernel_path": "/etc/shadow"}}, 422, "invalid_config", "kernel_path"},
 		{"host folder", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "mounts": []map[string]any{{"host_path": "/etc", "guest_path": "/mnt"}}}}, 422, "invalid_config", "mounts"},
+		{"host interface", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "attach_interface": "eth0"}}, 422, "invalid_config", "attach_interface"},
 		{"shared disk", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "disk_mode": "shared"}}, 422, "invalid_config", "disk_mode"},
 		{"bad timeout", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "timeout_seconds": -1}}, 422, "invalid_config", "timeout_seconds"},
 		{"bad on_timeout", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "on_timeout": "explode"}}, 422, "invalid_config", "on_timeout"},

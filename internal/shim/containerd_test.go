@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -471,15 +472,19 @@ func TestContainerd(t *testing.T) {
 
 	t.Run("pod-netns", func(t *testing.T) {
 		// A container that joins a network namespace (a pod's, made here
-		// with a veth to the test's namespace as its outside world) gets a
-		// VM whose NIC and NAT live in that namespace: its connection out
-		// arrives from the pod's address.
+		// as a CNI plugin would: eth0 of a veth whose peer is in the
+		// test's namespace) gets a VM that takes over the pod's eth0: the
+		// container's eth0 has the pod's IP and MAC, the peer reaches it
+		// there, its connections out come from it, and a second container
+		// in the same namespace is refused.
 		name := fmt.Sprintf("shimtest-pod-%d", os.Getpid())
-		ip := func(args ...string) {
+		ip := func(args ...string) string {
 			t.Helper()
-			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			out, err := exec.Command("ip", args...).CombinedOutput()
+			if err != nil {
 				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 			}
+			return string(out)
 		}
 		ip("netns", "add", name)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
@@ -491,6 +496,10 @@ func TestContainerd(t *testing.T) {
 		ip("-n", name, "link", "set", "eth0", "up")
 		ip("-n", name, "link", "set", "lo", "up")
 		ip("-n", name, "route", "add", "default", "via", "203.0.113.1")
+		podMAC := regexp.MustCompile(`link/ether ([0-9a-f:]{17})`).FindStringSubmatch(ip("-n", name, "-o", "link", "show", "eth0"))
+		if podMAC == nil {
+			t.Fatal("no MAC on the pod's eth0")
+		}
 
 		ln, err := net.Listen("tcp", "203.0.113.1:0")
 		if err != nil {
@@ -508,11 +517,13 @@ func TestContainerd(t *testing.T) {
 			c.Close()
 		}()
 		port := ln.Addr().(*net.TCPAddr).Port
-		out, err := d.ctr(context.Background(), "", "run", "--rm", "--runtime", runtimeName,
-			"--with-ns", "network:/run/netns/"+name, "--rootfs", rootfs, "t-pod",
-			"sh", "-c", fmt.Sprintf("ip -4 -o addr show eth0; nc 203.0.113.1 %d </dev/null", port))
-		if err != nil || !strings.Contains(out, "hello from outside the pod") {
-			t.Fatalf("ctr run in the pod namespace: %v; output:\n%s", err, out)
+		withNs := "network:/run/netns/" + name
+		d.mustCtr("run", "-d", "--runtime", runtimeName, "--with-ns", withNs, "--rootfs", rootfs, "t-pod",
+			"sh", "-c", "echo pod-ip-ok | nc -l -p 8080; sleep 100000")
+		out, err := d.ctr(context.Background(), "", "task", "exec", "--exec-id", "net", "t-pod",
+			"sh", "-c", fmt.Sprintf("ip -4 -o addr show eth0; cat /sys/class/net/eth0/address; nc 203.0.113.1 %d </dev/null", port))
+		if err != nil || !strings.Contains(out, "inet 203.0.113.2/24") || !strings.Contains(out, podMAC[1]) || !strings.Contains(out, "hello from outside the pod") {
+			t.Errorf("the container's network: %v; want eth0 with the pod's 203.0.113.2/24 and MAC %s, and the outside reached; output:\n%s", err, podMAC[1], out)
 		}
 		select {
 		case src := <-from:
@@ -522,12 +533,71 @@ func TestContainerd(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Error("no connection reached the outside")
 		}
-		if links, _ := exec.Command("ip", "-n", name, "-o", "link").Output(); tapName.Match(links) {
-			t.Errorf("a TAP is left in the pod namespace:\n%s", links)
+		// The pod's IP reaches the container.
+		var got string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && got == ""; time.Sleep(300 * time.Millisecond) {
+			c, err := net.DialTimeout("tcp", "203.0.113.2:8080", 5*time.Second)
+			if err != nil {
+				continue
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(io.LimitReader(c, 64))
+			c.Close()
+			got = strings.TrimSpace(string(b))
 		}
-		if l := d.leftovers(t); len(l) > 0 {
-			t.Errorf("after ctr run --rm in a pod namespace: left behind %q", l)
+		if got != "pod-ip-ok" {
+			t.Errorf("dial 203.0.113.2:8080 (the pod's IP): read %q, want pod-ip-ok", got)
 		}
+		// One VM per pod interface: a second container is refused.
+		out, err = d.ctr(context.Background(), "", "run", "--rm", "--runtime", runtimeName, "--with-ns", withNs, "--rootfs", rootfs, "t-pod2", "true")
+		if err == nil || !strings.Contains(out, "already attached") {
+			t.Errorf("a second container in the pod namespace: %v, output %q; want an already-attached error", err, out)
+		}
+		d.ctr(context.Background(), "", "container", "rm", "t-pod2")
+
+		d.mustCtr("task", "kill", "-s", "SIGKILL", "t-pod")
+		for deadline := time.Now().Add(time.Minute); strings.Contains(d.mustCtr("task", "ls"), "RUNNING") && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+		}
+		d.mustCtr("task", "delete", "t-pod")
+		d.mustCtr("container", "rm", "t-pod")
+		podClean := func(when string) {
+			t.Helper()
+			if l := d.leftovers(t); len(l) > 0 { // waits for what is going away
+				t.Errorf("%s: left behind %q", when, l)
+			}
+			if links := ip("-n", name, "-o", "link"); tapName.MatchString(links) {
+				t.Errorf("%s: a TAP is left in the pod namespace:\n%s", when, links)
+			}
+			if q, _ := exec.Command("tc", "-n", name, "qdisc", "show", "dev", "eth0").CombinedOutput(); strings.Contains(string(q), "ingress") {
+				t.Errorf("%s: the pod's eth0 keeps an ingress qdisc:\n%s", when, q)
+			}
+		}
+		podClean("after task delete and container rm")
+
+		// A killed shim: its delete command (run by containerd in its own
+		// namespace) detaches the VM inside the pod's namespace.
+		d.mustCtr("run", "-d", "--runtime", runtimeName, "--with-ns", withNs, "--rootfs", rootfs, "t-pod3", "sleep", "100000")
+		var shimPid int
+		for _, pid := range d.shims() {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), "\x00t-pod3\x00") {
+				shimPid = pid
+			}
+		}
+		if shimPid == 0 {
+			t.Fatal("the shim of t-pod3 is not running")
+		}
+		if q, _ := exec.Command("tc", "-n", name, "qdisc", "show", "dev", "eth0").CombinedOutput(); !strings.Contains(string(q), "ingress") {
+			t.Errorf("t-pod3 is not attached to the pod's eth0:\n%s", q)
+		}
+		if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(2 * time.Minute); strings.Contains(d.mustCtr("task", "ls"), "t-pod3") && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+		}
+		d.mustCtr("container", "rm", "t-pod3")
+		podClean("after the shim's SIGKILL")
 	})
 
 	t.Run("image-tty", func(t *testing.T) {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,7 +171,7 @@ func TestCRI(t *testing.T) {
 	ctrCfg := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: "box"},
 		Image:    &runtimeapi.ImageSpec{Image: "localhost/smolvm-test:box"},
-		Command:  []string{"sh", "-c", "echo ready; sleep 600"},
+		Command:  []string{"sh", "-c", "echo ready; echo cri-pod-ok | nc -l -p 8080; sleep 600"},
 		LogPath:  "box.log",
 		Linux: &runtimeapi.LinuxContainerConfig{
 			Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 256 << 20},
@@ -298,12 +300,31 @@ func TestCRI(t *testing.T) {
 	} else {
 		t.Logf("ContainerStats: working set %d bytes, CPU %v", st.Stats.Memory.WorkingSetBytes.Value, st.Stats.Cpu)
 	}
-	// The guest's addresses, for the integrator's pod-IP assertion once
-	// the VM takes the pod's IP.
-	if ex, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"ip", "-o", "addr", "show"}, Timeout: 120}); err != nil {
+	// The pod's IP is the VM's: the guest's eth0 has it (joined to the
+	// pod's interface), and the node (the test's namespace, which holds
+	// the CNI bridge) reaches the guest's listener at it.
+	if ex, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"ip", "-4", "-o", "addr", "show", "eth0"}, Timeout: 120}); err != nil {
 		t.Errorf("ExecSync ip addr: %v", err)
+	} else if podIP == "" || !strings.Contains(string(ex.Stdout), "inet "+podIP+"/") {
+		t.Errorf("the guest's eth0 does not have the pod's IP %q:\n%s", podIP, ex.Stdout)
 	} else {
-		t.Logf("guest addresses (pod IP %s):\n%s", podIP, ex.Stdout)
+		t.Logf("guest eth0 has the pod's IP %s: %s", podIP, ex.Stdout)
+	}
+	if podIP != "" {
+		var got string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && got == ""; time.Sleep(300 * time.Millisecond) {
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(podIP, "8080"), 5*time.Second)
+			if err != nil {
+				continue
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(io.LimitReader(c, 64))
+			c.Close()
+			got = strings.TrimSpace(string(b))
+		}
+		if got != "cri-pod-ok" {
+			t.Errorf("dial %s:8080 (the pod's IP) from the node: read %q, want cri-pod-ok", podIP, got)
+		}
 	}
 
 	// stop, rm, stopp, rmp

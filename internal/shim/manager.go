@@ -155,7 +155,12 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	vm, err := h.Get(ctx, vmID(ns, id))
 	switch {
 	case err == nil:
-		if err := vm.ForceDelete(ctx); err != nil && !errors.Is(err, smolvm.ErrNotFound) {
+		del := func() error { return vm.ForceDelete(ctx) }
+		if nsPath := bundleNetns(); nsPath != "" {
+			// Its TAP is in the pod's namespace, if that still exists.
+			del = func() error { return doInNetns(nsPath, func() error { return vm.ForceDelete(ctx) }) }
+		}
+		if err := del(); err != nil && !errors.Is(err, smolvm.ErrNotFound) {
 			return shim.StopStatus{}, fmt.Errorf("delete VM %s: %w", vm.ID(), err)
 		}
 	case !errors.Is(err, smolvm.ErrNotFound):

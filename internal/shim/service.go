@@ -169,6 +169,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		log.G(ctx).WithField("netns", p).Warn("the shim does not run in the spec's network namespace: the VM gets no NIC")
 		cfg.NoNetwork, cfg.DNSServers = true, nil
 	}
+	if err := podNetwork(spec, &cfg); err != nil {
+		return nil, errGRPC(fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err))
+	}
 	if s.host == nil {
 		h, err := smolvm.Open(ctx, smolvm.HostOptions{})
 		if err != nil {

@@ -25,9 +25,11 @@ const (
 	AnnotationVCPUs = "io.smolvm.vcpus"
 	// AnnotationMemoryMiB sets the VM's memory in MiB.
 	AnnotationMemoryMiB = "io.smolvm.memory_mib"
-	// AnnotationNetwork is "nat" (SmolVM's own NAT networking) or "none"
-	// (no NIC). The default is "nat" inside the pod's namespace when the
-	// spec names a network namespace, "none" otherwise.
+	// AnnotationNetwork is "pod" (the VM's NIC takes over the pod's
+	// interface: the pod's IP is the VM's), "nat" (SmolVM's own NAT
+	// networking inside the pod's namespace, or the shim's) or "none" (no
+	// NIC). The default is "pod" when the spec names a network namespace,
+	// "none" otherwise.
 	AnnotationNetwork = "io.smolvm.network"
 )
 
@@ -115,17 +117,23 @@ func vmConfig(s *specs.Spec, id, rootfs string) (smolvm.VMConfig, error) {
 		}
 		*f.dst = n
 	}
-	// A spec with a network namespace (a pod's) gets SmolVM's NAT inside
-	// that namespace by default; one without gets no NIC by default.
+	// A spec with a network namespace (a pod's) gets a NIC by default:
+	// the pod's interface (podNetwork, podnet.go). One without gets no NIC
+	// unless the annotation asks for NAT.
 	ns := netnsPath(s)
 	switch v := a[AnnotationNetwork]; v {
 	case "":
 		cfg.NoNetwork = ns == ""
-	case "none":
-	case "nat":
+	case networkNone:
+	case networkNAT:
+		cfg.NoNetwork = false
+	case networkPod:
+		if ns == "" {
+			return cfg, fmt.Errorf("annotation %s=%q: the spec names no network namespace (a pod's) to take the interface of", AnnotationNetwork, v)
+		}
 		cfg.NoNetwork = false
 	default:
-		return cfg, fmt.Errorf("annotation %s=%q: must be \"nat\" or \"none\"", AnnotationNetwork, v)
+		return cfg, fmt.Errorf("annotation %s=%q: must be \"pod\", \"nat\" or \"none\"", AnnotationNetwork, v)
 	}
 	if !cfg.NoNetwork && ns != "" {
 		cfg.DNSServers = specResolvers(s)

@@ -49,6 +49,8 @@ func TestVMConfig(t *testing.T) {
 		{name: "bad vcpus", spec: withRes(0, 0, 0, map[string]string{AnnotationVCPUs: "many"}), err: AnnotationVCPUs},
 		{name: "bad memory", spec: withRes(0, 0, 0, map[string]string{AnnotationMemoryMiB: "-5"}), err: AnnotationMemoryMiB},
 		{name: "bad network", spec: withRes(0, 0, 0, map[string]string{AnnotationNetwork: "bridge"}), err: AnnotationNetwork},
+		{name: "pod netns, pod", spec: withNetns(withRes(0, 0, 0, map[string]string{AnnotationNetwork: "pod"})), image: "minimal"},
+		{name: "pod without netns", spec: withRes(0, 0, 0, map[string]string{AnnotationNetwork: "pod"}), err: "names no network namespace"},
 		{name: "too much memory", spec: withRes(0, 0, 0, map[string]string{AnnotationMemoryMiB: "99999999"}), err: "mem_size_mib"},
 	}
 	for _, tt := range tests {

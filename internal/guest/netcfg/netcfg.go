@@ -55,6 +55,11 @@ func (c *Config) Apply(p bootparams.Params) error {
 	if err := c.Up(c.iface(), p.Addr); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	if p.MTU != 0 {
+		if err := c.SetMTU(c.iface(), p.MTU); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(append(errs, c.routeAndResolvers(p.Gateway, p.DNS)...)...)
 }
 
@@ -122,6 +127,28 @@ func (c *Config) Up(name string, addr netip.Prefix) error {
 	return nil
 }
 
+// SetMTU sets an interface's MTU.
+func (c *Config) SetMTU(name string, mtu int) error {
+	c.record("mtu %s %d", name, mtu)
+	if c.DryRun {
+		return nil
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("network %s: socket: %w", name, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return fmt.Errorf("network %s: %w", name, err)
+	}
+	ifr.SetUint32(uint32(mtu))
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("network %s: set MTU %d: %w", name, mtu, err)
+	}
+	return nil
+}
+
 // rtentry is Linux's struct rtentry (linux/route.h) on 64-bit platforms.
 type rtentry struct {
 	pad1    uint64
@@ -140,7 +167,9 @@ type rtentry struct {
 }
 
 // DefaultRoute adds a default route via gw on interface name. An existing
-// identical route is not an error.
+// identical route is not an error. A gateway outside the interface's
+// subnet (a pod's /32 address with a link-local gateway, as Calico and
+// Cilium give) first gets a host route on the interface, so it is on-link.
 func (c *Config) DefaultRoute(name string, gw netip.Addr) error {
 	c.record("route default via %s dev %s", gw, name)
 	if c.DryRun {
@@ -161,6 +190,17 @@ func (c *Config) DefaultRoute(name string, gw netip.Addr) error {
 	rt.gateway.Family = unix.AF_INET
 	rt.gateway.Addr = gw.As4()
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCADDRT, uintptr(unsafe.Pointer(&rt)))
+	if errno == unix.ENETUNREACH {
+		c.record("route %s dev %s", gw, name)
+		host := rtentry{flags: unix.RTF_UP | unix.RTF_HOST, dev: dev}
+		host.dst.Family, host.dst.Addr = unix.AF_INET, gw.As4()
+		host.genmask.Family, host.genmask.Addr = unix.AF_INET, [4]byte{255, 255, 255, 255}
+		host.gateway.Family = unix.AF_INET
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCADDRT, uintptr(unsafe.Pointer(&host))); e != 0 && e != unix.EEXIST {
+			return fmt.Errorf("network: route to gateway %s on %s: %w", gw, name, e)
+		}
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCADDRT, uintptr(unsafe.Pointer(&rt)))
+	}
 	if errno != 0 && errno != unix.EEXIST {
 		return fmt.Errorf("network: default route via %s: %w", gw, errno)
 	}
