@@ -25,6 +25,7 @@ type vmFlags struct {
 	diskBPS, diskIOPS                                       int64
 	egress                                                  egressFlags // network policy (cmd_network.go)
 	consoleLogMiB                                           int         // bounds (issue 13)
+	cold                                                    bool        // warm templates (warm.go)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -48,6 +49,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	fl.Int64Var(&f.diskIOPS, "disk-iops", 0, "throttle the VM's disk to this many operations/s (0: no limit)")
 	f.egress.add(c, true)
 	fl.IntVar(&f.consoleLogMiB, "console-log-size", 0, "cap the console log on disk at this many MiB, newest output kept (default 8)")
+	fl.BoolVar(&f.cold, "cold", false, "boot the image instead of restoring its warm template (a booted snapshot made on first use)")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -59,6 +61,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	cfg.Accel = smolvm.Accel(f.accel)
 	cfg.CPUQuota, cfg.DiskBPS, cfg.DiskIOPS = f.cpuQuota, f.diskBPS, f.diskIOPS
 	cfg.ConsoleLogMaxBytes = int64(f.consoleLogMiB) << 20
+	cfg.Cold = f.cold
 	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
 	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
 		return cfg, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}
