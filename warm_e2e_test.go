@@ -1,0 +1,46 @@
+package smolvm
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/smolvm-go/smolvm/internal/vmtest"
+)
+
+// TestWarmDefaultImageHostKeys starts two VMs of the default image from
+// its warm template: the template's guest made SSH host keys at its boot,
+// and each VM must get its own (on disk and served by sshd), not the
+// template's.
+func TestWarmDefaultImageHostKeys(t *testing.T) {
+	vmtest.Require(t)
+	vmtest.Setup(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	h := testHost(t, dir, func(o *HostOptions) { o.Warm = WarmOn })
+	t.Cleanup(func() { h.Cleanup(context.Background(), CleanupOptions{All: true}) })
+	seen := map[string]string{}
+	for _, id := range []string{"hk1", "hk2"} {
+		vm, err := h.New(ctx, VMConfig{VMID: id, Image: ImageDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vm.ForceDelete(context.Background())
+		if vm.Info().Template == "" {
+			t.Fatalf("%s booted cold", id)
+		}
+		r, err := vm.Run(ctx, `cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub
+for i in 1 2 3 4 5 6 7 8 9 10; do k=$(ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null | cut -d' ' -f3); [ -n "$k" ] && break; sleep 1; done; echo "$k"`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Fields(r.Stdout)
+		if len(lines) != 2 || lines[0] != lines[1] {
+			t.Fatalf("%s: host key on disk and served by sshd: %q (stderr %q)", id, r.Stdout, r.Stderr)
+		}
+		if other, dup := seen[lines[0]]; dup {
+			t.Fatalf("%s has the SSH host key of %s", id, other)
+		}
+		seen[lines[0]] = id
+	}
+}
