@@ -342,7 +342,6 @@ func (h *Host) buildTemplate(ctx context.Context, dir, name string, meta warmMet
 		return SnapshotInfo{}, err
 	}
 	meta.SSHHostKeys = r.Output() == "yes"
-	vm.Release()
 	unlock, err := h.lockVM(ctx, vm.id)
 	if err != nil {
 		return SnapshotInfo{}, err

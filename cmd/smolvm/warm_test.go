@@ -62,12 +62,20 @@ func TestWarmTemplateCLI(t *testing.T) {
 		}
 		return names
 	}
-	hidden := func() {
+	hidden := func(want string) {
 		t.Helper()
 		var list []smolvm.SnapshotInfo
 		r := must(cli(t, dir, "snapshot", "list", "--json"), "snapshot list")
 		if json.Unmarshal([]byte(r.stdout), &list) != nil || len(list) != 0 {
 			t.Fatalf("templates must not be listed as snapshots: %s", r.stdout)
+		}
+		r = must(cli(t, dir, "snapshot", "list", "--templates", "--json"), "snapshot list --templates")
+		if json.Unmarshal([]byte(r.stdout), &list) != nil || len(list) != 1 || list[0].Name != want || list[0].Image != "minimal" || list[0].MemSizeMiB != 256 {
+			t.Fatalf("snapshot list --templates: want only %s: %s", want, r.stdout)
+		}
+		// A reserved name: no user command reaches it.
+		if r := cli(t, dir, "snapshot", "rm", want); r.code != 2 {
+			t.Fatalf("snapshot rm of a template: %+v", r)
 		}
 	}
 
@@ -79,7 +87,7 @@ func TestWarmTemplateCLI(t *testing.T) {
 	if got := snapDirs(); len(got) != 1 || got[0] != w1.Template {
 		t.Fatalf("snapshot directories after the first create: %v, want [%s]", got, w1.Template)
 	}
-	hidden()
+	hidden(w1.Template)
 	// The same template again, without a build.
 	w2, r, second := create("w2")
 	if w2.Template != w1.Template || strings.Contains(r.stderr, "building") {
@@ -180,7 +188,7 @@ func TestWarmTemplateCLI(t *testing.T) {
 	if got := snapDirs(); len(got) != 1 || got[0] != w3.Template {
 		t.Fatalf("snapshot directories after the rebuild: %v, want only [%s]", got, w3.Template)
 	}
-	hidden()
+	hidden(w3.Template)
 	t.Logf("create --start after the image changed (killed=%v), two at once: %v and %v", killed, rebuilt.Round(time.Millisecond), w4.d.Round(time.Millisecond))
 	// w1 runs on though its template is gone.
 	if got := run("w1", "cat /mnt/t/f; cat /bin/busybox >/dev/null && echo ok"); got != "w1-only\nok" {
