@@ -335,9 +335,23 @@ func (h *Host) buildTemplate(ctx context.Context, dir, name string, meta warmMet
 	if err := vm.Start(ctx); err != nil {
 		return SnapshotInfo{}, err
 	}
-	// SSH host keys made at boot would be every clone's: they are made
-	// again after each restore (see hostKeysStep).
-	r, err := vm.Run(ctx, `for k in /etc/ssh/ssh_host_*_key; do [ -e "$k" ] && echo yes; break; done`)
+	// An image with sshd makes its host keys and starts sshd after the
+	// ready marker: the snapshot waits for sshd to listen, so that no
+	// restored guest makes keys half-way. Keys made at boot would be
+	// every clone's: they are made again after each restore (hostKeysStep).
+	r, err := vm.Run(ctx, `[ -x /usr/sbin/sshd ] && echo sshd || true`)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	if r.Output() == "sshd" {
+		wctx, cancel := context.WithTimeout(ctx, h.opts.BootTimeout)
+		err := vm.WaitPort(wctx, 22)
+		cancel()
+		if err != nil {
+			return SnapshotInfo{}, fmt.Errorf("sshd of the template VM: %w", err)
+		}
+	}
+	r, err = vm.Run(ctx, `for k in /etc/ssh/ssh_host_*_key; do [ -e "$k" ] && echo yes; break; done`)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
