@@ -88,6 +88,9 @@ func TestWarmTemplateCLI(t *testing.T) {
 		t.Fatalf("snapshot directories after the first create: %v, want [%s]", got, w1.Template)
 	}
 	hidden(w1.Template)
+	// What w1 writes, in memory and on disk, stays w1's: the next VM made
+	// from the template does not see it.
+	run("w1", "echo w1-disk > /root/from-w1 && sync && mkdir -p /mnt/t && mount -t tmpfs tmpfs /mnt/t && echo w1-only > /mnt/t/f")
 	// The same template again, without a build.
 	w2, r, second := create("w2")
 	if w2.Template != w1.Template || strings.Contains(r.stderr, "building") {
@@ -117,9 +120,8 @@ func TestWarmTemplateCLI(t *testing.T) {
 			t.Fatalf("%s: guest identity %q, want %q", inf.VMID, got, want)
 		}
 	}
-	run("w1", "mkdir -p /mnt/t && mount -t tmpfs tmpfs /mnt/t && echo w1-only > /mnt/t/f")
-	if got := run("w2", "cat /mnt/t/f 2>/dev/null || echo absent"); got != "absent" {
-		t.Fatalf("w2 sees w1's tmpfs file: %q", got)
+	if got := run("w2", "cat /mnt/t/f 2>/dev/null || echo absent; cat /root/from-w1 2>/dev/null || echo absent"); got != "absent\nabsent" {
+		t.Fatalf("w2 sees w1's files: %q", got)
 	}
 	if got := run("w1", "cat /mnt/t/f"); got != "w1-only" {
 		t.Fatalf("w1's tmpfs file: %q", got)
