@@ -3,9 +3,16 @@ package smolvm
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
 	"github.com/smolvm-go/smolvm/internal/agent"
@@ -75,9 +83,9 @@ type warmMeta struct {
 	ImageID string `json:"image_id"`
 	// Key is the template's key (templateKey).
 	Key string `json:"key"`
-	// SSHHostKeys reports whether the template's guest had SSH host keys
-	// (made at its boot): every VM restored from it gets new ones.
-	SSHHostKeys bool `json:"ssh_host_keys"`
+	// SSHHostKeys are the types of the SSH host keys the template's guest
+	// had (made at its boot): every VM restored from it gets new ones.
+	SSHHostKeys []string `json:"ssh_host_keys,omitempty"`
 	// BuildMillis is how long the template took to make.
 	BuildMillis int64 `json:"build_ms"`
 }
@@ -351,11 +359,16 @@ func (h *Host) buildTemplate(ctx context.Context, dir, name string, meta warmMet
 			return SnapshotInfo{}, fmt.Errorf("sshd of the template VM: %w", err)
 		}
 	}
-	r, err = vm.Run(ctx, `for k in /etc/ssh/ssh_host_*_key; do [ -e "$k" ] && echo yes; break; done`)
+	r, err = vm.Run(ctx, `for k in /etc/ssh/ssh_host_*_key; do [ -e "$k" ] && echo "$k"; done`)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	meta.SSHHostKeys = r.Output() == "yes"
+	for _, k := range strings.Fields(r.Stdout) {
+		typ := strings.TrimSuffix(strings.TrimPrefix(k, "/etc/ssh/ssh_host_"), "_key")
+		if _, ok := hostKeyTypes[typ]; ok {
+			meta.SSHHostKeys = append(meta.SSHHostKeys, typ)
+		}
+	}
 	unlock, err := h.lockVM(ctx, vm.id)
 	if err != nil {
 		return SnapshotInfo{}, err
@@ -526,36 +539,67 @@ func flockWait(ctx context.Context, path string) (func(), error) {
 	}
 }
 
-// hostKeysScript makes the guest's SSH host keys again (the types it had)
-// and has sshd load them (SIGHUP makes it execute itself again).
-const hostKeysScript = `set -e
-for t in ed25519 ecdsa rsa; do
-  k=/etc/ssh/ssh_host_${t}_key
-  [ -e "$k" ] || continue
-  rm -f "$k" "$k.pub"
-  ssh-keygen -q -t "$t" -N '' -C "root@$(hostname)" -f "$k"
+// hostKeyTypes make a new SSH host key of each type warm VMs renew.
+var hostKeyTypes = map[string]func() (crypto.Signer, error){
+	"ed25519": func() (crypto.Signer, error) { _, k, err := ed25519.GenerateKey(rand.Reader); return k, err },
+	"ecdsa":   func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) },
+	"rsa":     func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 3072) },
+}
+
+// reloadSSHD removes host keys of other types than hostKeyTypes (they
+// would stay the template's) and has sshd load the new ones: SIGHUP makes
+// it execute itself again.
+const reloadSSHD = `for k in /etc/ssh/ssh_host_*_key; do
+  case "$k" in *_ed25519_key|*_ecdsa_key|*_rsa_key) ;; *) rm -f "$k" "$k.pub" ;; esac
 done
 pid=$(cat /run/sshd.pid 2>/dev/null || pidof sshd 2>/dev/null || true)
 [ -z "$pid" ] || kill -HUP $pid
 `
 
 // hostKeysStep gives a VM restored from a template whose guest had SSH
-// host keys keys of its own, before Start returns.
+// host keys keys of its own, made on the host (an emulated CPU makes
+// them slowly), before Start returns.
 var hostKeysStep = step[*startOp]{name: "host-keys", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error {
 	m, err := readWarmMeta(s.rec.Restore.Dir)
 	if err != nil {
 		return err
 	}
-	if !m.SSHHostKeys {
+	if len(m.SSHHostKeys) == 0 {
 		return nil
 	}
+	for _, typ := range m.SSHHostKeys {
+		gen := hostKeyTypes[typ]
+		if gen == nil {
+			continue
+		}
+		k, err := gen()
+		if err != nil {
+			return err
+		}
+		block, err := ssh.MarshalPrivateKey(k, "root@"+s.vm.id)
+		if err != nil {
+			return err
+		}
+		pub, err := ssh.NewPublicKey(k.Public())
+		if err != nil {
+			return err
+		}
+		path := "/etc/ssh/ssh_host_" + typ + "_key"
+		line := append(bytes.TrimSpace(ssh.MarshalAuthorizedKey(pub)), []byte(" root@"+s.vm.id+"\n")...)
+		if err := s.client.Upload(s.bootCtx, path, bytes.NewReader(pem.EncodeToMemory(block)), 0o600, false); err != nil {
+			return fmt.Errorf("new SSH host key: %w", err)
+		}
+		if err := s.client.Upload(s.bootCtx, path+".pub", bytes.NewReader(line), 0o644, false); err != nil {
+			return fmt.Errorf("new SSH host key: %w", err)
+		}
+	}
 	var out bytes.Buffer
-	res, err := s.client.Exec(s.bootCtx, agent.ExecRequest{Shell: hostKeysScript, Timeout: time.Minute, MaxOutputBytes: 4096}, nil, &out, &out)
+	res, err := s.client.Exec(s.bootCtx, agent.ExecRequest{Shell: reloadSSHD, Timeout: time.Minute, MaxOutputBytes: 4096}, nil, &out, &out)
 	if err != nil {
-		return fmt.Errorf("new SSH host keys: %w", err)
+		return fmt.Errorf("reload sshd: %w", err)
 	}
 	if res.ExitCode != 0 {
-		return fmt.Errorf("new SSH host keys: exit %d: %s", res.ExitCode, strings.TrimSpace(out.String()))
+		return fmt.Errorf("reload sshd: exit %d: %s", res.ExitCode, strings.TrimSpace(out.String()))
 	}
 	return nil
 }}

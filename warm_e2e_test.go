@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smolvm-go/smolvm/internal/vmtest"
 )
@@ -21,10 +22,12 @@ func TestWarmDefaultImageHostKeys(t *testing.T) {
 	t.Cleanup(func() { h.Cleanup(context.Background(), CleanupOptions{All: true}) })
 	seen := map[string]string{}
 	for _, id := range []string{"hk1", "hk2"} {
+		t0 := time.Now()
 		vm, err := h.New(ctx, VMConfig{VMID: id, Image: ImageDefault})
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("%s: create + start %v", id, time.Since(t0).Round(time.Millisecond))
 		defer vm.ForceDelete(context.Background())
 		if vm.Info().Template == "" {
 			t.Fatalf("%s booted cold", id)
@@ -42,5 +45,15 @@ for i in 1 2 3 4 5 6 7 8 9 10; do k=$(ssh-keyscan -t ed25519 127.0.0.1 2>/dev/nu
 			t.Fatalf("%s has the SSH host key of %s", id, other)
 		}
 		seen[lines[0]] = id
+	}
+	t0 := time.Now()
+	vm, err := h.New(ctx, VMConfig{VMID: "hk-cold", Image: ImageDefault, Cold: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.ForceDelete(context.Background())
+	t.Logf("hk-cold: create + start %v (cold, for comparison)", time.Since(t0).Round(time.Millisecond))
+	if vm.Info().Template != "" {
+		t.Fatalf("a cold VM says template %q", vm.Info().Template)
 	}
 }

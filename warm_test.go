@@ -1,7 +1,11 @@
 package smolvm
 
 import (
+	"bytes"
+	"encoding/pem"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
@@ -76,5 +80,28 @@ func TestTemplateKey(t *testing.T) {
 	}
 	if !isTemplate(templatePrefix+"x.y") || isTemplate("warm-x") || validateSnapshotName(templatePrefix+"x.y") == nil {
 		t.Error("template names must be a form users cannot create")
+	}
+}
+
+// TestHostKeyTypes checks that every key type warm VMs renew is written in
+// a form sshd reads back (OpenSSH private key).
+func TestHostKeyTypes(t *testing.T) {
+	for typ, gen := range hostKeyTypes {
+		k, err := gen()
+		if err != nil {
+			t.Fatal(typ, err)
+		}
+		block, err := ssh.MarshalPrivateKey(k, "root@x")
+		if err != nil {
+			t.Fatal(typ, err)
+		}
+		back, err := ssh.ParsePrivateKey(pem.EncodeToMemory(block))
+		if err != nil {
+			t.Fatal(typ, err)
+		}
+		want, _ := ssh.NewPublicKey(k.Public())
+		if !bytes.Equal(back.PublicKey().Marshal(), want.Marshal()) {
+			t.Errorf("%s: the key read back differs", typ)
+		}
 	}
 }
