@@ -57,3 +57,34 @@ for i in 1 2 3 4 5 6 7 8 9 10; do k=$(ssh-keyscan -t ed25519 127.0.0.1 2>/dev/nu
 		t.Fatalf("a cold VM says template %q", vm.Info().Template)
 	}
 }
+
+// TestWarmFallsBackCold fails the restore from a warm template (an
+// injected failure in its last step): the VM boots cold instead, says
+// so, and the template that failed is removed.
+func TestWarmFallsBackCold(t *testing.T) {
+	vmtest.Require(t)
+	vmtest.Setup(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	h := testHost(t, dir, func(o *HostOptions) { o.Warm = WarmOn; o.failAt = hostKeysStep.name })
+	t.Cleanup(func() { h.Cleanup(context.Background(), CleanupOptions{All: true}) })
+	var stages []string
+	vm, err := h.New(ctx, minimalVM("fb"), WithProgress(func(stage string, _, _ int64) { stages = append(stages, stage) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.ForceDelete(context.Background())
+	all := strings.Join(stages, "\n")
+	if !strings.Contains(all, "building warm template") || !strings.Contains(all, "booting cold") {
+		t.Fatalf("progress: %s", all)
+	}
+	if inf := vm.Info(); inf.Template != "" || inf.Status != StateRunning {
+		t.Fatalf("after the fallback: template %q, status %s", inf.Template, inf.Status)
+	}
+	if r, err := vm.Run(ctx, "echo ok"); err != nil || r.Output() != "ok" {
+		t.Fatalf("the cold VM: %v %+v", err, r)
+	}
+	if tpls, err := h.Templates(ctx); err != nil || len(tpls) != 0 {
+		t.Fatalf("the failed template is kept: %v %v", tpls, err)
+	}
+}
