@@ -41,7 +41,7 @@ type CleanupReport struct {
 // progress in another process (a create, a start) is left alone.
 func (h *Host) Cleanup(ctx context.Context, co CleanupOptions) (CleanupReport, error) {
 	c := &cleaner{h: h, co: co, rep: CleanupReport{DryRun: co.DryRun, Removed: []string{}}}
-	for _, stage := range []func(context.Context) error{c.snapshots, c.vms, c.processes, c.shares, c.files, c.claims, c.network, c.dnsForwarder, c.cgroups} {
+	for _, stage := range []func(context.Context) error{c.snapshots, c.warm, c.vms, c.processes, c.shares, c.files, c.claims, c.network, c.dnsForwarder, c.cgroups} {
 		if err := stage(ctx); err != nil {
 			c.errs = append(c.errs, err)
 			break

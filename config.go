@@ -150,6 +150,11 @@ type VMConfig struct {
 	// DNSServers (default: the gateway). One VM per interface. Start, Stop
 	// and Delete must run in that namespace.
 	AttachInterface string `json:"attach_interface,omitempty"`
+	// Warm templates (warm.go).
+
+	// Cold makes the VM boot its image even where a warm template of it
+	// could be restored (no effect with FromSnapshot).
+	Cold bool `json:"cold,omitempty"`
 }
 
 // Accel is how guest code executes.
@@ -383,6 +388,11 @@ type VMInfo struct {
 	// SSHReady reports whether the VM runs and its SSH forward reached a
 	// listening sshd when it started.
 	SSHReady bool `json:"ssh_ready"`
+	// Warm templates (warm.go).
+
+	// Template names the warm template of its image the VM was restored
+	// from at its first start; empty for a VM that booted cold.
+	Template string `json:"template,omitempty"`
 }
 
 // SocketPaths are a VM's host-side control sockets.

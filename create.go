@@ -202,7 +202,7 @@ func (h *Host) create(ctx context.Context, cfg VMConfig, o callOptions) (*VM, er
 		return nil, wrapErr("create", cfg.VMID, ErrBackend, err)
 	}
 	c.unlock()
-	vm := &VM{h: h, id: cfg.VMID}
+	vm := &VM{h: h, id: cfg.VMID, progressFn: o.progress}
 	if err := vm.Refresh(ctx); err != nil {
 		return nil, err
 	}

@@ -92,6 +92,12 @@ type HostOptions struct {
 	// (VMConfig.ConsoleLogMaxBytes overrides it); 0 means
 	// DefaultConsoleLogMaxBytes.
 	ConsoleLogMaxBytes int64
+	// Warm templates (warm.go).
+
+	// Warm says whether a VM's first start may restore its image's warm
+	// template; WarmAuto (the zero value) follows $SMOLVM_WARM, on unless
+	// "off".
+	Warm WarmMode
 
 	// probe describes the host's acceleration; tests fill it.
 	probe vmm.Probe
@@ -224,6 +230,8 @@ type record struct {
 	SSHReadyPID int `json:"ssh_ready_pid,omitempty"`
 	// Attach is what an attached VM took over from its interface (attach.go).
 	Attach *attachIdentity `json:"attach,omitempty"`
+	// Template names the warm template the VM started from (warm.go).
+	Template string `json:"template,omitempty"`
 }
 
 // plan returns the network identity of a VM from its lease and SSH forward.
@@ -266,6 +274,7 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 	inf.Config.SSHHostPort = 0
 	inf.Mounts = append([]Mount{}, rec.Config.Mounts...)
 	inf.Saved = rec.Restore != nil && rec.Restore.Saved
+	inf.Template = rec.Template
 	inf.Limits = limitsInfo(row.ID, rec.Config, vmm.Alive(row.PID, row.PIDStart))
 	p, err := h.plan(ctx, row.ID)
 	if errors.Is(err, store.ErrNotFound) {

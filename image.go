@@ -169,6 +169,7 @@ func (h *Host) RemoveImage(ctx context.Context, name string) error {
 	if err := image.Remove(ctx, h.imageDir, name); err != nil {
 		return wrapErr("remove image", name, ErrImage, err)
 	}
+	h.dropImageTemplates(ctx, name) // warm.go
 	return nil
 }
 

@@ -242,6 +242,7 @@ func (h *Host) ForceRemoveImage(ctx context.Context, name string) error {
 	if err := image.Remove(ctx, h.imageDir, name); err != nil {
 		return wrapErr("remove image", name, ErrImage, err)
 	}
+	h.dropImageTemplates(ctx, name) // warm.go
 	return nil
 }
 
@@ -268,8 +269,10 @@ func (h *Host) PruneImages(ctx context.Context) ([]string, error) {
 		if err := image.Remove(ctx, h.imageDir, img.Name); err != nil {
 			return removed, wrapErr("prune images", img.Name, ErrImage, err)
 		}
+		h.dropImageTemplates(ctx, img.Name) // warm.go
 		removed = append(removed, img.Name)
 	}
+	removed = append(removed, h.pruneTemplates(ctx)...) // warm.go
 	failed, _ := filepath.Glob(filepath.Join(h.imageDir, ".failed-*"))
 	for _, d := range failed {
 		if err := os.RemoveAll(d); err != nil {

@@ -343,6 +343,9 @@ func (h *Host) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
 	}
 	out := []SnapshotInfo{}
 	for _, r := range rows {
+		if isTemplate(r.ID) {
+			continue // warm templates are listed by Templates
+		}
 		info, err := snapshotInfoOf(r)
 		if err != nil {
 			return nil, wrapErr("snapshot list", r.ID, ErrBackend, err)

@@ -100,6 +100,9 @@ var restoreSteps = []step[*startOp]{
 // record holds one, else a boot.
 func (vm *VM) startTable(ctx context.Context) []step[*startOp] {
 	if _, rec, err := vm.load(ctx); err == nil && rec.Restore != nil {
+		if rec.Template != "" && rec.Restore.Snapshot == rec.Template {
+			return warmSteps // warm.go
+		}
 		return restoreSteps
 	}
 	return startSteps

@@ -118,10 +118,7 @@ func (vm *VM) Start(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
-	bootCtx, cancel := context.WithTimeout(ctx, h.opts.BootTimeout)
-	defer cancel()
-	s := &startOp{vm: vm, bootCtx: bootCtx}
-	if err := runSteps(ctx, h, vm.startTable(ctx), s, ErrBackend); err != nil {
+	if err := vm.startLocked(ctx); err != nil { // warm.go
 		vm.Refresh(context.WithoutCancel(ctx))
 		return wrapErr("start", vm.id, ErrBackend, err)
 	}

@@ -26,6 +26,9 @@ type VM struct {
 	// run for agentIdle. Both guarded by mu.
 	inflight int
 	idle     *time.Timer
+	// progressFn receives progress of long work in Start (a warm template
+	// made on first use); set by Create's WithProgress.
+	progressFn func(stage string, done, total int64)
 }
 
 // ID returns the VM's id.

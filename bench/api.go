@@ -59,7 +59,7 @@ func (b *bench) benchAPI(ctx context.Context) (*APIResult, error) {
 		return out, resp.StatusCode, err
 	}
 	cfg := b.vmConfig(b.cfg.image)
-	out, code, err := post("/v1/sandboxes", map[string]any{"image": cfg.Image, "mem_size_mib": cfg.MemSizeMiB, "vcpu_count": cfg.VCPUCount})
+	out, code, err := post("/v1/sandboxes", map[string]any{"image": cfg.Image, "mem_size_mib": cfg.MemSizeMiB, "vcpu_count": cfg.VCPUCount, "cold": cfg.Cold})
 	if err != nil || code != http.StatusCreated {
 		return nil, fmt.Errorf("create through the API: %d %s %v", code, out, err)
 	}

@@ -21,6 +21,13 @@ type SnapshotResult struct {
 	CloneFirstOutput Stats `json:"clone_first_output"`
 	// Ratio is CloneFirstOutput.P50 / ColdFirstOutput.P50.
 	Ratio float64 `json:"ratio"`
+	// WarmFirstUseMs is the first Create(Image) + Start + `echo` of a
+	// data directory: the image's warm template is built then.
+	WarmFirstUseMs float64 `json:"warm_first_use_ms"`
+	// WarmFirstOutput is Create(Image) + Start + the first `echo` once the
+	// template exists; WarmRatio is its p50 / ColdFirstOutput.P50.
+	WarmFirstOutput Stats   `json:"warm_first_output"`
+	WarmRatio       float64 `json:"warm_ratio"`
 	// Create is vm.Snapshot of the template; Pause the guest's pause in it.
 	Create Stats `json:"snapshot_create"`
 	Pause  Stats `json:"snapshot_pause"`
@@ -73,6 +80,9 @@ func (b *bench) benchSnapshot(ctx context.Context, conc []ConcurrencyPoint) (*Sn
 		cold = append(cold, d)
 		logf("snapshot: cold %d to first output %v", i+1, d.Round(time.Millisecond))
 		vm.ForceDelete(context.WithoutCancel(ctx))
+	}
+	if err := b.benchWarm(ctx, res, vc); err != nil {
+		return nil, err
 	}
 	tpl, err := b.h.New(ctx, vc)
 	if err != nil {
@@ -129,6 +139,7 @@ func (b *bench) benchSnapshot(ctx context.Context, conc []ConcurrencyPoint) (*Sn
 	}
 	res.ColdFirstOutput, res.CloneFirstOutput = summarize(cold), summarize(warm)
 	res.Ratio = ratio(res.CloneFirstOutput.P50, res.ColdFirstOutput.P50)
+	res.WarmRatio = ratio(res.WarmFirstOutput.P50, res.ColdFirstOutput.P50)
 	res.Create, res.Pause, res.Save, res.Resume = summarize(create), summarize(pause), summarize(save), summarize(resume)
 
 	// As many clones idle at once as the largest concurrency point.
@@ -173,6 +184,40 @@ func (b *bench) benchSnapshot(ctx context.Context, conc []ConcurrencyPoint) (*Sn
 	return res, errors.Join(errs...)
 }
 
+// benchWarm measures `create --image` through the image's warm template:
+// the first use (which builds it) and later ones.
+func (b *bench) benchWarm(ctx context.Context, res *SnapshotResult, vc smolvm.VMConfig) error {
+	vc.Cold = false
+	var warm []time.Duration
+	tpls, err := b.h.Templates(ctx)
+	if err != nil {
+		return err
+	}
+	built := len(tpls) == 0 // else a template may exist already: no first use to measure
+	for i := range b.cfg.runs + 1 {
+		d, vm, err := b.firstOutput(ctx, vc)
+		if err != nil {
+			return fmt.Errorf("warm template: %w", err)
+		}
+		tpl := vm.Info().Template
+		vm.ForceDelete(context.WithoutCancel(ctx))
+		if tpl == "" {
+			return fmt.Errorf("warm template: the VM booted cold")
+		}
+		if i == 0 {
+			if built {
+				res.WarmFirstUseMs = float64(d.Microseconds()) / 1000
+			}
+			logf("snapshot: first create --image (builds the warm template) to first output %v", d.Round(time.Millisecond))
+			continue
+		}
+		warm = append(warm, d)
+		logf("snapshot: warm create --image %d to first output %v", i, d.Round(time.Millisecond))
+	}
+	res.WarmFirstOutput = summarize(warm)
+	return nil
+}
+
 // dirMiB is the disk space the files under dir take.
 func dirMiB(dir string) float64 {
 	var n int64
@@ -200,6 +245,12 @@ func reportSnapshot(w interface {
 	row("cold: create + start + first output", s.ColdFirstOutput)
 	row("from snapshot: create + start + first output", s.CloneFirstOutput)
 	fmt.Fprintf(w, "  ratio (p50, from snapshot / cold): %.2f (target <= 0.20)\n", s.Ratio)
+	row("create --image (warm template) + first output", s.WarmFirstOutput)
+	fmt.Fprintf(w, "  ratio (p50, warm template / cold): %.2f", s.WarmRatio)
+	if s.WarmFirstUseMs > 0 {
+		fmt.Fprintf(w, "; first use (builds the template): %.0f ms", s.WarmFirstUseMs)
+	}
+	fmt.Fprintln(w)
 	row("snapshot create", s.Create)
 	row("  of which the guest is paused", s.Pause)
 	fmt.Fprintf(w, "  snapshot size on disk: %.1f MiB\n", s.SizeMiB)

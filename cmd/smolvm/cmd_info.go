@@ -143,6 +143,9 @@ func printInfo(c *cobra.Command, inf smolvm.VMInfo) error {
 	if inf.Config.Image != "" {
 		rows = append(rows, []string{"Image:", inf.Config.Image})
 	}
+	if inf.Template != "" {
+		rows = append(rows, []string{"Template:", inf.Template + " (warm start: restored, not booted)"})
+	}
 	if inf.PID != 0 {
 		rows = append(rows, []string{"PID:", fmt.Sprint(inf.PID)})
 	}

@@ -51,6 +51,7 @@ func newSnapshotCreateCmd(g *globals) *cobra.Command {
 }
 
 func newSnapshotListCmd(g *globals) *cobra.Command {
+	var templates bool
 	c := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -62,11 +63,18 @@ func newSnapshotListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			list, err := h.Snapshots(c.Context())
+			if templates { // the warm templates instead (warm.go)
+				list, err = h.Templates(c.Context())
+			}
 			if err != nil {
 				return err
 			}
 			if g.jsonOut {
 				return writeJSON(c.OutOrStdout(), list)
+			}
+			if len(list) == 0 && templates {
+				fmt.Fprintln(c.OutOrStdout(), "No warm templates. The first start of a VM of an image makes one (unless --cold).")
+				return nil
 			}
 			if len(list) == 0 {
 				fmt.Fprintln(c.OutOrStdout(), "No snapshots. Take one with: smolvm snapshot create ID --name S")
@@ -80,6 +88,7 @@ func newSnapshotListCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&g.jsonOut, "json", false, "print a JSON array")
+	c.Flags().BoolVar(&templates, "templates", false, "list the warm templates of images instead (hidden otherwise)")
 	return c
 }
 

@@ -26,6 +26,7 @@ type vmFlags struct {
 	egress                                                  egressFlags // network policy (cmd_network.go)
 	consoleLogMiB                                           int         // bounds (issue 13)
 	attachIface                                             string      // attached networking (attach.go)
+	cold                                                    bool        // warm templates (warm.go)
 }
 
 func (f *vmFlags) add(c *cobra.Command) {
@@ -50,6 +51,7 @@ func (f *vmFlags) add(c *cobra.Command) {
 	f.egress.add(c, true)
 	fl.IntVar(&f.consoleLogMiB, "console-log-size", 0, "cap the console log on disk at this many MiB, newest output kept (default 8)")
 	fl.StringVar(&f.attachIface, "attach-interface", "", "give the VM this interface of the current network namespace (its IPv4 address, MAC and gateway) instead of NAT, e.g. a pod's eth0")
+	fl.BoolVar(&f.cold, "cold", false, "boot the image instead of restoring its warm template (a booted snapshot made on first use)")
 }
 
 // config turns the flags into a VMConfig and create options, or a usage error.
@@ -61,6 +63,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	cfg.Accel = smolvm.Accel(f.accel)
 	cfg.CPUQuota, cfg.DiskBPS, cfg.DiskIOPS = f.cpuQuota, f.diskBPS, f.diskIOPS
 	cfg.ConsoleLogMaxBytes = int64(f.consoleLogMiB) << 20
+	cfg.Cold = f.cold
 	// Zero means "default" in VMConfig; typed on the command line it is a mistake.
 	if f.vcpus < smolvm.MinVCPUs || f.vcpus > smolvm.MaxVCPUs {
 		return cfg, usageError{fmt.Errorf("--vcpus %d: vcpu_count must be between %d and %d", f.vcpus, smolvm.MinVCPUs, smolvm.MaxVCPUs)}

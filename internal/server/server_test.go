@@ -127,6 +127,7 @@ func TestAuthAndBadInput(t *testing.T) {
 		{"wrong type", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"vcpu_count": "two"}}, 400, "bad_request", "vcpu_count"},
 		{"huge body", call{method: "POST", path: "/v1/sandboxes", raw: []byte(huge), ctype: "application/json"}, 413, "too_large", ""},
 		{"bad vcpus", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "vcpu_count": 99}}, 422, "invalid_config", "vcpu_count"},
+		{"cold is decoded (warm templates)", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "cold": true, "vcpu_count": 99}}, 422, "invalid_config", "vcpu_count"},
 		{"bad memory", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "mem_size_mib": 1}}, 422, "invalid_config", "mem_size_mib"},
 		{"bad id", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "vm_id": "Not Valid"}}, 422, "invalid_config", "vm_id"},
 		{"host path", call{method: "POST", path: "/v1/sandboxes", body: map[string]any{"image": "minimal", "kernel_path": "/etc/shadow"}}, 422, "invalid_config", "kernel_path"},

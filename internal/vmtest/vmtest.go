@@ -41,6 +41,9 @@ func Main(m *testing.M) { MainWith(m, image.NameMinimal) }
 // shared by every data directory.
 const hostDirEnv = "SMOLVM_HOST_DIR"
 
+// warmEnv is smolvm.WarmEnv: "off" boots every VM cold.
+const warmEnv = "SMOLVM_WARM"
+
 // MainWith is Main for a package that needs the named images built. The
 // test binary, the namespace it re-runs in and the smolvm processes its
 // tests start share a private host-wide directory (lease claims), removed
@@ -53,6 +56,12 @@ func MainWith(m *testing.M, images ...string) { MainWithSetup(m, nil, images...)
 // smolvm and smolvm-agent.
 func MainWithSetup(m *testing.M, setup func(binDir string) error, images ...string) {
 	prepareHook = setup
+	// VMs boot cold in tests (a warm template would add a boot and a
+	// snapshot to every test binary's fresh data directory); the warm
+	// path's own tests turn it on.
+	if os.Getenv(warmEnv) == "" {
+		os.Setenv(warmEnv, "off")
+	}
 	if os.Getenv(hostDirEnv) == "" {
 		d, err := os.MkdirTemp("", "smolvm-test-host-")
 		if err != nil {
