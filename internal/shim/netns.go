@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netns"
@@ -23,39 +22,8 @@ import (
 // interface with tc redirects and the guest given the pod's address).
 
 // startInNetns starts cmd with its network namespace the one at path: the
-// fork happens on a thread moved into it for that moment.
-func startInNetns(cmd *exec.Cmd, path string) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is locked and never unlocked: if moving it back
-		// fails, it dies with this goroutine instead of serving others.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- fmt.Errorf("network namespace %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
-			return
-		}
-		err = cmd.Start()
-		if rerr := netns.Set(orig); rerr != nil {
-			errc <- fmt.Errorf("leave network namespace %s: %w", path, rerr)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
+// fork happens on a thread moved into it for that moment (doInNetns).
+func startInNetns(cmd *exec.Cmd, path string) error { return doInNetns(path, cmd.Start) }
 
 // inNetns reports whether this process's network namespace is the one at
 // path.
