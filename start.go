@@ -195,7 +195,10 @@ func (s *startOp) waitAgent(ctx context.Context) error {
 }
 
 func (s *startOp) guestSetup(ctx context.Context) error {
-	if !s.rec.Config.NoNetwork {
+	// The init installed the key from the kernel command line before the
+	// ready marker; only an agent that predates that, or a key that does
+	// not fit there, takes the round trips.
+	if !s.rec.Config.NoNetwork && (s.h().bootSSHKey() == nil || !s.client.Has(proto.CapabilityBootSSHKey)) {
 		if err := s.h().installSSHKey(s.bootCtx, s.client); err != nil {
 			return err
 		}
@@ -256,6 +259,7 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 			custom = append(custom, netip.MustParseAddr(d)) // validated by Create
 		}
 		bp.DNS = p.Resolvers(custom)
+		bp.SSHKey = h.bootSSHKey()
 	}
 	spec.Cmdline = strings.TrimSpace(bp.Format() + " " + cfg.BootArgs)
 	return spec

@@ -54,6 +54,7 @@ type Client struct {
 	qwake chan struct{} // 1-buffered: the queue grew
 
 	nextID atomic.Uint32
+	info   atomic.Pointer[Info] // the last Health answer
 
 	mu    sync.Mutex
 	calls map[uint32]*call // guarded by mu

@@ -43,6 +43,7 @@ func (in *Init) Boot() {
 		in.step("hostname", in.setHostname)
 	}
 	in.step("network", in.configureNetwork)
+	in.step("ssh key", in.installSSHKey)
 	in.startServices()
 	in.logf("booted: modules=%d root=%s hostname=%s network=%s", nmods, in.rootDescription(rooted), in.params.ID, in.networkDescription())
 	in.ready()
