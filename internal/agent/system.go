@@ -27,6 +27,11 @@ func (c *Client) Health(ctx context.Context) (Info, error) {
 	if err := c.roundTrip(ctx, proto.MethodHealth, nil, &res); err != nil {
 		return Info{}, err
 	}
+	return c.storeHealth(res), nil
+}
+
+// storeHealth keeps a Health answer for Has and returns it as an Info.
+func (c *Client) storeHealth(res proto.HealthResult) Info {
 	info := Info{
 		Version:      res.Version,
 		Protocol:     res.Protocol,
@@ -34,7 +39,7 @@ func (c *Client) Health(ctx context.Context) (Info, error) {
 		Uptime:       time.Duration(res.UptimeMillis) * time.Millisecond,
 	}
 	c.info.Store(&info)
-	return info, nil
+	return info
 }
 
 // Has reports whether the agent listed capability in its last Health

@@ -62,6 +62,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if serving == 0 {
 		return fmt.Errorf("agent server: no transport: no vsock and no %s", s.opts.VirtioPort)
 	}
+	if s.opts.Ready != nil {
+		s.opts.Ready()
+	}
 	<-ctx.Done()
 	return ctx.Err()
 }

@@ -75,6 +75,10 @@ type Options struct {
 
 	// Images (user images' run defaults):
 
+	// Ready, if set, is called once by Run when it serves every transport
+	// it could open (the guest's init prints the ready marker after it).
+	Ready func()
+
 	// ImageConfigFile is the user image's run configuration, whose env,
 	// user and workdir are the defaults of every command; default
 	// imagecfg.File (missing: no defaults).

@@ -80,11 +80,16 @@ type Init struct {
 
 	poweroff sync.Once
 	done     chan struct{} // closed when power-off has run (tests return then)
+
+	serverReady     chan struct{} // closed when an agent server first serves
+	serverReadyOnce sync.Once
+	serverGone      chan struct{} // closed when the init stops restarting the server
 }
 
 // New returns an Init for opts without running anything.
 func New(opts Options) *Init {
-	in := &Init{opts: opts, console: opts.Console, start: time.Now(), done: make(chan struct{})}
+	in := &Init{opts: opts, console: opts.Console, start: time.Now(), done: make(chan struct{}),
+		serverReady: make(chan struct{}), serverGone: make(chan struct{})}
 	if in.console == nil {
 		in.console = os.Stdout
 	}
