@@ -140,6 +140,10 @@ func (m *markerWriter) Write(p []byte) (int, error) {
 // reading only what is new (across rotations of the log), or until the
 // VMM dies or ctx ends.
 func waitMarker(ctx context.Context, logPath string, inst vmm.Instance) error {
+	// Woken by the log's writes (inotify), not by polling: the marker is
+	// seen as soon as the logger writes it.
+	w := consolelog.NewWatch(logPath)
+	defer w.Close()
 	fl := consolelog.NewFollower(logPath)
 	defer fl.Close()
 	var m markerWriter
@@ -151,10 +155,9 @@ func waitMarker(ctx context.Context, logPath string, inst vmm.Instance) error {
 		if !vmm.Alive(inst.PID, inst.PIDStart) {
 			return fmt.Errorf("VMM process %d exited before the guest was ready: %w", inst.PID, vmm.ErrNotRunning)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		if err := ctx.Err(); err != nil {
+			return err
 		}
+		w.Wait(ctx, 50*time.Millisecond) // the bound: notice a dead VMM
 	}
 }

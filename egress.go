@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/netplan"
 	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
@@ -336,11 +335,11 @@ func (s *startOp) waitSSH(ctx context.Context) error {
 	if s.rec.Config.NoNetwork || s.plan.SSHPort == 0 {
 		return nil
 	}
-	res, err := s.client.Exec(s.bootCtx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", "command -v sshd || test -x /usr/sbin/sshd"}}, nil, nil, nil)
+	has, err := guestHasSSHD(s.bootCtx, s.client) // sshd.go
 	if err != nil {
 		return fmt.Errorf("look for sshd: %w", err)
 	}
-	if res.ExitCode != 0 {
+	if !has {
 		return nil
 	}
 	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(s.plan.SSHPort))

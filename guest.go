@@ -77,15 +77,9 @@ func dialOne(ctx context.Context, d vmm.Dialer) (*agent.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := agent.NewClient(ctx, conn)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.Health(ctx); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	// The handshake and a health check, in one round trip.
+	c, _, err := agent.Connect(ctx, conn)
+	return c, err
 }
 
 // client returns a live connection to the guest agent, connecting if needed.

@@ -134,6 +134,19 @@ func TestLifecycle(t *testing.T) {
 	if res, _ := vm.Run(ctx, "hostname"); res.Output() != "life" {
 		t.Fatalf("hostname %q", res.Output())
 	}
+	// The init installed the data dir's SSH key from the kernel command
+	// line before the ready marker: root's, 0700/0600, the key's own line.
+	pub, err := h.sshKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = vm.Run(ctx, "stat -c '%a %u' /root/.ssh /root/.ssh/authorized_keys; cat /root/.ssh/authorized_keys; grep -o 'smolvm.sshkey=[^ ]*' /proc/cmdline")
+	if want := "700 0\n600 0\n" + string(pub); err != nil || !strings.HasPrefix(res.Stdout, want) || !strings.Contains(res.Stdout, "smolvm.sshkey=ed25519:") {
+		t.Fatalf("ssh key in the guest: %q %v; want %q then the key word", res.Stdout, err, want)
+	}
+	if log, _ := os.ReadFile(vm.ConsoleLog()); bytes.Contains(log, []byte("smolvm-init: ssh key")) {
+		t.Fatalf("the init failed to install the key:\n%s", log)
+	}
 	// Files both ways, random binary content, checked by SHA-256.
 	data := make([]byte, 3<<20+17)
 	rand.Read(data)

@@ -81,6 +81,31 @@ func (h *Host) sshKey() ([]byte, error) {
 	return pub, nil
 }
 
+// bootSSHKey returns the data directory's public key as the raw Ed25519
+// key that goes on the kernel command line (bootparams.Params.SSHKey), so
+// that the guest's init installs it before the ready marker. It returns
+// nil, and the key is installed through the agent after boot, when the key
+// cannot be read or made or is not an Ed25519 key (someone replaced it).
+func (h *Host) bootSSHKey() []byte {
+	pub, err := h.sshKey()
+	if err != nil {
+		return nil
+	}
+	spk, _, _, _, err := ssh.ParseAuthorizedKey(pub)
+	if err != nil {
+		return nil
+	}
+	ck, ok := spk.(ssh.CryptoPublicKey)
+	if !ok {
+		return nil
+	}
+	k, ok := ck.CryptoPublicKey().(ed25519.PublicKey)
+	if !ok || len(k) != ed25519.PublicKeySize {
+		return nil
+	}
+	return k
+}
+
 // installSSHKey puts the data directory's public key into the guest's
 // /root/.ssh/authorized_keys.
 func (h *Host) installSSHKey(ctx context.Context, c *agent.Client) error {

@@ -180,11 +180,20 @@ func (s *startOp) launchVMM(ctx context.Context, incoming bool) (err error) {
 }
 
 func (s *startOp) waitAgent(ctx context.Context) error {
-	// The init prints the ready marker once the agent server runs;
-	// connecting before it only stacks up handshakes that time out while
-	// the guest boots.
+	// The init prints the ready marker once the agent server serves and
+	// the boot is done. Meanwhile one connection waits on a buffered
+	// channel (bootconnect.go), so the handshake is over when the marker
+	// comes; elsewhere, connecting before the marker would only stack up
+	// handshakes that time out while the guest boots.
+	early := connectEarly(s.bootCtx, s.backend, s.inst)
 	if err := waitMarker(s.bootCtx, s.h().logPath(s.vm.id), s.inst); err != nil {
+		early.close()
 		return s.bootErr(err)
+	}
+	if c := early.take(s.bootCtx, earlyWait); c != nil {
+		s.vm.useClient(c)
+		s.client = c
+		return nil
 	}
 	c, err := s.vm.connectAgent(s.bootCtx, s.inst, s.backend)
 	if err != nil {
@@ -195,7 +204,10 @@ func (s *startOp) waitAgent(ctx context.Context) error {
 }
 
 func (s *startOp) guestSetup(ctx context.Context) error {
-	if !s.rec.Config.NoNetwork {
+	// The init installed the key from the kernel command line before the
+	// ready marker; only an agent that predates that, or a key that does
+	// not fit there, takes the round trips.
+	if !s.rec.Config.NoNetwork && (s.h().bootSSHKey() == nil || !s.client.Has(proto.CapabilityBootSSHKey)) {
 		if err := s.h().installSSHKey(s.bootCtx, s.client); err != nil {
 			return err
 		}
@@ -258,6 +270,7 @@ func (h *Host) spec(id string, rec record, p netplan.Plan, be vmm.Backend) vmm.S
 			custom = append(custom, netip.MustParseAddr(d)) // validated by Create
 		}
 		bp.DNS = p.Resolvers(custom)
+		bp.SSHKey = h.bootSSHKey()
 	}
 	spec.Cmdline = strings.TrimSpace(bp.Format() + " " + cfg.BootArgs)
 	return spec

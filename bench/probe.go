@@ -54,7 +54,9 @@ func (w *watch) run(path string, t0 time.Time) {
 	var buf []byte
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	quitting := false
 	for {
+		at := time.Since(t0)
 		if f == nil {
 			f, _ = os.Open(path)
 		}
@@ -63,7 +65,7 @@ func (w *watch) run(path string, t0 time.Time) {
 			buf = append(buf, b...)
 			if m := readyRE.FindSubmatch(buf); m != nil {
 				up, _ := strconv.ParseFloat(string(m[1]), 64)
-				w.res = marker{Found: true, At: time.Since(t0), Uptime: time.Duration(up * float64(time.Second))}
+				w.res = marker{Found: true, At: at, Uptime: time.Duration(up * float64(time.Second))}
 				close(w.found)
 				return
 			}
@@ -72,9 +74,17 @@ func (w *watch) run(path string, t0 time.Time) {
 				buf = buf[i+1:]
 			}
 		}
+		if quitting {
+			return
+		}
 		select {
 		case <-w.quit:
-			return
+			// One last look: a Start that returns within a poll interval
+			// of the marker must not lose it. Found then, it counts as
+			// seen at the quit, which is the latest it can have been
+			// (an upper bound on the guest boot, a lower one on what
+			// follows the marker).
+			quitting = true
 		case <-tick.C:
 		}
 	}

@@ -67,8 +67,17 @@ func TestSnapshotsCLI(t *testing.T) {
 		t.Fatal("no background sleep in the template")
 	}
 
+	// A command in flight through the agent while the snapshot is taken
+	// (issue 16): it ends normally on the template, with all its output.
+	// Its clones resume it mid-way; see below.
+	busy := startCLI(t, dir, "exec", "tpl", "--", "echo started; sleep 5; echo late")
+	busy.waitLine(t, "started", time.Minute)
+
 	var snap smolvm.SnapshotInfo
 	r := must(cli(t, dir, "snapshot", "create", "tpl", "--name", "s1", "--json"), "snapshot create")
+	if r := busy.wait(t, time.Minute); r.code != 0 || r.stdout != "started\nlate\n" {
+		t.Fatalf("a command in flight during the snapshot, on the template: %+v", r)
+	}
 	if err := json.Unmarshal([]byte(r.stdout), &snap); err != nil || snap.Name != "s1" || snap.VMID != "tpl" || snap.MemSizeMiB != 256 || snap.SizeBytes <= 0 {
 		t.Fatalf("snapshot create --json: %v %+v", err, r)
 	}
@@ -116,6 +125,16 @@ func TestSnapshotsCLI(t *testing.T) {
 		if got := run(id, "cat /mnt/t/f /root/d"); got != "in-memory\non-disk" {
 			t.Fatalf("%s: files from before the snapshot: %q", id, got)
 		}
+		if id == "c1" {
+			// The command in flight at the snapshot resumed in the clone
+			// but belonged to a session of the template's host: the new
+			// session abandoned it, and its output ("late", due about 5 s
+			// of guest time after the snapshot) never shows up in a new
+			// command's.
+			if got := run(id, "sleep 6; echo fresh"); got != "fresh" {
+				t.Fatalf("%s: a new command's output after the stale one's end: %q", id, got)
+			}
+		}
 		if got := run(id, "echo $CLONE"); got != id {
 			t.Fatalf("%s: env var given at create: %q", id, got)
 		}
@@ -159,9 +178,18 @@ func TestSnapshotsCLI(t *testing.T) {
 	}
 	must(cli(t, dir, "delete", "later"), "delete later")
 
-	// Restore in place brings back deleted files.
+	// Restore in place brings back deleted files. A command in flight
+	// meanwhile fails at once with a clear error (it ran in the guest
+	// that the restore threw away), and the next command works.
 	run("tpl", "rm /mnt/t/f /root/d; echo gone > /root/new")
+	busy = startCLI(t, dir, "exec", "tpl", "--", "echo started; sleep 60; echo late")
+	busy.waitLine(t, "started", time.Minute)
 	must(cli(t, dir, "snapshot", "restore", "tpl", "s1"), "restore")
+	r = busy.wait(t, 20*time.Second)
+	if r.code == 0 || strings.Contains(r.stdout, "late") || !strings.Contains(r.stderr, "tpl") {
+		t.Fatalf("a command in flight during a restore: %+v", r)
+	}
+	t.Logf("in flight during a restore: exit %d: %s", r.code, strings.TrimSpace(r.stderr))
 	if got := run("tpl", "cat /mnt/t/f /root/d; ls /root/new 2>&1 || true"); !strings.HasPrefix(got, "in-memory\non-disk\n") || !strings.Contains(got, "No such file") {
 		t.Fatalf("after restore: %q", got)
 	}

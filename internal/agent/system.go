@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
@@ -26,12 +27,26 @@ func (c *Client) Health(ctx context.Context) (Info, error) {
 	if err := c.roundTrip(ctx, proto.MethodHealth, nil, &res); err != nil {
 		return Info{}, err
 	}
-	return Info{
+	return c.storeHealth(res), nil
+}
+
+// storeHealth keeps a Health answer for Has and returns it as an Info.
+func (c *Client) storeHealth(res proto.HealthResult) Info {
+	info := Info{
 		Version:      res.Version,
 		Protocol:     res.Protocol,
 		Capabilities: res.Capabilities,
 		Uptime:       time.Duration(res.UptimeMillis) * time.Millisecond,
-	}, nil
+	}
+	c.info.Store(&info)
+	return info
+}
+
+// Has reports whether the agent listed capability in its last Health
+// answer on this session (false before any).
+func (c *Client) Has(capability string) bool {
+	info := c.info.Load()
+	return info != nil && slices.Contains(info.Capabilities, capability)
 }
 
 // Sync flushes the guest's file systems to its disks.

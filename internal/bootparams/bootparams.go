@@ -7,6 +7,9 @@
 package bootparams
 
 import (
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -24,6 +27,7 @@ const (
 	KeyAgentPort = "smolvm.agentport" // vsock port the agent listens on (0: no vsock)
 	KeyAgentPeer = "smolvm.agentpeer" // "any": vsock peers need no privileged port (see Params.AgentAnyPeer)
 	KeyMTU       = "smolvm.mtu"       // eth0's MTU, e.g. 1450 (absent: the kernel's default)
+	KeySSHKey    = "smolvm.sshkey"    // root's SSH key: "ed25519:" and the raw key in unpadded base64url (see Params.SSHKey)
 )
 
 // ReadyMarker starts the line the guest init prints on the serial console
@@ -58,6 +62,11 @@ type Params struct {
 	// MTU is eth0's MTU; 0 means the kernel's default (1500). An attached
 	// VM takes its interface's (a pod's overlay network may use less).
 	MTU int
+	// SSHKey is the raw 32-byte Ed25519 public key that the init writes
+	// to /root/.ssh/authorized_keys before the ready marker (see
+	// AuthorizedKey); nil writes nothing. It is public: the guest may read
+	// it from /proc/cmdline. On the command line it takes 65 bytes.
+	SSHKey []byte
 }
 
 // Format renders p as space-separated key=value words for the kernel command line.
@@ -93,7 +102,49 @@ func (p Params) Format() string {
 	if p.MTU != 0 {
 		add(KeyMTU, strconv.Itoa(p.MTU))
 	}
+	if len(p.SSHKey) == ed25519KeySize {
+		add(KeySSHKey, sshKeyPrefix+base64.RawURLEncoding.EncodeToString(p.SSHKey))
+	}
 	return strings.Join(w, " ")
+}
+
+// ed25519KeySize is the size of a raw Ed25519 public key.
+const ed25519KeySize = 32
+
+// sshKeyPrefix starts a KeySSHKey value: the key type, so that another
+// type could be added without a new key.
+const sshKeyPrefix = "ed25519:"
+
+// SSHKeyComment ends the authorized_keys line of Params.SSHKey, as the
+// host's key file names it.
+const SSHKeyComment = "smolvm"
+
+func parseSSHKey(v string) ([]byte, error) {
+	b64, ok := strings.CutPrefix(v, sshKeyPrefix)
+	if !ok {
+		return nil, errors.New(`want "ed25519:" and the key in base64url`)
+	}
+	k, err := base64.RawURLEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, err
+	}
+	if len(k) != ed25519KeySize {
+		return nil, fmt.Errorf("an Ed25519 key has %d bytes, not %d", ed25519KeySize, len(k))
+	}
+	return k, nil
+}
+
+// AuthorizedKey returns the authorized_keys line (with its newline) of a
+// raw Ed25519 public key: "ssh-ed25519 <SSH wire form in base64> smolvm".
+// It is built here, without an SSH library, because the guest agent must
+// not link package net.
+func AuthorizedKey(key []byte) string {
+	const typ = "ssh-ed25519"
+	wire := binary.BigEndian.AppendUint32(nil, uint32(len(typ)))
+	wire = append(wire, typ...)
+	wire = binary.BigEndian.AppendUint32(wire, uint32(len(key)))
+	wire = append(wire, key...)
+	return typ + " " + base64.StdEncoding.EncodeToString(wire) + " " + SSHKeyComment + "\n"
 }
 
 // RootDevice returns Root or its default.
@@ -153,6 +204,8 @@ func Parse(cmdline string) (Params, error) {
 				err = fmt.Errorf("below the IPv4 minimum of 68")
 			}
 			p.MTU = int(n)
+		case KeySSHKey:
+			p.SSHKey, err = parseSSHKey(v)
 		}
 		if err != nil {
 			return Params{}, fmt.Errorf("kernel command line %s=%q: %w", k, v, err)

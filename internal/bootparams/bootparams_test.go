@@ -1,9 +1,14 @@
 package bootparams
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 )
 
 func TestModuleParams(t *testing.T) {
@@ -65,5 +70,67 @@ func TestAgentAnyPeerRoundTrip(t *testing.T) {
 		if err != nil || p.AgentAnyPeer != anyPeer {
 			t.Fatalf("AgentAnyPeer %v -> %+v, %v", anyPeer, p, err)
 		}
+	}
+}
+
+func TestSSHKey(t *testing.T) {
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	word := Params{SSHKey: pub}.Format()
+	if !strings.HasPrefix(word, KeySSHKey+"=ed25519:") || len(word) >= 200 || strings.ContainsAny(word, " \"\t") {
+		t.Fatalf("SSHKey word %q (%d bytes)", word, len(word))
+	}
+	p, err := Parse("quiet " + word)
+	if err != nil || !bytes.Equal(p.SSHKey, pub) {
+		t.Fatalf("round trip: %x, %v", p.SSHKey, err)
+	}
+	// The line the guest writes is what ssh(1) and sshd read.
+	spk, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spk))) + " smolvm\n"
+	if got := AuthorizedKey(pub); got != want {
+		t.Fatalf("AuthorizedKey:\n%q\nwant\n%q", got, want)
+	}
+	// Only a 32-byte key is formatted; bad values are errors naming the key.
+	if w := (Params{SSHKey: []byte("short")}).Format(); w != "" {
+		t.Errorf("a short key formatted as %q", w)
+	}
+	for _, bad := range []string{"AAAA", "ed25519:", "ed25519:!!!", "ed25519:" + strings.Repeat("A", 42), "rsa:" + strings.Repeat("A", 43)} {
+		if _, err := Parse(KeySSHKey + "=" + bad); err == nil || !strings.Contains(err.Error(), KeySSHKey) {
+			t.Errorf("Parse(%q) = %v", bad, err)
+		}
+	}
+	// Users cannot set it through boot_args.
+	for _, bad := range []string{word, "smolvm.SSHkey=x", `"smolvm.sshkey=ed25519:x"`} {
+		if err := CheckUserArgs(bad); err == nil {
+			t.Errorf("CheckUserArgs(%q) accepted", bad)
+		}
+	}
+}
+
+// TestCommandLineSize checks that the host's part of the kernel command
+// line, at its longest, stays well under x86's COMMAND_LINE_SIZE (2048),
+// leaving room for the VMM's own words and the user's boot_args.
+func TestCommandLineSize(t *testing.T) {
+	key := make([]byte, 32)
+	p := Params{
+		ID: strings.Repeat("x", 64), Root: "/dev/vda", RootFS: "ext4",
+		Addr:    netip.MustParsePrefix("172.16.255.254/24"),
+		Gateway: netip.MustParseAddr("172.16.255.1"),
+		DNS: []netip.Addr{netip.MustParseAddr("255.255.255.255"), netip.MustParseAddr("255.255.255.255"),
+			netip.MustParseAddr("255.255.255.255"), netip.MustParseAddr("255.255.255.255")},
+		AgentPort: 4294967295, AgentAnyPeer: true, SSHKey: key,
+	}
+	ours := p.Format()
+	// QEMU's words (console, reboot, panic, tsc_early_khz) and microvm's
+	// virtio_mmio.device= word per device (disk, NIC, serial, vsock, rng,
+	// balloon, shares).
+	vmmWords := "console=ttyS0 reboot=t panic=-1 tsc_early_khz=4294967" + strings.Repeat(" virtio_mmio.device=512@0xfeb00e00:12", 10)
+	if n := len(ours) + 1 + len(vmmWords); n > 1024 {
+		t.Fatalf("the host's command line takes %d bytes, want at most 1024 of 2048:\n%s %s", n, ours, vmmWords)
 	}
 }

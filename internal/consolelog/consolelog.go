@@ -18,6 +18,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/smolvm-go/smolvm/internal/bootparams"
 )
 
 // DefaultMaxBytes is the default cap of one VM's console on disk (8 MiB).
@@ -61,9 +63,10 @@ func Run(r io.Reader, f *os.File, path string, maxBytes int64) error {
 	}
 	buf := make([]byte, 64<<10)
 	var werr error
+	ready := readyLine{marker: []byte(bootparams.ReadyMarker)}
 	for {
 		n, rerr := r.Read(buf)
-		if rerr == nil && n < smallRead {
+		if rerr == nil && n < smallRead && !ready.urgent(buf[:n]) {
 			// A serial console trickles in a few bytes per write: let some
 			// accumulate instead of paying a read and a write per byte.
 			// The pipe holds far more than arrives meanwhile.
@@ -105,6 +108,37 @@ func Run(r io.Reader, f *os.File, path string, maxBytes int64) error {
 			return errors.Join(werr, rerr)
 		}
 	}
+}
+
+// readyLine finds the guest's ready marker line in the console stream:
+// the host waits for it, so its bytes are written at once, not batched.
+type readyLine struct {
+	marker []byte
+	tail   []byte // the end of what was read, for a marker split across reads
+	inLine bool   // the marker was seen; its line is not complete yet
+	done   bool   // the marker's line is complete
+}
+
+// urgent reports whether p (the next bytes of the stream) holds part of
+// the first ready marker's line, up to its newline.
+func (m *readyLine) urgent(p []byte) bool {
+	if m.done {
+		return false
+	}
+	if !m.inLine {
+		chunk := append(m.tail, p...)
+		i := bytes.Index(chunk, m.marker)
+		if i < 0 {
+			m.tail = append(m.tail[:0], chunk[max(0, len(chunk)-len(m.marker)+1):]...)
+			return false
+		}
+		m.inLine, m.tail = true, nil
+		p = chunk[i:]
+	}
+	if bytes.IndexByte(p, '\n') >= 0 {
+		m.done = true
+	}
+	return true
 }
 
 // errDeleted stops the copy once the log was deleted.

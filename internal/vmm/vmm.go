@@ -196,6 +196,10 @@ type Dialer struct {
 	Name string
 	// Dial connects; the agent protocol's handshake is the caller's.
 	Dial func(ctx context.Context) (io.ReadWriteCloser, error)
+	// Buffered says that the channel connects before the guest's agent
+	// serves and keeps what the host writes until the agent reads it
+	// (virtio-serial), so the host may connect while the guest boots.
+	Buffered bool
 }
 
 // Backend launches and controls VMs of one VMM kind. Every method takes the

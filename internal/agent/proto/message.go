@@ -41,7 +41,7 @@ func Capabilities() []string {
 		MethodDirUpload, MethodDirDownload,
 		MethodPortWait,
 		MethodRestore,
-		CapabilityPty, CapabilityControl,
+		CapabilityPty, CapabilityControl, CapabilityBootSSHKey,
 	}
 }
 

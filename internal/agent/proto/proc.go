@@ -31,6 +31,10 @@ const (
 	CapabilityPty = "exec.pty"
 	// CapabilityControl says the agent obeys CONTROL frames.
 	CapabilityControl = "frame.control"
+	// CapabilityBootSSHKey says the guest's init writes the key given on
+	// the kernel command line (bootparams.KeySSHKey) to root's
+	// authorized_keys before it prints the ready marker.
+	CapabilityBootSSHKey = "boot.sshkey"
 )
 
 // ProcStartArgs are the arguments of MethodProcStart.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -28,6 +29,11 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 
 	serving := 0
+	ready := sync.OnceFunc(func() {
+		if s.opts.Ready != nil {
+			s.opts.Ready()
+		}
+	})
 	if s.opts.VsockPort != 0 {
 		l, err := ListenVsock(s.opts.VsockPort)
 		if err != nil {
@@ -43,6 +49,11 @@ func (s *Server) Run(ctx context.Context) error {
 					s.opts.Logf("agent: vsock: %v", err)
 				}
 			}()
+			// Without a virtio-serial device (Firecracker) vsock is the
+			// channel: ready now, not after openVirtioPort's wait.
+			if !virtioPortsPresent(s.opts.VirtioClassDir) {
+				ready()
+			}
 		}
 	}
 	port, err := s.openVirtioPort(ctx)
@@ -62,6 +73,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if serving == 0 {
 		return fmt.Errorf("agent server: no transport: no vsock and no %s", s.opts.VirtioPort)
 	}
+	ready()
 	<-ctx.Done()
 	return ctx.Err()
 }
@@ -87,6 +99,16 @@ func (s *Server) openVirtioPort(ctx context.Context) (io.ReadWriteCloser, error)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// virtioPortsPresent reports whether the guest has virtio-serial ports
+// (entries in classDir, /sys/class/virtio-ports by default).
+func virtioPortsPresent(classDir string) bool {
+	if classDir == "" {
+		classDir = DefaultVirtioClassDir
+	}
+	ports, _ := filepath.Glob(filepath.Join(classDir, "vport*"))
+	return len(ports) > 0
 }
 
 // reconnectPoll is how often a virtio-serial port without a host is polled.

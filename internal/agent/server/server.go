@@ -32,6 +32,8 @@ const (
 	DefaultGroupFile  = "/etc/group"
 	DefaultShell      = "/bin/sh"
 	DefaultVirtioPort = "/dev/virtio-ports/" + proto.VirtioPortName
+	// DefaultVirtioClassDir is where the kernel lists virtio-serial ports.
+	DefaultVirtioClassDir = "/sys/class/virtio-ports"
 )
 
 // Options configure a Server. The zero value serves with the defaults above,
@@ -74,6 +76,15 @@ type Options struct {
 	ProcBufferBytes int
 
 	// Images (user images' run defaults):
+
+	// Ready, if set, is called once by Run when it serves the host's
+	// channel: the virtio-serial port, or vsock where the guest has no
+	// virtio-serial ports (see VirtioClassDir). The guest's init prints
+	// the ready marker after it.
+	Ready func()
+	// VirtioClassDir lists the guest's virtio-serial ports; default
+	// DefaultVirtioClassDir.
+	VirtioClassDir string
 
 	// ImageConfigFile is the user image's run configuration, whose env,
 	// user and workdir are the defaults of every command; default

@@ -39,11 +39,16 @@ func (in *Init) Boot() {
 	} else {
 		in.logf("staying on the initramfs")
 	}
+	// The agent server first: it starts (a new process) while the init
+	// does the rest, and the marker waits for it.
+	in.startServer()
 	if in.params.ID != "" {
 		in.step("hostname", in.setHostname)
 	}
 	in.step("network", in.configureNetwork)
+	in.step("ssh key", in.installSSHKey)
 	in.startServices()
+	in.waitServer(serverReadyWait)
 	in.logf("booted: modules=%d root=%s hostname=%s network=%s", nmods, in.rootDescription(rooted), in.params.ID, in.networkDescription())
 	in.ready()
 }
@@ -92,9 +97,9 @@ func (in *Init) configureNetwork() error {
 	return err
 }
 
-// startServices starts what runs beside the init: the virtio port links,
-// sshd when the image has it, and the agent server. A dry run starts none.
-func (in *Init) startServices() {
+// startServer starts the agent server (and names the virtio-serial ports
+// it serves). A dry run starts nothing.
+func (in *Init) startServer() {
 	if in.opts.DryRun {
 		return
 	}
@@ -102,11 +107,19 @@ func (in *Init) startServices() {
 	// waits for its port, so linking goes on in the background.
 	in.LinkVirtioPortsOnce()
 	go in.linkVirtioPorts(10 * time.Second)
-	if _, err := os.Stat(in.path("/usr/sbin/sshd")); err == nil {
-		go in.step("sshd", in.startSSHD)
-	}
 	if len(in.opts.ServeArgs) > 0 {
 		go in.superviseServer()
+	}
+}
+
+// startServices starts what runs beside the init: sshd when the image has
+// it and the image's start command. A dry run starts none.
+func (in *Init) startServices() {
+	if in.opts.DryRun {
+		return
+	}
+	if _, err := os.Stat(in.path("/usr/sbin/sshd")); err == nil {
+		go in.step("sshd", in.startSSHD)
 	}
 	in.step("image start command", in.startImageCommand)
 }

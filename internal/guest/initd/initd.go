@@ -1,9 +1,10 @@
 // Package initd is the guest's init (PID 1): it mounts the early
 // filesystems, loads the kernel modules the initramfs carries, mounts the
-// root disk and switches to it, sets the hostname, configures the network,
-// starts sshd when the image has it, starts the agent server as a child
-// process, prints the ready marker on the console, reaps orphans, and
-// powers the VM off on request. It never panics: a failing step is logged
+// root disk and switches to it, starts the agent server as a child
+// process, sets the hostname, configures the network, writes root's SSH
+// key from the kernel command line, starts sshd when the image has it,
+// waits until the agent server serves, prints the ready marker on the
+// console, reaps orphans, and powers the VM off on request. It never panics: a failing step is logged
 // to the console and the boot goes on; if it cannot go on, it powers off.
 package initd
 
@@ -80,11 +81,16 @@ type Init struct {
 
 	poweroff sync.Once
 	done     chan struct{} // closed when power-off has run (tests return then)
+
+	serverReady     chan struct{} // closed when an agent server first serves
+	serverReadyOnce sync.Once
+	serverGone      chan struct{} // closed when the init stops restarting the server
 }
 
 // New returns an Init for opts without running anything.
 func New(opts Options) *Init {
-	in := &Init{opts: opts, console: opts.Console, start: time.Now(), done: make(chan struct{})}
+	in := &Init{opts: opts, console: opts.Console, start: time.Now(), done: make(chan struct{}),
+		serverReady: make(chan struct{}), serverGone: make(chan struct{})}
 	if in.console == nil {
 		in.console = os.Stdout
 	}

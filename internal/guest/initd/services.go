@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -66,6 +67,7 @@ func (in *Init) startSSHD() error {
 // superviseServer runs the agent server and restarts it when it dies,
 // backing off, unless it exits with ExitUnavailable.
 func (in *Init) superviseServer() {
+	defer close(in.serverGone)
 	defer func() {
 		if r := recover(); r != nil {
 			in.logf("agent server supervisor: panic: %v", r)
@@ -74,7 +76,7 @@ func (in *Init) superviseServer() {
 	backoff := 500 * time.Millisecond
 	for {
 		started := time.Now()
-		ws, err := in.run(in.opts.ServeArgs...)
+		ws, err := in.runServer()
 		if err != nil {
 			in.logf("agent server: %v", err)
 		} else {
@@ -89,6 +91,59 @@ func (in *Init) superviseServer() {
 		}
 		time.Sleep(backoff)
 		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// ReadyFDEnv names, in the agent server's environment, the descriptor on
+// which it writes one byte once it serves (see server.Options.Ready); the
+// init waits for that byte before it prints the ready marker.
+const ReadyFDEnv = "SMOLVM_AGENT_READY_FD"
+
+// serverReadyWait bounds the init's wait for the agent server before it
+// prints the ready marker anyway. The server waits up to 5 s for its
+// virtio-serial port.
+const serverReadyWait = 10 * time.Second
+
+// runServer runs the agent server once and waits for it; the server's
+// readiness byte on its pipe marks the server ready.
+func (in *Init) runServer() (unix.WaitStatus, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, fmt.Errorf("ready pipe: %w", err)
+	}
+	attr := in.procAttr()
+	attr.Files = append(attr.Files, w.Fd())
+	attr.Env = append(slices.Clone(attr.Env), fmt.Sprintf("%s=%d", ReadyFDEnv, len(attr.Files)-1))
+	_, ch, err := in.reaper.Start(in.opts.ServeArgs, attr)
+	w.Close()
+	if err != nil {
+		r.Close()
+		return 0, fmt.Errorf("start %s: %w", in.opts.ServeArgs[0], err)
+	}
+	go func() {
+		defer r.Close()
+		b := make([]byte, 1)
+		if n, _ := r.Read(b); n == 1 {
+			in.serverReadyOnce.Do(func() { close(in.serverReady) })
+		}
+	}()
+	return <-ch, nil
+}
+
+// waitServer waits up to d for the agent server to serve, so that the
+// ready marker means what it says. Without a server (a dry run, no
+// ServeArgs) or once the init gave up on it, it returns at once.
+func (in *Init) waitServer(d time.Duration) {
+	if in.opts.DryRun || len(in.opts.ServeArgs) == 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-in.serverReady:
+	case <-in.serverGone:
+	case <-t.C:
+		in.logf("agent server not serving after %v; ready anyway", d)
 	}
 }
 

@@ -83,7 +83,9 @@ func (b *Backend) AgentDialers(inst vmm.Instance) []vmm.Dialer {
 		}})
 	}
 	path := inst.Agent
-	return append(out, vmm.Dialer{Name: "virtio-serial", Dial: func(ctx context.Context) (io.ReadWriteCloser, error) {
+	// The chardev socket exists from launch on (made for QEMU), and QEMU
+	// reads from it only once the guest opened the port.
+	return append(out, vmm.Dialer{Name: "virtio-serial", Buffered: true, Dial: func(ctx context.Context) (io.ReadWriteCloser, error) {
 		return agent.DialUnix(ctx, path)
 	}})
 }
