@@ -2,6 +2,8 @@ package smolvm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -190,13 +192,13 @@ func (s *startOp) makeCgroup() error {
 	if slices.Contains(cs, cgroup.CPU) {
 		cl.CPUs = l.CPUQuota
 	}
-	id := s.vm.id
-	g, err := cgroupHost().Create(id, cl)
+	name := s.h().cgroupName(s.vm.id)
+	g, err := cgroupHost().Create(name, cl)
 	if errors.Is(err, cgroup.ErrExists) {
-		if rerr := cgroupHost().RemoveEmpty(id); rerr != nil {
-			return fmt.Errorf("cgroup %s/%s exists and is in use (another VM of this id on this host?): %w", cgroup.Dir, id, rerr)
+		if rerr := cgroupHost().RemoveEmpty(name); rerr != nil {
+			return fmt.Errorf("cgroup %s/%s exists and is in use (a VMM of this VM left running?): %w", cgroup.Dir, name, rerr)
 		}
-		g, err = cgroupHost().Create(id, cl)
+		g, err = cgroupHost().Create(name, cl)
 	}
 	if err != nil {
 		return err
@@ -251,17 +253,30 @@ func (s *startOp) confine(spec *vmm.Spec) {
 	spec.DiskBPS, spec.DiskIOPS = s.rec.Config.DiskBPS, s.rec.Config.DiskIOPS
 }
 
+// cgroupName is the name of a VM's cgroup below cgroup.Dir: the VM's id
+// and a tag of its data directory (cgroups are host-wide, VM ids only
+// unique within a data directory, so two data directories may each have
+// a VM "web": they get web.<tag1> and web.<tag2>). A '.' never occurs in
+// a VM id.
+func (h *Host) cgroupName(id string) string { return id + "." + h.cgroupTag() }
+
+// cgroupTag is the data directory's tag in its VMs' cgroup names: 8 hex
+// characters of a digest of its absolute path.
+func (h *Host) cgroupTag() string {
+	sum := sha256.Sum256([]byte(h.dir))
+	return hex.EncodeToString(sum[:4])
+}
+
 // removeCgroup removes a VM's cgroup once its VMM is gone. It kills
-// nothing: cgroups are host-wide, so a group that still holds processes
-// may be another data directory's VM of the same id, and is left (cleanup
-// takes it once it is empty).
+// nothing: a group that still holds processes (a VMM still exiting) is
+// left, and cleanup takes it once it is empty.
 func (h *Host) removeCgroup(ctx context.Context, id string) error {
 	if !useCgroups() {
 		return nil
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		err := cgroupHost().RemoveEmpty(id)
+		err := cgroupHost().RemoveEmpty(h.cgroupName(id))
 		if !errors.Is(err, cgroup.ErrNotEmpty) {
 			return err
 		}
@@ -274,10 +289,10 @@ func (h *Host) removeCgroup(ctx context.Context, id string) error {
 
 // limitsInfo returns the limits of a VM for its info, with its cgroup's
 // path while it exists.
-func limitsInfo(id string, c VMConfig, running bool) Limits {
+func (h *Host) limitsInfo(id string, c VMConfig, running bool) Limits {
 	l := limitsOf(c)
 	if running && useCgroups() {
-		if g, err := cgroupHost().Open(id); err == nil {
+		if g, err := cgroupHost().Open(h.cgroupName(id)); err == nil {
 			l.Cgroup = g.RelPath()
 		}
 	}
@@ -300,14 +315,22 @@ func (c *cleaner) cgroups(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	tag := "." + h.cgroupTag()
 	for _, name := range names {
-		if ValidateVMID(name) != nil {
+		// This data directory's groups are <id>.<tag>; a plain <id> is
+		// from a version that did not tag them, and may be any data
+		// directory's: taken only once empty. Other tags are other data
+		// directories'.
+		id, ours := strings.CutSuffix(name, tag)
+		if ValidateVMID(id) != nil {
 			continue
 		}
-		if row, err := h.st.GetVM(ctx, name); err == nil && vmm.Alive(row.PID, row.PIDStart) {
-			continue
+		if ours {
+			if row, err := h.st.GetVM(ctx, id); err == nil && vmm.Alive(row.PID, row.PIDStart) {
+				continue
+			}
 		}
-		if h.lockBusy(name) {
+		if h.lockBusy(id) {
 			continue
 		}
 		if age, err := cgroupHost().Age(name); err != nil || age < orphanCgroupAge {
@@ -316,7 +339,7 @@ func (c *cleaner) cgroups(ctx context.Context) error {
 		g, err := cgroupHost().Open(name)
 		if err == nil {
 			if pids, err := g.Procs(); err != nil || len(pids) > 0 {
-				continue // another data directory's VM, or one being stopped
+				continue // a VMM still exiting, or an untagged group in use
 			}
 		}
 		c.note(fmt.Sprintf("cgroup %s/%s", cgroup.Dir, name))
@@ -365,7 +388,7 @@ func confinementChecks() []Check {
 				st, fix = CheckWarn, "enable the "+c+" controller"
 			}
 		}
-		out = append(out, Check{"cgroups", st, fmt.Sprintf("cgroup %s, controllers %v: each VM gets %s/<vm-id>", mode, cs, cgroup.Dir), fix})
+		out = append(out, Check{"cgroups", st, fmt.Sprintf("cgroup %s, controllers %v: each VM gets %s/<vm-id>.<data dir tag>", mode, cs, cgroup.Dir), fix})
 	}
 	return out
 }

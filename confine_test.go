@@ -103,15 +103,21 @@ func TestCgroupLifecycle(t *testing.T) {
 	}
 	inf := vm.Info()
 	want := limitsOf(inf.Config)
-	want.Cgroup = "/" + cgroup.Dir + "/" + cfg.VMID
+	// The group's name carries the data directory's tag: another data
+	// directory's VM of the same id gets its own.
+	name := h.cgroupName(cfg.VMID)
+	if !strings.HasPrefix(name, cfg.VMID+".") || len(name) != len(cfg.VMID)+9 {
+		t.Errorf("cgroup name %q, want %s.<8 hex>", name, cfg.VMID)
+	}
+	want.Cgroup = "/" + cgroup.Dir + "/" + name
 	if inf.Limits != want {
 		t.Errorf("info limits = %+v, want %+v", inf.Limits, want)
 	}
-	checkInCgroup(t, inf.PID, cfg.VMID, want)
+	checkInCgroup(t, inf.PID, name, want)
 	if err := vm.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cgroupHost().Open(cfg.VMID); !errors.Is(err, cgroup.ErrNotFound) {
+	if _, err := cgroupHost().Open(name); !errors.Is(err, cgroup.ErrNotFound) {
 		t.Errorf("cgroup after stop: %v", err)
 	}
 	if vm.Info().Limits.Cgroup != "" {
@@ -124,7 +130,9 @@ func TestCgroupLifecycle(t *testing.T) {
 }
 
 // TestCleanupOrphanCgroups (as root): cleanup removes an empty group of
-// ours that no VM owns and leaves one that holds a process.
+// this data directory that no VM owns and an empty untagged one (from an
+// older version), and leaves one that holds a process and another data
+// directory's.
 func TestCleanupOrphanCgroups(t *testing.T) {
 	if !useCgroups() {
 		t.Skip("needs root and a cgroup hierarchy")
@@ -134,11 +142,14 @@ func TestCleanupOrphanCgroups(t *testing.T) {
 	t.Cleanup(func() { orphanCgroupAge = old })
 	ctx := context.Background()
 	h, _ := fakeEnv(t, false)
-	empty, busy := fmt.Sprintf("orph-%d", os.Getpid()), fmt.Sprintf("busy-%d", os.Getpid())
-	if _, err := cgroupHost().Create(empty, cgroup.Limits{}); err != nil {
-		t.Fatal(err)
+	empty, busy := h.cgroupName(fmt.Sprintf("orph-%d", os.Getpid())), h.cgroupName(fmt.Sprintf("busy-%d", os.Getpid()))
+	legacy, other := fmt.Sprintf("old-%d", os.Getpid()), fmt.Sprintf("othr-%d.0badc0de", os.Getpid())
+	for _, n := range []string{empty, legacy, other} {
+		if _, err := cgroupHost().Create(n, cgroup.Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		defer cgroupHost().RemoveEmpty(n)
 	}
-	defer cgroupHost().RemoveEmpty(empty)
 	g, err := cgroupHost().Create(busy, cgroup.Limits{})
 	if err != nil {
 		t.Fatal(err)
@@ -156,26 +167,32 @@ func TestCleanupOrphanCgroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(rep.Removed, "cgroup smolvm/"+empty) || slices.Contains(rep.Removed, "cgroup smolvm/"+busy) {
-		t.Errorf("removed %v", rep.Removed)
+	if !slices.Contains(rep.Removed, "cgroup smolvm/"+empty) || !slices.Contains(rep.Removed, "cgroup smolvm/"+legacy) ||
+		slices.Contains(rep.Removed, "cgroup smolvm/"+busy) || slices.Contains(rep.Removed, "cgroup smolvm/"+other) {
+		t.Errorf("removed %v; want %s and %s, not %s or %s", rep.Removed, empty, legacy, busy, other)
 	}
-	if _, err := cgroupHost().Open(empty); !errors.Is(err, cgroup.ErrNotFound) {
-		t.Errorf("orphan group left: %v", err)
+	for _, n := range []string{empty, legacy} {
+		if _, err := cgroupHost().Open(n); !errors.Is(err, cgroup.ErrNotFound) {
+			t.Errorf("orphan group %s left: %v", n, err)
+		}
+	}
+	if _, err := cgroupHost().Open(other); err != nil {
+		t.Errorf("another data directory's group removed: %v", err)
 	}
 	if _, err := cgroupHost().Open(busy); err != nil {
 		t.Errorf("busy group removed: %v", err)
 	}
 }
 
-// checkInCgroup asserts that pid sits in smolvm/<id> in every hierarchy
+// checkInCgroup asserts that pid sits in smolvm/<name> in every hierarchy
 // that serves a controller we limit, and the group's limits are l's.
-func checkInCgroup(t *testing.T, pid int, id string, l Limits) {
+func checkInCgroup(t *testing.T, pid int, name string, l Limits) {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel := "/" + cgroup.Dir + "/" + id
+	rel := "/" + cgroup.Dir + "/" + name
 	cs, _ := cgroupHost().Controllers()
 	for _, c := range cs {
 		v1 := map[string]string{cgroup.Memory: "memory", cgroup.Pids: "pids", cgroup.CPU: "cpu", cgroup.IO: "blkio"}[c]
@@ -191,7 +208,7 @@ func checkInCgroup(t *testing.T, pid int, id string, l Limits) {
 			t.Errorf("process %d is not in %s for %s:\n%s", pid, rel, c, b)
 		}
 	}
-	g, err := cgroupHost().Open(id)
+	g, err := cgroupHost().Open(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,11 +284,11 @@ func TestConfinedVM(t *testing.T) {
 		t.Errorf("QEMU capabilities: eff %s prm %s", st["CapEff"], st["CapPrm"])
 	}
 	lim := a.Info().Limits
-	if want := "/" + cgroup.Dir + "/conf-a"; lim.Cgroup != want {
+	if want := "/" + cgroup.Dir + "/" + h.cgroupName("conf-a"); lim.Cgroup != want {
 		t.Errorf("info limits cgroup %q, want %q", lim.Cgroup, want)
 	}
-	checkInCgroup(t, pid, "conf-a", lim)
-	g, err := cgroupHost().Open("conf-a")
+	checkInCgroup(t, pid, h.cgroupName("conf-a"), lim)
+	g, err := cgroupHost().Open(h.cgroupName("conf-a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +347,7 @@ func TestConfinedVM(t *testing.T) {
 	if _, err := a.Usage(ctx); !errors.Is(err, ErrState) {
 		t.Errorf("Usage of a deleted VM: %v, want ErrState", err)
 	}
-	if _, err := cgroupHost().Open("conf-a"); !errors.Is(err, cgroup.ErrNotFound) {
+	if _, err := cgroupHost().Open(h.cgroupName("conf-a")); !errors.Is(err, cgroup.ErrNotFound) {
 		t.Errorf("cgroup after delete: %v", err)
 	}
 	if err := b.Delete(ctx); err != nil {

@@ -275,7 +275,7 @@ func (h *Host) info(ctx context.Context, row store.VM) (VMInfo, error) {
 	inf.Mounts = append([]Mount{}, rec.Config.Mounts...)
 	inf.Saved = rec.Restore != nil && rec.Restore.Saved
 	inf.Template = rec.Template
-	inf.Limits = limitsInfo(row.ID, rec.Config, vmm.Alive(row.PID, row.PIDStart))
+	inf.Limits = h.limitsInfo(row.ID, rec.Config, vmm.Alive(row.PID, row.PIDStart))
 	p, err := h.plan(ctx, row.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return inf, nil // an interrupted create

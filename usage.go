@@ -38,7 +38,7 @@ func (vm *VM) Usage(ctx context.Context) (Usage, error) {
 	if !useCgroups() {
 		return Usage{}, wrapErr(op, vm.id, ErrUnavailable, errors.New("no per-VM cgroups here (they need root and a cgroup hierarchy)"))
 	}
-	g, err := cgroupHost().Open(vm.id)
+	g, err := cgroupHost().Open(vm.h.cgroupName(vm.id))
 	if err != nil {
 		return Usage{}, wrapErr(op, vm.id, ErrUnavailable, err)
 	}
