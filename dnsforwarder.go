@@ -154,26 +154,43 @@ func dnsForwarderMain(args []string) int {
 // when the VM's policy or upstreams depend on it; otherwise the guest's
 // lookups fail as they would with an unreachable resolver.
 func (h *Host) registerDNS(ctx context.Context, id string, p netplan.Plan, cfg VMConfig, pol network.Policy) error {
+	wait, err := h.startDNS(id, p, cfg, pol)
+	if err != nil {
+		return err
+	}
+	return wait(ctx)
+}
+
+// startDNS is registerDNS without waiting for a supervisor it starts: the
+// returned function waits (a VM start calls it once its guest booted).
+func (h *Host) startDNS(id string, p netplan.Plan, cfg VMConfig, pol network.Policy) (wait func(context.Context) error, err error) {
 	dir := h.forwarderDir()
 	if !cfg.usesForwarder() {
-		return dnsfwd.RemoveVM(dir, id)
+		return func(context.Context) error { return nil }, dnsfwd.RemoveVM(dir, id)
 	}
 	var ups []string
 	for _, u := range cfg.DNSUpstream {
 		ap, err := parseUpstream(u)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ups = append(ups, ap.String())
 	}
-	err := dnsfwd.WriteVM(dir, dnsfwd.VM{ID: id, GuestIP: p.GuestIP, Gateway: p.Gateway, Policy: pol, Upstreams: ups})
-	if err == nil {
-		err = dnsfwd.EnsureRunning(ctx, dir, h.forwarderCmd(dir))
+	// A forwarder that cannot start fails the VM only when it needs one.
+	check := func(err error) error {
+		if err != nil && cfg.needsForwarder() {
+			return fmt.Errorf("dns forwarder: %w", err)
+		}
+		return nil
 	}
-	if err != nil && cfg.needsForwarder() {
-		return fmt.Errorf("dns forwarder: %w", err)
+	if err := dnsfwd.WriteVM(dir, dnsfwd.VM{ID: id, GuestIP: p.GuestIP, Gateway: p.Gateway, Policy: pol, Upstreams: ups}); err != nil {
+		return nil, check(err)
 	}
-	return nil
+	started, err := dnsfwd.Start(dir, h.forwarderCmd(dir))
+	if err != nil {
+		return func(context.Context) error { return nil }, check(err)
+	}
+	return func(ctx context.Context) error { return check(started(ctx)) }, nil
 }
 
 // forgetDNS stops the forwarder serving the VM. When no VM is left, the

@@ -66,6 +66,7 @@ var restoreSteps = []step[*startOp]{
 		s.client = c
 		return nil
 	}, undo: func(ctx context.Context, s *startOp, _ error) { s.vm.dropClient() }},
+	dnsStep,
 	{name: "guest-restore", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error {
 		_, err := s.client.Restore(s.bootCtx, s.restoreArgs())
 		if errors.Is(err, proto.ErrUnsupported) {

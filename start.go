@@ -32,6 +32,10 @@ const (
 
 // startOp is the state of one Start as its steps run.
 type startOp struct {
+	// dnsReady waits for the DNS forwarder the egress step started (nil:
+	// none to wait for).
+	dnsReady func(context.Context) error
+
 	vm      *VM
 	row     store.VM
 	rec     record
@@ -78,7 +82,11 @@ var startSteps = []step[*startOp]{
 		if s.rec.Config.NoNetwork || s.rec.Config.AttachInterface != "" {
 			return nil
 		}
-		return s.h().applyEgress(ctx, s.vm.id, s.plan, s.rec.Config)
+		// The DNS forwarder, if one must start, comes up while the guest
+		// boots: the "dns" step waits for it.
+		var err error
+		s.dnsReady, err = s.h().startEgress(ctx, s.vm.id, s.plan, s.rec.Config)
+		return err
 	}, undo: func(ctx context.Context, s *startOp, _ error) {
 		if !s.rec.Config.NoNetwork {
 			s.h().forgetDNS(s.vm.id)
@@ -102,6 +110,7 @@ var startSteps = []step[*startOp]{
 		return s.bootErr(s.backend.WaitReady(s.bootCtx, s.inst))
 	}},
 	{name: "wait-agent", do: func(ctx context.Context, s *startOp) error { return s.waitAgent(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) { s.vm.dropClient() }},
+	dnsStep,
 	{name: "guest-setup", kind: ErrCommandUnavailable, do: func(ctx context.Context, s *startOp) error { return s.guestSetup(ctx) }},
 	{name: "wait-ready", kind: ErrTimeout, do: func(ctx context.Context, s *startOp) error { return s.waitReady(ctx) }},
 	{name: "wait-ssh", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error { return s.waitSSH(ctx) }},
@@ -310,3 +319,13 @@ func (h *Host) removeRuntimeFiles(id string, be vmm.Backend) {
 		os.Remove(filepath.Join(h.vmDir(id), f))
 	}
 }
+
+// dnsStep waits for the DNS forwarder the egress step started, once the
+// guest has booted (it started meanwhile), so that the guest's first
+// lookups find it.
+var dnsStep = step[*startOp]{name: "dns", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
+	if s.dnsReady == nil {
+		return nil
+	}
+	return s.dnsReady(s.bootCtx)
+}}

@@ -252,36 +252,50 @@ func Running(dir string) (pid int, running bool, err error) {
 // and waits until one does (at most ctx's deadline or 10 s). Call it after
 // WriteVM.
 func EnsureRunning(ctx context.Context, dir string, cmd *exec.Cmd) error {
-	if _, running, err := Running(dir); err != nil || running {
+	wait, err := Start(dir, cmd)
+	if err != nil {
 		return err
+	}
+	return wait(ctx)
+}
+
+// Start is EnsureRunning in two halves: it starts cmd unless a supervisor
+// already serves dir, and returns a function that waits (at most 10 s, or
+// until ctx ends) until one does. A VM start launches its VMM in between,
+// so the supervisor comes up while the guest boots.
+func Start(dir string, cmd *exec.Cmd) (wait func(context.Context) error, err error) {
+	if _, running, err := Running(dir); err != nil || running {
+		return func(context.Context) error { return nil }, err
 	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setsid = true
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("dnsfwd: start supervisor: %w", err)
+		return nil, fmt.Errorf("dnsfwd: start supervisor: %w", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reaps it if it exits; a running one outlives us
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		if _, running, err := Running(dir); err != nil || running {
-			return err
-		}
-		select {
-		case err := <-exited:
-			// Lost a race with another supervisor, or failed.
-			if _, running, _ := Running(dir); running {
-				return nil
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		for {
+			if _, running, err := Running(dir); err != nil || running {
+				return err
 			}
-			return fmt.Errorf("dnsfwd: supervisor exited before serving: %v", err)
-		case <-ctx.Done():
-			return fmt.Errorf("dnsfwd: supervisor did not start: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+			select {
+			case err := <-exited:
+				// Lost a race with another supervisor, or failed.
+				if _, running, _ := Running(dir); running {
+					return nil
+				}
+				return fmt.Errorf("dnsfwd: supervisor exited before serving: %v", err)
+			case <-ctx.Done():
+				return fmt.Errorf("dnsfwd: supervisor did not start: %w", ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
-	}
+	}, nil
 }
 
 // Serve is the supervisor's body: it takes dir's lock (ErrRunning if
