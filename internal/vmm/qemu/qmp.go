@@ -69,6 +69,11 @@ func (q *qmp) exec(cmd string, args any) (json.RawMessage, error) {
 	if _, err := q.c.Write(append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
+	return q.reply(cmd)
+}
+
+// reply reads the answer to the command just sent, skipping events.
+func (q *qmp) reply(cmd string) (json.RawMessage, error) {
 	for {
 		var r qmpReply
 		if err := q.read(&r); err != nil {

@@ -81,19 +81,7 @@ func (q *qmp) execFD(cmd string, args any, fd int) (json.RawMessage, error) {
 	if _, _, err := uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(fd), nil); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
-	for {
-		var r qmpReply
-		if err := q.read(&r); err != nil {
-			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
-		}
-		if r.Event != "" {
-			continue
-		}
-		if r.Error != nil {
-			return nil, fmt.Errorf("qmp %s: %s: %s", cmd, r.Error.Class, r.Error.Desc)
-		}
-		return r.Return, nil
-	}
+	return q.reply(cmd)
 }
 
 func setIgnoreShared(q *qmp, on bool) error {
