@@ -185,5 +185,5 @@ func (b e2bBackend) VM(ctx context.Context, id string) (*smolvm.VM, error) {
 		}
 		return nil, err
 	}
-	return b.s.vmHandle(ctx, id)
+	return b.s.VM(ctx, id)
 }

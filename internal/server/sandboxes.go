@@ -309,30 +309,8 @@ func (s *Server) lookup(ctx context.Context, key, id string) (*smolvm.VM, store.
 	if err != nil {
 		return nil, sb, err
 	}
-	vm, err := s.vmHandle(ctx, id)
+	vm, err := s.VM(ctx, id)
 	return vm, sb, err
-}
-
-// vmHandle returns the shared handle of VM id, opening it on first use.
-func (s *Server) vmHandle(ctx context.Context, id string) (*smolvm.VM, error) {
-	s.mu.Lock()
-	vm := s.vms[id]
-	s.mu.Unlock()
-	if vm != nil {
-		return vm, nil
-	}
-	vm, err := s.h.Get(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	if old := s.vms[id]; old != nil {
-		vm = old
-	} else {
-		s.vms[id] = vm
-	}
-	s.mu.Unlock()
-	return vm, nil
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request, key string) error {

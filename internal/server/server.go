@@ -171,9 +171,9 @@ func (s *Server) Close() error {
 	return s.st.Close()
 }
 
-// VM returns the server's own handle on the VM id, shared with the
-// requests (so a program embedding the server, or a benchmark, uses the
-// same agent connection). It checks no ownership.
+// VM returns the server's own handle on the VM id, opened on first use and
+// shared by every request (and by a program embedding the server, or a
+// benchmark: one agent connection). It checks no ownership.
 func (s *Server) VM(ctx context.Context, id string) (*smolvm.VM, error) {
 	s.mu.Lock()
 	vm := s.vms[id]
