@@ -244,11 +244,23 @@ func blockDevice(path string) (major, minor uint32, ok bool) {
 }
 
 // confine fills the confinement fields of a launch spec: the identity the
-// VMM runs as, the cgroup it is placed in, the disk throttles.
+// VMM runs as, the cgroup it is placed in, the disk throttles. Placing the
+// VMM also waits for the work earlier steps left running until the guest
+// runs (beforeGuest).
 func (s *startOp) confine(spec *vmm.Spec) {
 	spec.RunAs, _ = vmmIdentity()
-	if g := s.cg; g != nil {
-		spec.Place = g.Add
+	g := s.cg
+	spec.Place = func(pid int) error {
+		if err := s.awaitPending(); err != nil {
+			return err
+		}
+		if g == nil {
+			return nil
+		}
+		if err := g.Add(pid); err != nil {
+			return fmt.Errorf("place the VMM in the VM's cgroup: %w", err)
+		}
+		return nil
 	}
 	spec.DiskBPS, spec.DiskIOPS = s.rec.Config.DiskBPS, s.rec.Config.DiskIOPS
 }

@@ -23,13 +23,18 @@ func netForward(id string, p netplan.Plan, f store.PortForward) network.Forward 
 	return fw
 }
 
-// setupNetwork makes a VM's TAP device, NAT and isolation rules and its
-// port forwards exist. It is idempotent.
-func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan) error {
+// setupNetwork makes a VM's TAP device, NAT and isolation rules, its
+// egress policy (all its rules in one nftables batch) and its port
+// forwards exist. It is idempotent.
+func (h *Host) setupNetwork(ctx context.Context, id string, p netplan.Plan, cfg VMConfig) error {
 	if err := network.Check(); err != nil {
 		return err
 	}
-	if err := network.Setup(ctx, netLease(id, p)); err != nil {
+	pol, err := cfg.netPolicy()
+	if err != nil {
+		return err
+	}
+	if err := network.Setup(ctx, netLease(id, p), pol); err != nil {
 		return fmt.Errorf("set up %s: %w", p.TAP, err)
 	}
 	ports, err := h.st.Ports(ctx, id)

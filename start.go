@@ -17,6 +17,7 @@ import (
 	"github.com/smolvm-go/smolvm/internal/cgroup"
 	"github.com/smolvm-go/smolvm/internal/consolelog"
 	"github.com/smolvm-go/smolvm/internal/netplan"
+	"github.com/smolvm-go/smolvm/internal/network"
 	"github.com/smolvm-go/smolvm/internal/store"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
@@ -35,6 +36,9 @@ type startOp struct {
 	// dnsReady waits for the DNS forwarder the egress step started (nil:
 	// none to wait for).
 	dnsReady func(context.Context) error
+	// pending is work steps started in the background that must be over
+	// before the guest runs (see beforeGuest).
+	pending []chan error
 
 	vm      *VM
 	row     store.VM
@@ -48,6 +52,24 @@ type startOp struct {
 }
 
 func (s *startOp) h() *Host { return s.vm.h }
+
+// beforeGuest runs fn in the background; the launch waits for it after the
+// VMM process starts and before the guest runs, and fails with its error.
+func (s *startOp) beforeGuest(fn func() error) {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	s.pending = append(s.pending, done)
+}
+
+// awaitPending waits for the work beforeGuest started.
+func (s *startOp) awaitPending() error {
+	var errs []error
+	for _, done := range s.pending {
+		errs = append(errs, <-done)
+	}
+	s.pending = nil
+	return errors.Join(errs...)
+}
 
 // startSteps boot a VM, in order; each undo removes what its step made.
 var startSteps = []step[*startOp]{
@@ -69,7 +91,14 @@ var startSteps = []step[*startOp]{
 		if s.rec.Config.AttachInterface != "" {
 			return s.attachNetwork(ctx)
 		}
-		return s.h().setupNetwork(ctx, s.vm.id, s.plan)
+		if err := s.h().setupNetwork(ctx, s.vm.id, s.plan, s.rec.Config); err != nil {
+			return err
+		}
+		// Connections a former holder of the guest's address opened must
+		// not outlive it. Removing them walks the whole conntrack table,
+		// so it runs while the VMM starts; the guest runs only after.
+		s.beforeGuest(func() error { return network.ForgetConnections(ctx, s.plan.GuestIP) })
+		return nil
 	}, undo: func(ctx context.Context, s *startOp, _ error) {
 		if !s.rec.Config.NoNetwork {
 			s.h().teardownNetwork(ctx, s.vm.id, s.plan)
@@ -82,10 +111,14 @@ var startSteps = []step[*startOp]{
 		if s.rec.Config.NoNetwork || s.rec.Config.AttachInterface != "" {
 			return nil
 		}
-		// The DNS forwarder, if one must start, comes up while the guest
-		// boots: the "dns" step waits for it.
-		var err error
-		s.dnsReady, err = s.h().startEgress(ctx, s.vm.id, s.plan, s.rec.Config)
+		// The network step installed the policy. The DNS forwarder of its
+		// domain rules, if one must run, comes up while the guest boots:
+		// the "dns" step waits for it.
+		pol, err := s.rec.Config.netPolicy()
+		if err != nil {
+			return err
+		}
+		s.dnsReady, err = s.h().startDNS(s.vm.id, s.plan, s.rec.Config, pol)
 		return err
 	}, undo: func(ctx context.Context, s *startOp, _ error) {
 		if !s.rec.Config.NoNetwork {

@@ -34,6 +34,14 @@ const (
 // when the agent is ready to serve, followed by " uptime=<seconds>s".
 const ReadyMarker = "SMOLVM_READY"
 
+// Quiet is the kernel's console level every backend boots with: only
+// errors and worse reach the serial console (the init's own lines always
+// do). Under emulation each console byte is a trap into the VMM, and the
+// host's logger copies them: the kernel's full boot log (about 17 KB)
+// cost a TCG boot about 65 ms. A later "loglevel=7" in boot_args brings the
+// full log back.
+const Quiet = "quiet"
+
 // Params is what the host tells the guest at boot. The zero value means no
 // network, root on /dev/vda as ext4.
 type Params struct {

@@ -206,6 +206,20 @@ func replacePolicy(l Lease, p Policy, op string) error {
 	if !s.egress[l.VMID] {
 		return fmt.Errorf("network: %s: %w", op, ErrNotSetUp)
 	}
+	if err := queuePolicy(c, s, l, p, op); err != nil {
+		return err
+	}
+	return flush(c, op)
+}
+
+// queuePolicy queues, in c's batch, what gives the VM of l the egress
+// policy p: its chain and sets if it has none yet, else the replacement of
+// its chain's rules (and of its sets' addresses when the policy's domains
+// change).
+func queuePolicy(c *nftables.Conn, s *state, l Lease, p Policy, op string) error {
+	if !s.egress[l.VMID] {
+		return addEgress(c, l, p)
+	}
 	ch := egressChain(l.VMID)
 	old, err := c.GetRules(table4, ch)
 	if err != nil {
@@ -223,7 +237,20 @@ func replacePolicy(l Lease, p Policy, op string) error {
 		}
 	}
 	add(c, policyRules(l, p))
-	return flush(c, op)
+	return nil
+}
+
+// ForgetConnections removes the conntrack entries of connections that
+// guest opened, so that none a former holder of its address opened
+// outlives it: the established-flow rules would let such a flow past the
+// policy. It walks the whole conntrack table (about 10 ms with the
+// kernel's default 256k buckets, whatever the number of entries), so the
+// start of a VM runs it while the VMM starts up, before the guest runs.
+func ForgetConnections(ctx context.Context, guest netip.Addr) error {
+	if err := ctxErr(ctx, "forget connections"); err != nil {
+		return err
+	}
+	return forgetConnections(guest, "forget connections of "+guest.String())
 }
 
 // forgetConnections removes the conntrack entries of connections guest

@@ -73,7 +73,7 @@ func setPolicy(t *testing.T, l Lease, p Policy) time.Duration {
 // TestEgressPolicy checks the safe defaults, internet off, allow-out and
 // deny-out (prefixes and resolved-address sets), their order, that a
 // policy change cuts connections it no longer allows, and that Setup run
-// again keeps a VM's policy.
+// again installs the policy it is given.
 func TestEgressPolicy(t *testing.T) {
 	needNetNS(t)
 	t.Cleanup(func() { cleanAll(t) })
@@ -82,13 +82,13 @@ func TestEgressPolicy(t *testing.T) {
 	_ = w
 	g := newPeerNS(t, "smol1", "172.16.0.2/24", "172.16.0.1")
 	l := lease("vm-e", "smol1", 2)
-	if err := Setup(ctx, l); err != nil {
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	// A second guest with a service, to check isolation beats allow-out.
 	g2 := newPeerNS(t, "smol2", "172.16.0.3/24", "172.16.0.1")
 	g.addRoute(t, "172.16.0.3/32", "172.16.0.1")
-	if err := Setup(ctx, lease("vm-e2", "smol2", 3)); err != nil {
+	if err := Setup(ctx, lease("vm-e2", "smol2", 3), DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	listenIn(t, g2, "tcp4", ":80", "g2:")
@@ -119,14 +119,21 @@ func TestEgressPolicy(t *testing.T) {
 	}
 
 	// Allow-out of a private prefix opens it, and only it; isolation wins.
-	setPolicy(t, l, mustPolicy(t, false, []string{"10.9.0.0/24", "172.16.0.0/12"}, nil))
+	private := mustPolicy(t, false, []string{"10.9.0.0/24", "172.16.0.0/12"}, nil)
+	setPolicy(t, l, private)
 	mustExchange(t, g, "10.9.0.1:80", "private:ping")
 	mustBlock(t, g, "203.0.113.10:80")
 	mustBlock(t, g, "169.254.169.254:80")
 	mustBlock(t, g, "172.16.0.3:80")
 
-	// Setup again keeps the VM's policy.
-	if err := Setup(ctx, l); err != nil {
+	// Setup again installs the policy it is given, in the same batch: the
+	// default policy opens the internet again, the VM's own closes it.
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
+		t.Fatal(err)
+	}
+	mustExchange(t, g, "203.0.113.10:80", "pub1:ping")
+	mustBlock(t, g, "10.9.0.1:80")
+	if err := Setup(ctx, l, private); err != nil {
 		t.Fatal(err)
 	}
 	mustExchange(t, g, "10.9.0.1:80", "private:ping")
@@ -242,7 +249,7 @@ func TestEgressRate(t *testing.T) {
 	w := newWorld(t)
 	g := newPeerNS(t, "smol1", "172.16.0.2/24", "172.16.0.1")
 	l := lease("vm-r", "smol1", 2)
-	if err := Setup(t.Context(), l); err != nil {
+	if err := Setup(t.Context(), l, DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	var ln net.Listener
@@ -310,7 +317,7 @@ func TestAntiSpoofing(t *testing.T) {
 	t.Cleanup(func() { cleanAll(t) })
 	w := newWorld(t)
 	g := newPeerNS(t, "smol1", "172.16.0.2/24", "172.16.0.1")
-	if err := Setup(t.Context(), lease("vm-s", "smol1", 2)); err != nil {
+	if err := Setup(t.Context(), lease("vm-s", "smol1", 2), DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	var pc net.PacketConn
@@ -405,7 +412,7 @@ func TestForwardHostIP(t *testing.T) {
 	w := newWorld(t)
 	g := newPeerNS(t, "smol1", "172.16.0.2/24", "172.16.0.1")
 	l := lease("vm-f", "smol1", 2)
-	if err := Setup(ctx, l); err != nil {
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	listenIn(t, g, "tcp4", ":22", "guest:")
@@ -460,7 +467,7 @@ func BenchmarkSetPolicy(b *testing.B) {
 		b.Skip("needs root and a private network namespace")
 	}
 	l := lease("vm-b", "smol1", 2)
-	if err := Setup(b.Context(), l); err != nil {
+	if err := Setup(b.Context(), l, DefaultPolicy()); err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _, _ = Cleanup(b.Context(), func(string) bool { return false }) }()
@@ -482,4 +489,51 @@ func BenchmarkSetPolicy(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestForgetConnections checks that ForgetConnections removes the
+// conntrack entries of the connections one guest opened, and only those.
+func TestForgetConnections(t *testing.T) {
+	needNetNS(t)
+	t.Cleanup(func() { cleanAll(t) })
+	ctx := t.Context()
+	newWorld(t)
+	g := newPeerNS(t, "smol1", "172.16.0.2/24", "172.16.0.1")
+	g2 := newPeerNS(t, "smol2", "172.16.0.3/24", "172.16.0.1")
+	for _, l := range []Lease{lease("vm-c", "smol1", 2), lease("vm-c2", "smol2", 3)} {
+		if err := Setup(ctx, l, DefaultPolicy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustExchange(t, g, "203.0.113.10:80", "pub1:ping")
+	mustExchange(t, g2, "203.0.113.20:80", "pub2:ping")
+	one, two := netip.MustParseAddr("172.16.0.2"), netip.MustParseAddr("172.16.0.3")
+	if n := flowsFrom(t, one); n == 0 {
+		t.Fatal("no conntrack entry for the first guest's connection")
+	}
+	if err := ForgetConnections(ctx, one); err != nil {
+		t.Fatal(err)
+	}
+	if n := flowsFrom(t, one); n != 0 {
+		t.Errorf("%d conntrack entries of %v left after ForgetConnections", n, one)
+	}
+	if n := flowsFrom(t, two); n == 0 {
+		t.Errorf("ForgetConnections(%v) also removed the entries of %v", one, two)
+	}
+}
+
+// flowsFrom counts the conntrack entries of connections src opened.
+func flowsFrom(t *testing.T, src netip.Addr) int {
+	t.Helper()
+	flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, syscall.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range flows {
+		if a, ok := netip.AddrFromSlice(f.Forward.SrcIP); ok && a.Unmap() == src {
+			n++
+		}
+	}
+	return n
 }

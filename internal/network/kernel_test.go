@@ -40,7 +40,7 @@ func TestSetupTeardown(t *testing.T) {
 	if err := netlink.LinkSetDown(lo); err != nil {
 		t.Fatal(err)
 	}
-	if err := Setup(ctx, l); err != nil {
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
 	if lo, err = netlink.LinkByName("lo"); err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
@@ -122,7 +122,7 @@ func TestSetupTeardown(t *testing.T) {
 
 	// Setup again: the same rules, no duplicates.
 	before := ourTags(t)
-	if err := Setup(ctx, l); err != nil {
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 		t.Fatalf("second Setup: %v", err)
 	}
 	after := ourTags(t)
@@ -147,7 +147,7 @@ func TestSetupTeardown(t *testing.T) {
 	}
 
 	// A second VM keeps its rules when the first goes.
-	if err := Setup(ctx, lease("vm-b", "smol1", 3)); err != nil {
+	if err := Setup(ctx, lease("vm-b", "smol1", 3), DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 { // Teardown is idempotent
@@ -176,7 +176,7 @@ func TestSetupRejectsOtherLinkTypes(t *testing.T) {
 	if err := createTAP("smol7", unix.IFF_TUN); err != nil {
 		t.Fatal(err)
 	}
-	err := Setup(t.Context(), lease("vm-x", "smol7", 9))
+	err := Setup(t.Context(), lease("vm-x", "smol7", 9), DefaultPolicy())
 	if err == nil || !strings.Contains(err.Error(), "smol7") || !strings.Contains(err.Error(), "not a TAP") {
 		t.Fatalf("Setup over a dummy link = %v, want an error naming smol7", err)
 	}
@@ -191,7 +191,7 @@ func TestCleanup(t *testing.T) {
 	ctx := t.Context()
 	for i, vm := range []string{"keep-me", "orphan"} {
 		l := lease(vm, "smol"+string(rune('1'+i)), byte(2+i))
-		if err := Setup(ctx, l); err != nil {
+		if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 			t.Fatal(err)
 		}
 		if err := AddForward(ctx, Forward{HostPort: uint16(3000 + i), GuestPort: 22, GuestIP: l.GuestIP, VMID: vm}); err != nil {
@@ -250,7 +250,7 @@ func TestAddForwardPortInUse(t *testing.T) {
 	t.Cleanup(func() { cleanAll(t) })
 	ctx := t.Context()
 	l := lease("vm-p", "smol3", 4)
-	if err := Setup(ctx, l); err != nil {
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -306,7 +306,7 @@ func TestForwardTraffic(t *testing.T) {
 	}
 	guest := newPeerNS(t, "smol1", "172.16.0.2/24", "172.16.0.1")
 	l := lease("vm-t", "smol1", 2)
-	if err := Setup(ctx, l); err != nil {
+	if err := Setup(ctx, l, DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	listenIn(t, guest, "tcp4", ":22", "guest:")
@@ -409,7 +409,7 @@ func TestIsolation(t *testing.T) {
 	g1.addRoute(t, "172.16.0.3/32", "172.16.0.1")
 	g2.addRoute(t, "172.16.0.2/32", "172.16.0.1")
 	for i, g := range []*peerNS{g1, g2} {
-		if err := Setup(ctx, lease("vm-"+g.name, g.name, byte(2+i))); err != nil {
+		if err := Setup(ctx, lease("vm-"+g.name, g.name, byte(2+i)), DefaultPolicy()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -443,7 +443,7 @@ func TestIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustExchange(t, g1, "172.16.0.3:80", "g2:ping")
-	if err := Setup(ctx, lease("vm-smol1", "smol1", 2)); err != nil { // restores the shared rules
+	if err := Setup(ctx, lease("vm-smol1", "smol1", 2), DefaultPolicy()); err != nil { // restores the shared rules
 		t.Fatal(err)
 	}
 	mustBlock(t, g1, "172.16.0.3:80")
@@ -458,7 +458,7 @@ func TestQEMUAttachesToTAP(t *testing.T) {
 		t.Skip("qemu-system-x86_64 not installed")
 	}
 	t.Cleanup(func() { cleanAll(t) })
-	if err := Setup(t.Context(), lease("vm-q", "smol5", 6)); err != nil {
+	if err := Setup(t.Context(), lease("vm-q", "smol5", 6), DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	for _, opt := range []string{"", ",vnet_hdr=on", ",vnet_hdr=off"} {

@@ -19,10 +19,16 @@ import (
 // rules, and this VM's rules (masquerade of its traffic leaving through any
 // non-guest interface, masquerade of 127.0.0.0/8 towards it, and its two
 // input exceptions). Setup is idempotent: run again it replaces the VM's
-// rules with the same ones in one atomic batch. If Setup fails, it removes
-// a TAP it created, and no rule is left half-made.
-func Setup(ctx context.Context, l Lease) (retErr error) {
+// rules with the same ones in one atomic batch. The VM's egress policy p
+// goes in the same batch (SetPolicy changes it later), so one transaction
+// makes all of a new VM's rules. If Setup fails, it removes a TAP it
+// created, and no rule is left half-made. Setup does not remove conntrack
+// entries (ForgetConnections does).
+func Setup(ctx context.Context, l Lease, p Policy) (retErr error) {
 	if err := l.Validate(); err != nil {
+		return err
+	}
+	if err := p.Validate(); err != nil {
 		return err
 	}
 	if err := ctxErr(ctx, "setup"); err != nil {
@@ -73,11 +79,8 @@ func Setup(ctx context.Context, l Lease) (retErr error) {
 	if _, err := s.delWhere(c, func(t tag) bool { return t.VM == l.VMID && t.Port == 0 }); err != nil {
 		return err
 	}
-	if !s.egress[l.VMID] {
-		// A new VM gets the default policy; a VM set up again keeps its own.
-		if err := addEgress(c, l, DefaultPolicy()); err != nil {
-			return err
-		}
+	if err := queuePolicy(c, s, l, p, "setup "+l.VMID); err != nil {
+		return err
 	}
 	add(c, vmRules(l))
 	return flush(c, "setup "+l.VMID)

@@ -255,7 +255,7 @@ func TestLeaseValidate(t *testing.T) {
 				t.Errorf("error %q does not name %s", err, tt.field)
 			}
 			// Setup rejects it before touching anything.
-			if err := Setup(t.Context(), tt.lease); !errors.As(err, &fe) || fe.Field != tt.field {
+			if err := Setup(t.Context(), tt.lease, DefaultPolicy()); !errors.As(err, &fe) || fe.Field != tt.field {
 				t.Errorf("Setup() = %v, want a FieldError for %s", err, tt.field)
 			}
 		})

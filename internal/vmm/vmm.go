@@ -96,9 +96,11 @@ type Spec struct {
 	// The backend then hands the VMM every file, socket and device it
 	// needs as an open descriptor, so the VMM needs no access by path.
 	RunAs *Identity
-	// Place, when not nil, moves the VMM process into the VM's cgroup. The
-	// backend calls it after the process starts and before any guest code
-	// runs; an error ends the launch.
+	// Place, when not nil, moves the VMM process into the VM's cgroup and
+	// finishes the host's other work that must be done before the guest
+	// runs. The backend calls it once the process exists and before any
+	// guest code runs, so that work overlaps the VMM's own start-up; an
+	// error ends the launch.
 	Place func(pid int) error
 	// DiskBPS and DiskIOPS throttle every disk of the VM (bytes and
 	// operations per second, reads and writes together); 0 means no limit.

@@ -129,7 +129,7 @@ func newTestWorld(t *testing.T) *world {
 	g := newPeer(t, "smol1", "172.16.0.2/24", "AA:FC:00:00:00:02", "172.16.0.1")
 	l := network.Lease{VMID: "vm-d", TAP: "smol1", MAC: "AA:FC:00:00:00:02",
 		GuestIP: netip.MustParseAddr("172.16.0.2"), Gateway: netip.MustParseAddr("172.16.0.1"), PrefixLen: 24}
-	if err := network.Setup(t.Context(), l); err != nil {
+	if err := network.Setup(t.Context(), l, network.DefaultPolicy()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

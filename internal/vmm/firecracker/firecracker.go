@@ -22,6 +22,7 @@ import (
 
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
+	"github.com/smolvm-go/smolvm/internal/bootparams"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
@@ -154,7 +155,7 @@ const (
 	metricsName  = "firecracker.metrics"
 	maxSockPath  = 107 // longest path a Unix socket address holds
 	maxFCIDLen   = 64  // longest --id Firecracker and the jailer accept
-	consoleWords = "console=ttyS0 reboot=k panic=1 pci=off"
+	consoleWords = "console=ttyS0 reboot=k panic=1 pci=off " + bootparams.Quiet
 )
 
 // controlPath is the API socket of the VM whose runtime directory is dir.

@@ -85,7 +85,7 @@ func TestJailer(t *testing.T) {
 		{"PUT", "/metrics", obj{"metrics_path": "/firecracker.metrics"}},
 		{"PUT", "/machine-config", obj{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}},
 		{"PUT", "/boot-source", obj{"kernel_image_path": "/vmlinux", "initrd_path": "/initrd",
-			"boot_args": "console=ttyS0 reboot=k panic=1 pci=off smolvm.id=vm-1 quiet"}},
+			"boot_args": "console=ttyS0 reboot=k panic=1 pci=off quiet smolvm.id=vm-1 quiet"}},
 		{"PUT", "/drives/rootfs", obj{"drive_id": "rootfs", "path_on_host": "/disk0", "is_root_device": true, "is_read_only": false}},
 		{"PUT", "/drives/drive1", obj{"drive_id": "drive1", "path_on_host": "/disk1", "is_root_device": false, "is_read_only": true}},
 		{"PUT", "/network-interfaces/eth0", obj{"iface_id": "eth0", "host_dev_name": "smol3", "guest_mac": "06:00:ac:10:00:02"}},

@@ -208,7 +208,7 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec) (_ *proc, _ layout, 
 	// runs before InstanceStart: placing the process now confines it all.
 	if spec.Place != nil {
 		if err := spec.Place(p.inst.PID); err != nil {
-			return nil, layout{}, fmt.Errorf("place firecracker in the VM's cgroup: %w", err)
+			return nil, layout{}, fmt.Errorf("before the guest runs: %w", err)
 		}
 	}
 	if err := p.waitSocket(ctx); err != nil {

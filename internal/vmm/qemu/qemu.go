@@ -16,6 +16,7 @@ import (
 
 	"github.com/smolvm-go/smolvm/internal/agent"
 	"github.com/smolvm-go/smolvm/internal/agent/proto"
+	"github.com/smolvm-go/smolvm/internal/bootparams"
 	"github.com/smolvm-go/smolvm/internal/vmm"
 )
 
@@ -194,7 +195,7 @@ func args(spec vmm.Spec, accel vmm.Accel, tscKHz int, src sources) []string {
 	if machine == "" {
 		machine = "microvm"
 	}
-	cmdline := "console=ttyS0 reboot=t panic=-1 " + spec.Cmdline
+	cmdline := "console=ttyS0 reboot=t panic=-1 " + bootparams.Quiet + " " + spec.Cmdline
 	a := append([]string(nil), src.pre...)
 	switch machine {
 	case "microvm":
@@ -378,7 +379,7 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 func (b *Backend) run(ctx context.Context, spec vmm.Spec, inst vmm.Instance) error {
 	if spec.Place != nil {
 		if err := spec.Place(inst.PID); err != nil {
-			return fmt.Errorf("place qemu in the VM's cgroup: %w", err)
+			return fmt.Errorf("before the guest runs: %w", err)
 		}
 	}
 	if spec.Incoming {

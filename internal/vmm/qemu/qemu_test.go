@@ -28,6 +28,12 @@ func TestArgs(t *testing.T) {
 			t.Errorf("TCG args lack %q:\n%s", want, tcg)
 		}
 	}
+	// The kernel boots quiet, and the spec's words (a user's boot_args,
+	// e.g. loglevel=7) come after, so they can override it.
+	args := Args(spec, vmm.AccelTCG)
+	if i := slices.Index(args, "-append"); i < 0 || !strings.HasPrefix(args[i+1], "console=ttyS0 reboot=t panic=-1 quiet smolvm.id=web") {
+		t.Errorf("kernel command line does not start quiet, then the spec's words:\n%s", tcg)
+	}
 	if khz := vmm.TSCkHz(); khz > 0 && !strings.Contains(tcg, "tsc_early_khz=") {
 		t.Errorf("TCG on a constant-TSC host without tsc_early_khz:\n%s", tcg)
 	}
