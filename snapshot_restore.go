@@ -36,6 +36,7 @@ var restoreSteps = []step[*startOp]{
 	stepNamed(startSteps, "check"),
 	{name: "verify", kind: ErrState, do: func(ctx context.Context, s *startOp) error { return s.verifyRestore(ctx) }},
 	stepNamed(startSteps, "runtime-dir"),
+	stepNamed(startSteps, "console"),
 	stepNamed(startSteps, "network"),
 	stepNamed(startSteps, "cgroup"),
 	stepNamed(startSteps, "egress"),

@@ -36,6 +36,9 @@ type startOp struct {
 	// dnsReady waits for the DNS forwarder the egress step started (nil:
 	// none to wait for).
 	dnsReady func(context.Context) error
+	// console is the write end of the console logger's pipe, for the VMM
+	// (the console step starts the logger, the launch hands it over).
+	console *os.File
 	// pending is work steps started in the background that must be over
 	// before the guest runs (see beforeGuest).
 	pending []chan error
@@ -84,6 +87,12 @@ var startSteps = []step[*startOp]{
 			return nil
 		})
 	}},
+	// The console logger starts first: its start-up (a process of its
+	// own) overlaps the host setup below instead of the VMM's.
+	{name: "console", do: func(ctx context.Context, s *startOp) (err error) {
+		s.console, err = startConsoleLogger(s.vm.id, s.h().logPath(s.vm.id), s.h().consoleMax(s.rec.Config))
+		return err
+	}, undo: func(ctx context.Context, s *startOp, _ error) { s.closeConsole() }},
 	{name: "network", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
 		if s.rec.Config.NoNetwork {
 			return nil
@@ -206,19 +215,26 @@ func (s *startOp) runtimeDir(ctx context.Context) error {
 func (s *startOp) launch(ctx context.Context) error { return s.launchVMM(ctx, false) }
 
 // launchVMM starts the VMM: confined, in the VM's cgroup, its console
-// through a logger that caps it on disk (the logger ends with the VMM, or
-// at once if the launch fails and the pipe closes). incoming makes it wait
-// for a saved state instead of booting (a restore).
+// through the logger the console step started, which caps it on disk.
+// incoming makes it wait for a saved state instead of booting (a restore).
 func (s *startOp) launchVMM(ctx context.Context, incoming bool) (err error) {
 	spec := s.h().spec(s.vm.id, s.rec, s.plan, s.backend)
 	s.confine(&spec)
 	spec.Incoming = incoming
-	if spec.ConsoleFile, err = startConsoleLogger(s.vm.id, spec.ConsoleLog, s.h().consoleMax(s.rec.Config)); err != nil {
-		return err
-	}
-	defer spec.ConsoleFile.Close()
+	spec.ConsoleFile = s.console
+	// The logger ends with the VMM, or at once if the launch fails: this
+	// process lets go of its end of the pipe either way.
+	defer s.closeConsole()
 	s.inst, err = s.backend.Launch(ctx, spec)
 	return err
+}
+
+// closeConsole closes this process's end of the console logger's pipe.
+func (s *startOp) closeConsole() {
+	if s.console != nil {
+		s.console.Close()
+		s.console = nil
+	}
 }
 
 func (s *startOp) waitAgent(ctx context.Context) error {

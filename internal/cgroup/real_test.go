@@ -182,3 +182,60 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestStartInGroup checks that Start starts a process inside the group:
+// the process reads its own cgroups first thing and finds the group in
+// every hierarchy, and no thread of the test process is left in the group.
+func TestStartInGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	h := Host{Nest: true}
+	if mode, err := h.Detect(); err != nil || mode == ModeNone {
+		t.Skipf("no cgroups here (%v, %v)", mode, err)
+	}
+	g, err := h.Create(fmt.Sprintf("start-%d", os.Getpid()), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Destroy(context.Background())
+	// Several times: the thread that forks is put back and reused.
+	for range 3 {
+		var out strings.Builder
+		cmd := exec.Command("/bin/cat", "/proc/self/cgroup")
+		cmd.Stdout = &out
+		if err := g.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		procs, err := g.Procs()
+		if err := cmd.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(procs, os.Getpid()) {
+			t.Errorf("a thread of the test process is in the group: procs %v", procs)
+		}
+		if len(procs) > 0 && !slices.Equal(procs, []int{pid}) {
+			t.Errorf("group procs = %v, want only the started process %d (or none once it exited)", procs, pid)
+		}
+		in := 0
+		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			parts := strings.SplitN(line, ":", 3)
+			if len(parts) == 3 && strings.HasSuffix(parts[2], "/"+Dir+"/"+g.Name()) {
+				in++
+			}
+		}
+		if in != len(g.Paths()) {
+			t.Errorf("the process found itself in the group in %d of %d hierarchies at its start:\n%s", in, len(g.Paths()), out.String())
+		}
+	}
+	for _, f := range []string{"/proc/self/cgroup"} {
+		b, _ := os.ReadFile(f)
+		if strings.Contains(string(b), g.Name()) {
+			t.Errorf("the test process is in the group:\n%s", b)
+		}
+	}
+}

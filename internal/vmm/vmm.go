@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"slices"
 	"sync"
 	"time"
@@ -96,11 +97,14 @@ type Spec struct {
 	// The backend then hands the VMM every file, socket and device it
 	// needs as an open descriptor, so the VMM needs no access by path.
 	RunAs *Identity
-	// Place, when not nil, moves the VMM process into the VM's cgroup and
-	// finishes the host's other work that must be done before the guest
-	// runs. The backend calls it once the process exists and before any
-	// guest code runs, so that work overlaps the VMM's own start-up; an
-	// error ends the launch.
+	// Start, when not nil, starts the VMM's process in place of
+	// cmd.Start: inside the VM's cgroup from its first instruction.
+	Start func(cmd *exec.Cmd) error
+	// Place, when not nil, moves the VMM process into the VM's cgroup
+	// (unless Start put it there) and finishes the host's other work that
+	// must be done before the guest runs. The backend calls it once the
+	// process exists and before any guest code runs, so that work overlaps
+	// the VMM's own start-up; an error ends the launch.
 	Place func(pid int) error
 	// DiskBPS and DiskIOPS throttle every disk of the VM (bytes and
 	// operations per second, reads and writes together); 0 means no limit.

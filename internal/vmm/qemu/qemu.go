@@ -355,7 +355,11 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	// process (no path of ours is on its command line).
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", VMDirEnv + "=" + spec.Dir}
 	cmd.SysProcAttr = sysProcAttr(spec.RunAs)
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if spec.Start != nil {
+		start = func() error { return spec.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		stopShares()
 		return vmm.Instance{}, fmt.Errorf("start %s: %w", bin, err)
 	}
