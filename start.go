@@ -116,24 +116,6 @@ var startSteps = []step[*startOp]{
 	{name: "cgroup", do: func(ctx context.Context, s *startOp) error { return s.makeCgroup() }, undo: func(ctx context.Context, s *startOp, _ error) {
 		s.h().removeCgroup(ctx, s.vm.id)
 	}},
-	{name: "egress", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
-		if s.rec.Config.NoNetwork || s.rec.Config.AttachInterface != "" {
-			return nil
-		}
-		// The network step installed the policy. The DNS forwarder of its
-		// domain rules, if one must run, comes up while the guest boots:
-		// the "dns" step waits for it.
-		pol, err := s.rec.Config.netPolicy()
-		if err != nil {
-			return err
-		}
-		s.dnsReady, err = s.h().startDNS(s.vm.id, s.plan, s.rec.Config, pol)
-		return err
-	}, undo: func(ctx context.Context, s *startOp, _ error) {
-		if !s.rec.Config.NoNetwork {
-			s.h().forgetDNS(s.vm.id)
-		}
-	}},
 	{name: "launch", do: func(ctx context.Context, s *startOp) error { return s.launch(ctx) }, undo: func(ctx context.Context, s *startOp, _ error) {
 		s.backend.Kill(s.inst)
 		vmm.WaitExit(ctx, s.inst)
@@ -147,6 +129,25 @@ var startSteps = []step[*startOp]{
 			return nil
 		})
 		return err
+	}},
+	{name: "egress", kind: ErrNetwork, do: func(ctx context.Context, s *startOp) error {
+		if s.rec.Config.NoNetwork || s.rec.Config.AttachInterface != "" {
+			return nil
+		}
+		// The network step installed the policy. The DNS forwarder, if one
+		// must start, comes up while the guest boots (after the VMM's own
+		// start-up, which its start-up would slow): the "dns" step waits
+		// for it.
+		pol, err := s.rec.Config.netPolicy()
+		if err != nil {
+			return err
+		}
+		s.dnsReady, err = s.h().startDNS(s.vm.id, s.plan, s.rec.Config, pol)
+		return err
+	}, undo: func(ctx context.Context, s *startOp, _ error) {
+		if !s.rec.Config.NoNetwork {
+			s.h().forgetDNS(s.vm.id)
+		}
 	}},
 	{name: "wait-vmm", do: func(ctx context.Context, s *startOp) error {
 		return s.bootErr(s.backend.WaitReady(s.bootCtx, s.inst))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -237,5 +238,49 @@ func TestStartInGroup(t *testing.T) {
 		if strings.Contains(string(b), g.Name()) {
 			t.Errorf("the test process is in the group:\n%s", b)
 		}
+	}
+}
+
+// TestStartInV2Group runs Start's v2 path (clone3 with CLONE_INTO_CGROUP)
+// where the machine has a cgroup2 mount: a group made there directly, with
+// no controllers needed, since only membership is checked.
+func TestStartInV2Group(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	mounts, err := Host{}.cgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mount, root string
+	for _, m := range mounts {
+		if m.fstype == "cgroup2" {
+			mount, root = m.point, m.root
+		}
+	}
+	if mount == "" {
+		t.Skip("no cgroup2 mount here")
+	}
+	dir := filepath.Join(mount, fmt.Sprintf("smolvm-start-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot make a cgroup2 group: %v", err)
+	}
+	defer os.Remove(dir)
+	hy := &hierarchy{version: 2, mount: mount, root: root, base: mount}
+	g := &Group{name: filepath.Base(dir), l: &layout{mode: ModeV2, hier: []*hierarchy{hy}}, dirs: []string{dir}}
+	var out strings.Builder
+	cmd := exec.Command("/bin/cat", "/proc/self/cgroup")
+	cmd.Stdout = &out
+	if err := g.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "0::/"+filepath.Base(dir)+"\n") {
+		t.Errorf("the process did not start in %s:\n%s", dir, out.String())
+	}
+	if cmd.SysProcAttr != nil {
+		t.Errorf("Start left its SysProcAttr on the command: %+v", cmd.SysProcAttr)
 	}
 }
