@@ -72,7 +72,8 @@ type VMConfig struct {
 	InitrdPath string `json:"initrd_path,omitempty"`
 	// RootfsPath is the ext4 root disk image.
 	RootfsPath string `json:"rootfs_path,omitempty"`
-	// BootArgs are extra kernel command-line words.
+	// BootArgs are extra kernel command-line words. They come after the
+	// backend's own, so "loglevel=7" undoes the "quiet" every VM boots with.
 	BootArgs string `json:"boot_args,omitempty"`
 	// DiskMode is isolated (default) or shared.
 	DiskMode DiskMode `json:"disk_mode"`

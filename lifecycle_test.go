@@ -262,7 +262,11 @@ func TestTwoVMsAndSecondProcess(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			vms[i], errs[i] = h.New(ctx, minimalVM(id))
+			cfg := minimalVM(id)
+			if id == "twin-b" {
+				cfg.BootArgs = "loglevel=7" // undoes the kernel's quiet
+			}
+			vms[i], errs[i] = h.New(ctx, cfg)
 		}()
 	}
 	wg.Wait()
@@ -271,6 +275,13 @@ func TestTwoVMsAndSecondProcess(t *testing.T) {
 			t.Fatalf("vm %d: %v", i, err)
 		}
 		defer vms[i].Close()
+	}
+	// The kernel boots quiet; loglevel=7 in boot_args brings its log back.
+	for i, want := range []bool{false, true} {
+		log, _ := os.ReadFile(vms[i].ConsoleLog())
+		if got := bytes.Contains(log, []byte("Linux version")); got != want {
+			t.Errorf("%s: kernel boot log on the console = %v, want %v", vms[i].ID(), got, want)
+		}
 	}
 	if vms[0].GetIP() == vms[1].GetIP() || vms[0].GetIP() == "" {
 		t.Fatalf("IPs %q %q", vms[0].GetIP(), vms[1].GetIP())
