@@ -3,6 +3,7 @@ package firecracker
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -37,6 +38,11 @@ func TestJailerAutomatic(t *testing.T) {
 	}
 	spec.RunAs = &vmm.Identity{UID: uint32(uid), GID: uint32(uid)}
 	spec.DiskBPS, spec.DiskIOPS = 4<<20, 200
+	var started []string
+	spec.Start = func(cmd *exec.Cmd) error {
+		started = append(started, filepath.Base(cmd.Path))
+		return cmd.Start()
+	}
 	var placed []int
 	spec.Place = func(pid int) error {
 		if _, err := os.Stat(spec.Dir + "/fc.sock"); err == nil {
@@ -53,6 +59,9 @@ func TestJailerAutomatic(t *testing.T) {
 		t.Fatal(err)
 	}
 	killAtEnd(t, b, inst)
+	if !reflect.DeepEqual(started, []string{"jailer"}) {
+		t.Errorf("spec.Start started %q, want the jailer once", started)
+	}
 	if !reflect.DeepEqual(placed, []int{inst.PID}) {
 		t.Errorf("placed %v, want [%d]", placed, inst.PID)
 	}

@@ -227,7 +227,7 @@ var autoChrootBase = DefaultChrootBase
 // when set; else, when the VM is to run as an unprivileged identity and a
 // jailer is installed (beside firecracker, or in PATH), one that chroots
 // firecracker and drops to that identity. The VM's cgroup is the caller's
-// (spec.Place), and the TAP lives in this process's network namespace, so
+// (spec.Start or spec.Place), and the TAP lives in this process's network namespace, so
 // neither --cgroup nor --netns is needed. Without a jailer firecracker
 // runs unconfined, as before.
 func (b *Backend) jailer(bin string, id *vmm.Identity) *JailerConfig {
@@ -273,7 +273,11 @@ func (p *proc) exec(name string, args []string, spec vmm.Spec) error {
 	cmd := exec.Command(name, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, out, errf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if spec.Start != nil { // in the VM's cgroup from the start
+		start = func() error { return spec.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	// Reap it if it ends while this process lives; otherwise init does.
