@@ -75,10 +75,13 @@ func (b *bench) boot(ctx context.Context, vc smolvm.VMConfig) (*smolvm.VM, bootT
 		return nil, t, errors.Join(err, derr)
 	}
 	if off, err := launchOffset(vm.Info().PID, up0); err == nil && m.Found {
+		// Start returns after the marker, so a marker the watch only saw in
+		// its last look, after Start returned, came by Start's return.
+		at := min(m.At, t.Start)
 		t.Marker = true
 		t.PreLaunch = max(0, off)
-		t.GuestBoot = m.At - t.PreLaunch
-		t.AfterMarker = t.Start - m.At
+		t.GuestBoot = at - t.PreLaunch
+		t.AfterMarker = t.Start - at
 		t.GuestUptime = m.Uptime
 	}
 	return vm, t, nil
