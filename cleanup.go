@@ -210,16 +210,13 @@ func (c *cleaner) network(ctx context.Context) error {
 	// A VM that runs keeps its TAP and rules, and so does one whose lock is
 	// held: a start in progress has made them and not recorded the VMM yet.
 	keep := func(id string) bool { return running[id] || (id != "" && h.lockBusy(id)) }
-	if c.co.DryRun {
-		if links, err := network.OrphanLinks(keep); err == nil {
-			c.rep.Removed = append(c.rep.Removed, links...)
-		}
-	} else if network.Check() == nil {
-		removed, err := network.Cleanup(ctx, keep)
-		c.rep.Removed = append(c.rep.Removed, removed...)
-		if err != nil {
-			c.errs = append(c.errs, err)
-		}
+	if network.Check() != nil {
+		return nil // without network privileges nothing here can be removed, nor our rules read
+	}
+	removed, err := network.Cleanup(ctx, keep, c.co.DryRun)
+	c.rep.Removed = append(c.rep.Removed, removed...)
+	if err != nil {
+		c.errs = append(c.errs, err)
 	}
 	return nil
 }

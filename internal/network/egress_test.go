@@ -470,7 +470,7 @@ func BenchmarkSetPolicy(b *testing.B) {
 	if err := Setup(b.Context(), l, DefaultPolicy()); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _, _ = Cleanup(b.Context(), func(string) bool { return false }) }()
+	defer func() { _, _ = Cleanup(b.Context(), func(string) bool { return false }, false) }()
 	var allow []string
 	for i := range 10 {
 		allow = append(allow, netip.AddrFrom4([4]byte{10, byte(i), 0, 0}).String()+"/16")

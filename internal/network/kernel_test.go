@@ -207,11 +207,24 @@ func TestCleanup(t *testing.T) {
 	}
 	defer deleteLink("smolx")
 
-	removed, err := Cleanup(ctx, func(id string) bool { return id == "keep-me" })
+	keepMe := func(id string) bool { return id == "keep-me" }
+	want := []string{"link smol2 (vm orphan)", "link smol9", "rules of vm orphan"}
+	// A dry run lists the same and removes nothing.
+	tagsBefore := len(ourTags(t))
+	dry, err := Cleanup(ctx, keepMe, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"link smol2 (vm orphan)", "link smol9", "rules of vm orphan"}
+	if !slices.Equal(dry, want) {
+		t.Errorf("dry-run Cleanup listed %q, want %q", dry, want)
+	}
+	if links, _ := ourLinks(); len(links) != 3 || len(ourTags(t)) != tagsBefore {
+		t.Errorf("dry-run Cleanup changed something: links %v, %d rules (had %d)", links, len(ourTags(t)), tagsBefore)
+	}
+	removed, err := Cleanup(ctx, keepMe, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !slices.Equal(removed, want) {
 		t.Errorf("Cleanup removed %q, want %q", removed, want)
 	}
@@ -231,7 +244,7 @@ func TestCleanup(t *testing.T) {
 	}
 
 	// Nothing kept: the tables go.
-	removed, err = Cleanup(ctx, func(string) bool { return false })
+	removed, err = Cleanup(ctx, func(string) bool { return false }, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +253,7 @@ func TestCleanup(t *testing.T) {
 		t.Errorf("second Cleanup removed %q, want %q", removed, want)
 	}
 	// And again: nothing to do.
-	if removed, err := Cleanup(ctx, func(string) bool { return false }); err != nil || len(removed) != 0 {
+	if removed, err := Cleanup(ctx, func(string) bool { return false }, false); err != nil || len(removed) != 0 {
 		t.Errorf("third Cleanup = %q, %v; want nothing", removed, err)
 	}
 }

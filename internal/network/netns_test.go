@@ -265,7 +265,7 @@ func countTags(tags []tag, match func(tag) bool) int {
 // nothing is left.
 func cleanAll(t *testing.T) {
 	t.Helper()
-	if _, err := Cleanup(context.Background(), func(string) bool { return false }); err != nil {
+	if _, err := Cleanup(context.Background(), func(string) bool { return false }, false); err != nil {
 		t.Errorf("Cleanup: %v", err)
 	}
 	links, err := ourLinks()

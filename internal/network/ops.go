@@ -290,8 +290,9 @@ func checkPortFree(p uint16) error {
 // and rules tagged with VM ids for which keep returns false. A TAP whose
 // owner is unknown is passed to keep as "". When nothing is kept, our
 // tables are deleted entirely. removed describes what was removed, e.g.
-// "link smol3 (vm abc)" or "rules of vm abc".
-func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string, err error) {
+// "link smol3 (vm abc)" or "rules of vm abc". With dryRun it removes
+// nothing and describes what it would remove.
+func Cleanup(ctx context.Context, keep func(vmID string) bool, dryRun bool) (removed []string, err error) {
 	if err := ctxErr(ctx, "cleanup"); err != nil {
 		return nil, err
 	}
@@ -311,15 +312,19 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		names = append(names, name)
 	}
 	slices.Sort(names)
+	gone := map[string]bool{} // links removed (or, in a dry run, to be)
 	for _, name := range names {
 		vm := links[name]
 		if keep(vm) {
 			kept = true
 			continue
 		}
-		if err := deleteLink(name); err != nil {
-			return removed, err
+		if !dryRun {
+			if err := deleteLink(name); err != nil {
+				return removed, err
+			}
 		}
+		gone[name] = true
 		if vm == "" {
 			removed = append(removed, "link "+name)
 		} else {
@@ -327,22 +332,22 @@ func Cleanup(ctx context.Context, keep func(vmID string) bool) (removed []string
 		}
 	}
 
-	detached, err := cleanupAttached()
+	detached, err := cleanupAttached(gone, dryRun)
 	removed = append(removed, detached...)
 	if err != nil {
 		return removed, err
 	}
-	gone, err := cleanupRules(keep, kept)
+	rules, err := cleanupRules(keep, kept, dryRun)
 	if err != nil {
 		return removed, err
 	}
-	return append(removed, gone...), nil
+	return append(removed, rules...), nil
 }
 
 // cleanupRules removes the rules, egress chains and sets of the VMs keep
 // refuses, or our tables entirely when no VM is kept (kept says whether a
-// link was), and describes what it removed.
-func cleanupRules(keep func(vmID string) bool, kept bool) ([]string, error) {
+// link was), and describes what it removed (with dryRun: would remove).
+func cleanupRules(keep func(vmID string) bool, kept, dryRun bool) ([]string, error) {
 	c, s, err := current("cleanup")
 	if err != nil {
 		return nil, err
@@ -392,26 +397,12 @@ func cleanupRules(keep func(vmID string) bool, kept bool) ([]string, error) {
 	if len(gone) == 0 {
 		return nil, nil
 	}
+	slices.Sort(gone)
+	if dryRun {
+		return gone, nil // the batch is never sent
+	}
 	if err := flush(c, "cleanup"); err != nil {
 		return nil, err
 	}
-	slices.Sort(gone)
 	return gone, nil
-}
-
-// OrphanLinks lists the TAPs named like ours whose VM keep does not keep:
-// the links Cleanup would remove, for a dry run.
-func OrphanLinks(keep func(vmID string) bool) ([]string, error) {
-	links, err := ourLinks()
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for name, vm := range links {
-		if !keep(vm) {
-			out = append(out, "link "+name)
-		}
-	}
-	slices.Sort(out)
-	return out, nil
 }

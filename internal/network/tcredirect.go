@@ -287,7 +287,7 @@ func Detach(ctx context.Context, a Attachment) error {
 func detach(a Attachment) error {
 	var errs []error
 	if iface, err := netlink.LinkByName(a.Iface); err == nil {
-		if ours, err := redirectsOnlyTo(iface, a.TAP); err != nil {
+		if ours, err := redirectsOnlyTo(iface, func(name string) bool { return name == a.TAP }); err != nil {
 			errs = append(errs, err)
 		} else if ours {
 			errs = append(errs, delIngress(iface))
@@ -431,8 +431,8 @@ func ourRedirect(link netlink.Link) bool {
 }
 
 // redirectsOnlyTo reports whether link has an ingress qdisc whose filters
-// all redirect to tapName or to a device that is gone.
-func redirectsOnlyTo(link netlink.Link, tapName string) (bool, error) {
+// all redirect to devices to accepts or to devices that are gone.
+func redirectsOnlyTo(link netlink.Link, to func(name string) bool) (bool, error) {
 	q, err := ingressOf(link)
 	if err != nil || q == nil {
 		return false, err
@@ -443,10 +443,10 @@ func redirectsOnlyTo(link netlink.Link, tapName string) (bool, error) {
 	}
 	redirects := 0
 	for _, f := range filters {
-		switch kind, to := classify(f); {
+		switch kind, dev := classify(f); {
 		case kind == filterOther:
 			return false, nil
-		case kind == filterRedirect && to != nil && to.Attrs().Name != tapName:
+		case kind == filterRedirect && dev != nil && !to(dev.Attrs().Name):
 			return false, nil
 		case kind == filterRedirect:
 			redirects++
@@ -531,19 +531,23 @@ func guestFilters(tap, iface int, mac net.HardwareAddr, ip netip.Addr) []*netlin
 // cleanupAttached removes what attached TAPs that are gone left behind in
 // the current namespace: their chains of our netdev table (the table too
 // when none is left) and ingress qdiscs whose only filters are u32
-// redirects to devices that no longer exist.
-func cleanupAttached() ([]string, error) {
+// redirects to devices that no longer exist. TAPs in removed count as
+// gone (Cleanup removes them, or in a dry run would). With dryRun it
+// removes nothing and describes what it would remove.
+func cleanupAttached(removed map[string]bool, dryRun bool) ([]string, error) {
 	var gone []string
 	taps, err := AttachedTAPs()
 	if err != nil {
 		return nil, fmt.Errorf("network: cleanup: list netdev chains: %w", err)
 	}
 	for _, tap := range taps {
-		if _, err := netlink.LinkByName(tap); err == nil {
+		if _, err := netlink.LinkByName(tap); err == nil && !removed[tap] {
 			continue
 		}
-		if err := delAttachChain(tap); err != nil {
-			return gone, err
+		if !dryRun {
+			if err := delAttachChain(tap); err != nil {
+				return gone, err
+			}
 		}
 		gone = append(gone, "netdev chain "+tap)
 	}
@@ -552,11 +556,16 @@ func cleanupAttached() ([]string, error) {
 		return gone, linkErr("list links", err)
 	}
 	for _, l := range links {
-		if ok, err := redirectsOnlyTo(l, ""); err != nil || !ok || !ourRedirect(l) {
+		if removed[l.Attrs().Name] {
+			continue
+		}
+		if ok, err := redirectsOnlyTo(l, func(name string) bool { return removed[name] }); err != nil || !ok || !ourRedirect(l) {
 			continue // no ingress qdisc, not ours, or its VM's TAP is there
 		}
-		if err := delIngress(l); err != nil {
-			return gone, err
+		if !dryRun {
+			if err := delIngress(l); err != nil {
+				return gone, err
+			}
 		}
 		gone = append(gone, "ingress redirect of "+l.Attrs().Name)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -175,7 +176,23 @@ func TestAttachDetach(t *testing.T) {
 	if err := Attach(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	removed, err := Cleanup(ctx, func(string) bool { return false })
+	// A dry run names them and removes nothing.
+	dry, err := Cleanup(ctx, func(string) bool { return false }, true)
+	if err != nil {
+		t.Fatalf("dry-run Cleanup: %v", err)
+	}
+	for _, want := range []string{"link " + a.TAP, "netdev chain " + a.TAP, "ingress redirect of eth0"} {
+		if !slices.ContainsFunc(dry, func(s string) bool { return strings.HasPrefix(s, want) }) {
+			t.Errorf("dry-run Cleanup listed %q, without %q", dry, want)
+		}
+	}
+	if out := tcShow(t, "qdisc", "show", "dev", "eth0"); !strings.Contains(out, "ingress") {
+		t.Errorf("dry-run Cleanup removed eth0's ingress qdisc:\n%s", out)
+	}
+	if taps, _ := AttachedTAPs(); len(taps) != 1 {
+		t.Errorf("dry-run Cleanup touched the netdev chains: %v", taps)
+	}
+	removed, err := Cleanup(ctx, func(string) bool { return false }, false)
 	if err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}

@@ -133,7 +133,7 @@ func newTestWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if _, err := network.Cleanup(context.Background(), func(string) bool { return false }); err != nil {
+		if _, err := network.Cleanup(context.Background(), func(string) bool { return false }, false); err != nil {
 			t.Error(err)
 		}
 	})
