@@ -168,24 +168,14 @@ func (c VMConfig) needsForwarder() bool {
 // with the DNS forwarder (starting the forwarder if none runs). The VM's
 // network must be set up.
 func (h *Host) applyEgress(ctx context.Context, id string, p netplan.Plan, cfg VMConfig) error {
-	wait, err := h.startEgress(ctx, id, p, cfg)
+	pol, err := cfg.netPolicy()
 	if err != nil {
 		return err
 	}
-	return wait(ctx)
-}
-
-// startEgress is applyEgress without waiting for a DNS forwarder it
-// starts: the returned function waits for it.
-func (h *Host) startEgress(ctx context.Context, id string, p netplan.Plan, cfg VMConfig) (wait func(context.Context) error, err error) {
-	pol, err := cfg.netPolicy()
-	if err != nil {
-		return nil, err
-	}
 	if err := network.SetPolicy(ctx, netLease(id, p), pol); err != nil {
-		return nil, fmt.Errorf("egress policy: %w", err)
+		return fmt.Errorf("egress policy: %w", err)
 	}
-	return h.startDNS(id, p, cfg, pol)
+	return h.registerDNS(ctx, id, p, cfg, pol)
 }
 
 // SetEgress replaces the VM's egress policy. It is validated first (a bad
