@@ -324,28 +324,42 @@ func (h Host) setBases(l *layout) error {
 	if path == "" {
 		path = "/proc/self/cgroup"
 	}
+	dirs, err := cgroupDirs(path, l.hier)
+	if err != nil {
+		return err
+	}
+	for hy, dir := range dirs {
+		hy.base = dir
+	}
+	return nil
+}
+
+// cgroupDirs reads a process's or thread's cgroup list (/proc/.../cgroup)
+// and returns its cgroup directory in each of hier that the list names.
+func cgroupDirs(path string, hier []*hierarchy) (map[*hierarchy]string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("cgroup: read own cgroups: %w", err)
+		return nil, fmt.Errorf("cgroup: read own cgroups: %w", err)
 	}
+	dirs := map[*hierarchy]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		parts := strings.SplitN(line, ":", 3)
 		if len(parts) != 3 {
 			continue
 		}
 		names := strings.Split(parts[1], ",")
-		for _, hy := range l.hier {
+		for _, hy := range hier {
 			if (hy.version == 2 && parts[0] == "0" && parts[1] == "") ||
 				(hy.version == 1 && slices.Equal(ours(names), hy.v1)) {
 				rel, ok := strings.CutPrefix(parts[2], hy.root)
 				if !ok || strings.Contains(rel, "..") {
-					return fmt.Errorf("cgroup: own cgroup %s is outside the mounted part %s", parts[2], hy.root)
+					return nil, fmt.Errorf("cgroup: own cgroup %s is outside the mounted part %s", parts[2], hy.root)
 				}
-				hy.base = filepath.Join(hy.mount, rel)
+				dirs[hy] = filepath.Join(hy.mount, rel)
 			}
 		}
 	}
-	return nil
+	return dirs, nil
 }
 
 // ours returns the v1 controller names in s that we use, sorted.

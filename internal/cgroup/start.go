@@ -3,11 +3,9 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -109,31 +107,13 @@ func (g *Group) startFrom(cmd *exec.Cmd, v1 []int) error {
 // threadHome returns the calling thread's cgroup directory in each of the
 // group's v1 hierarchies listed in v1, by hierarchy index.
 func (g *Group) threadHome(v1 []int) (map[int]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/cgroup", unix.Gettid()))
+	dirs, err := cgroupDirs(fmt.Sprintf("/proc/self/task/%d/cgroup", unix.Gettid()), g.l.hier)
 	if err != nil {
-		return nil, fmt.Errorf("cgroup: read this thread's cgroups: %w", err)
+		return nil, err
 	}
 	home := map[int]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		names := ours(strings.Split(parts[1], ","))
-		for _, i := range v1 {
-			hy := g.l.hier[i]
-			if !slices.Equal(names, hy.v1) {
-				continue
-			}
-			rel, ok := strings.CutPrefix(parts[2], hy.root)
-			if !ok || strings.Contains(rel, "..") {
-				return nil, fmt.Errorf("cgroup: this thread's cgroup %s is outside the mounted part %s", parts[2], hy.root)
-			}
-			home[i] = filepath.Join(hy.mount, rel)
-		}
-	}
 	for _, i := range v1 {
-		if home[i] == "" {
+		if home[i] = dirs[g.l.hier[i]]; home[i] == "" {
 			return nil, fmt.Errorf("cgroup: this thread's cgroup in the %s hierarchy is unknown", strings.Join(g.l.hier[i].v1, ","))
 		}
 	}
