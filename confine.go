@@ -244,35 +244,20 @@ func blockDevice(path string) (major, minor uint32, ok bool) {
 }
 
 // confine fills the confinement fields of a launch spec: the identity the
-// VMM runs as, the cgroup it starts in (or is placed in, by a backend that
-// does not start it through spec.Start), the disk throttles. Placing the
-// VMM also waits for the work earlier steps left running until the guest
-// runs (beforeGuest).
+// VMM runs as, the cgroup it starts in, the disk throttles, and the wait
+// for the work earlier steps left running until the guest runs
+// (beforeGuest).
 func (s *startOp) confine(spec *vmm.Spec) {
 	spec.RunAs, _ = vmmIdentity()
-	g := s.cg
-	bornInside := false
-	if g != nil {
+	if g := s.cg; g != nil {
 		spec.Start = func(cmd *exec.Cmd) error {
 			if err := g.Start(cmd); err != nil {
 				return fmt.Errorf("start %s in the VM's cgroup: %w", filepath.Base(cmd.Path), err)
 			}
-			bornInside = true
 			return nil
 		}
 	}
-	spec.Place = func(pid int) error {
-		if err := s.awaitPending(); err != nil {
-			return err
-		}
-		if g == nil || bornInside {
-			return nil
-		}
-		if err := g.Add(pid); err != nil {
-			return fmt.Errorf("place the VMM in the VM's cgroup: %w", err)
-		}
-		return nil
-	}
+	spec.BeforeRun = s.awaitPending
 	spec.DiskBPS, spec.DiskIOPS = s.rec.Config.DiskBPS, s.rec.Config.DiskIOPS
 }
 

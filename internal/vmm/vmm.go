@@ -99,13 +99,13 @@ type Spec struct {
 	RunAs *Identity
 	// Start, when not nil, starts the VMM's process in place of
 	// cmd.Start: inside the VM's cgroup from its first instruction.
+	// Backends start their process through StartProcess.
 	Start func(cmd *exec.Cmd) error
-	// Place, when not nil, moves the VMM process into the VM's cgroup
-	// (unless Start put it there) and finishes the host's other work that
-	// must be done before the guest runs. The backend calls it once the
-	// process exists and before any guest code runs, so that work overlaps
-	// the VMM's own start-up; an error ends the launch.
-	Place func(pid int) error
+	// BeforeRun, when not nil, finishes the host's work that must be done
+	// before the guest runs. The backend calls it once the VMM process
+	// exists and before any guest code runs, so that work overlaps the
+	// VMM's own start-up; an error ends the launch.
+	BeforeRun func() error
 	// DiskBPS and DiskIOPS throttle every disk of the VM (bytes and
 	// operations per second, reads and writes together); 0 means no limit.
 	DiskBPS, DiskIOPS int64
@@ -118,6 +118,15 @@ type Spec struct {
 	// passes it to the VMM process as an open descriptor, so it works for
 	// an unprivileged VMM; the caller closes it after Launch.
 	ConsoleFile *os.File
+}
+
+// StartProcess starts the VMM's process cmd: through s.Start when set,
+// else cmd.Start.
+func (s Spec) StartProcess(cmd *exec.Cmd) error {
+	if s.Start != nil {
+		return s.Start(cmd)
+	}
+	return cmd.Start()
 }
 
 // Share is a host directory shared with the guest over virtio-fs.

@@ -204,10 +204,9 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec) (_ *proc, _ layout, 
 			p.undo()
 		}
 	}()
-	// The jailer execs firecracker in place (same pid), and no guest code
-	// runs before InstanceStart: placing the process now confines it all.
-	if spec.Place != nil {
-		if err := spec.Place(p.inst.PID); err != nil {
+	// No guest code runs before InstanceStart.
+	if spec.BeforeRun != nil {
+		if err := spec.BeforeRun(); err != nil {
 			return nil, layout{}, fmt.Errorf("before the guest runs: %w", err)
 		}
 	}
@@ -227,7 +226,7 @@ var autoChrootBase = DefaultChrootBase
 // when set; else, when the VM is to run as an unprivileged identity and a
 // jailer is installed (beside firecracker, or in PATH), one that chroots
 // firecracker and drops to that identity. The VM's cgroup is the caller's
-// (spec.Start or spec.Place), and the TAP lives in this process's network namespace, so
+// (spec.Start), and the TAP lives in this process's network namespace, so
 // neither --cgroup nor --netns is needed. Without a jailer firecracker
 // runs unconfined, as before.
 func (b *Backend) jailer(bin string, id *vmm.Identity) *JailerConfig {
@@ -273,11 +272,9 @@ func (p *proc) exec(name string, args []string, spec vmm.Spec) error {
 	cmd := exec.Command(name, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, out, errf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	start := cmd.Start
-	if spec.Start != nil { // in the VM's cgroup from the start
-		start = func() error { return spec.Start(cmd) }
-	}
-	if err := start(); err != nil {
+	// In the VM's cgroup from the start; the jailer execs firecracker in
+	// place (same pid), so that confines it all.
+	if err := spec.StartProcess(cmd); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	// Reap it if it ends while this process lives; otherwise init does.

@@ -300,8 +300,9 @@ func throttling(spec vmm.Spec) string {
 // kernel, initrd, TAP and vhost-vsock device, binds the QMP and agent
 // sockets, and hands them over as descriptors (see confine.go). So QEMU
 // can run as spec.RunAs, an unprivileged user with no capabilities, under
-// its seccomp sandbox. It starts with its vCPUs stopped; Launch calls
-// spec.Place (the VM's cgroup) and only then lets the guest run.
+// its seccomp sandbox. It starts in the VM's cgroup (spec.Start) with its
+// vCPUs stopped; Launch calls spec.BeforeRun and only then lets the guest
+// run.
 func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	bin, err := b.binary()
 	if err != nil {
@@ -355,11 +356,7 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	// process (no path of ours is on its command line).
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", VMDirEnv + "=" + spec.Dir}
 	cmd.SysProcAttr = sysProcAttr(spec.RunAs)
-	start := cmd.Start
-	if spec.Start != nil {
-		start = func() error { return spec.Start(cmd) }
-	}
-	if err := start(); err != nil {
+	if err := spec.StartProcess(cmd); err != nil {
 		stopShares()
 		return vmm.Instance{}, fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -378,11 +375,11 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	return inst, nil
 }
 
-// run places a freshly started, paused QEMU in its cgroup and lets the
-// guest run.
+// run finishes the host's work on a freshly started, paused QEMU and lets
+// the guest run.
 func (b *Backend) run(ctx context.Context, spec vmm.Spec, inst vmm.Instance) error {
-	if spec.Place != nil {
-		if err := spec.Place(inst.PID); err != nil {
+	if spec.BeforeRun != nil {
+		if err := spec.BeforeRun(); err != nil {
 			return fmt.Errorf("before the guest runs: %w", err)
 		}
 	}

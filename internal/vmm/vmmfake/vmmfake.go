@@ -89,14 +89,14 @@ func (b *Backend) Launch(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	}
 	cmd := exec.Command("tail", "-f", ctl)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	if err := spec.StartProcess(cmd); err != nil {
 		l.Close()
 		return vmm.Instance{}, err
 	}
 	pid := cmd.Process.Pid
 	start, _ := vmm.StartTime(pid)
-	if spec.Place != nil {
-		if err := spec.Place(pid); err != nil {
+	if spec.BeforeRun != nil {
+		if err := spec.BeforeRun(); err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()
 			l.Close()
