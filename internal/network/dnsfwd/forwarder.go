@@ -56,8 +56,8 @@
 //	DIR/vms/ID.json one file per VM that needs DNS (WriteVM, RemoveVM)
 //
 // Protocol: the SDK sets up the VM's network (network.Setup, SetPolicy),
-// writes the VM's file with WriteVM, then calls EnsureRunning, which starts
-// the supervisor if none holds the lock. The supervisor watches vms/ with
+// writes the VM's file with WriteVM, then calls Start, which starts the
+// supervisor if none holds the lock, and waits for it. The supervisor watches vms/ with
 // inotify (and rescans every RescanInterval), serving each VM file's
 // gateway with its policy; a changed file (a new policy) is applied at
 // once. Deleting a VM removes its file (RemoveVM). When vms/ has been empty

@@ -381,7 +381,7 @@ func TestForwarderLatency(t *testing.T) {
 		direct, through, through-direct)
 }
 
-// TestSupervisor runs Serve as its own process through EnsureRunning,
+// TestSupervisor runs Serve as its own process through Start,
 // checks that it serves a VM written to its directory, applies a changed
 // policy, and exits once no VM is left.
 func TestSupervisor(t *testing.T) {
@@ -397,7 +397,11 @@ func TestSupervisor(t *testing.T) {
 		cmd.Env = append(os.Environ(), serveEnv+"="+dir)
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := EnsureRunning(t.Context(), dir, cmd); err != nil {
+		wait, err := Start(dir, cmd)
+		if err == nil {
+			err = wait(t.Context())
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -408,7 +412,7 @@ func TestSupervisor(t *testing.T) {
 	}
 	start() // a second call finds it running
 	if pid2, _, _ := Running(dir); pid2 != pid {
-		t.Errorf("second EnsureRunning started another supervisor (%d, was %d)", pid2, pid)
+		t.Errorf("second Start started another supervisor (%d, was %d)", pid2, pid)
 	}
 
 	// Running means the lock is held; the listeners follow within moments.

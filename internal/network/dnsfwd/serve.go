@@ -247,22 +247,11 @@ func Running(dir string) (pid int, running bool, err error) {
 	return 0, false, nil
 }
 
-// EnsureRunning starts cmd (the CLI's hidden subcommand running Serve on
-// dir) in its own session, unless a supervisor already holds dir's lock,
-// and waits until one does (at most ctx's deadline or 10 s). Call it after
-// WriteVM.
-func EnsureRunning(ctx context.Context, dir string, cmd *exec.Cmd) error {
-	wait, err := Start(dir, cmd)
-	if err != nil {
-		return err
-	}
-	return wait(ctx)
-}
-
-// Start is EnsureRunning in two halves: it starts cmd unless a supervisor
-// already serves dir, and returns a function that waits (at most 10 s, or
-// until ctx ends) until one does. A VM start launches its VMM in between,
-// so the supervisor comes up while the guest boots.
+// Start starts cmd (the hidden subcommand running Serve on dir) in its own
+// session, unless a supervisor already holds dir's lock, and returns a
+// function that waits (at most 10 s, or until ctx ends) until one does.
+// Call it after WriteVM. A VM start launches its VMM before it waits, so
+// the supervisor comes up while the guest boots.
 func Start(dir string, cmd *exec.Cmd) (wait func(context.Context) error, err error) {
 	if _, running, err := Running(dir); err != nil || running {
 		return func(context.Context) error { return nil }, err
